@@ -1,0 +1,20 @@
+# The two commands of the README: `make demo` and `make test`. Each sets up .venv
+# on first use (exact versions from constraints.txt) and reuses it afterwards.
+VENV := .venv
+INSTALLED := $(VENV)/.installed
+
+.PHONY: demo test
+
+demo: $(INSTALLED)
+	$(VENV)/bin/auralm demo
+
+test: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pytest
+
+$(INSTALLED): setup.py constraints.txt
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet --constraint constraints.txt --editable '.[dev]'
+	touch $@

@@ -1,0 +1,3 @@
+from auralm.cli import main
+
+raise SystemExit(main())

