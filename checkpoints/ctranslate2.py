@@ -76,8 +76,9 @@ def read_model_bin(parts: list[Path]) -> CTranslate2Model:
             dtype_id = reader.unpack("<B")
             if dtype_id not in _DTYPES:
                 raise CheckpointError(f"{name}: variable {key!r} has unsupported CTranslate2 dtype {dtype_id}")
-            raw = reader.take(reader.unpack("<I"))
-            variables[key] = torch.frombuffer(bytearray(raw), dtype=_DTYPES[dtype_id]).reshape(shape)
+            raw = bytearray(reader.take(reader.unpack("<I")))
+            flat = torch.frombuffer(raw, dtype=_DTYPES[dtype_id]) if raw else torch.empty(0, dtype=_DTYPES[dtype_id])
+            variables[key] = flat.reshape(shape)
         for _ in range(reader.unpack("<I")):
             alias, target = reader.string(), reader.string()
             variables[alias] = variables[target]

@@ -17,6 +17,8 @@ from whisper.normalizers import EnglishTextNormalizer
 
 from auralm.tokenizer.audio import SAMPLE_RATE, split_windows
 
+FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
 
 class Transcript(NamedTuple):
     text: str
@@ -38,28 +40,44 @@ def log_mel(audio: torch.Tensor, n_mels: int) -> torch.Tensor:
 
 
 def transcribe(model: Whisper, audio: torch.Tensor, language: str | None = None, batch_size: int = 8) -> Transcript:
-    """Transcribe a 16 kHz clip of any length: split at quiet points, decode windows in batches (greedy).
+    """Transcribe a 16 kHz clip of any length: split at quiet points, decode windows in batches.
 
+    Greedy first; a window whose text repeats itself or scores too low is decoded again at
+    rising temperatures, as openai-whisper's `transcribe` does.
     audio: (samples,). language: e.g. "en"; None detects it on multilingual models.
     """
     if not model.is_multilingual:
         language = "en"
-    device = next(model.parameters()).device
-    options = whisper.DecodingOptions(
-        language=language, without_timestamps=True, fp16=next(model.parameters()).dtype == torch.float16
-    )
-    texts, languages = [], []
+    parameter = next(model.parameters())
     windows = split_windows(audio)
+    results: list[whisper.DecodingResult] = []
     for first in range(0, len(windows), batch_size):
         mels = torch.stack(
             [log_mel(audio[w.start : w.end], model.dims.n_mels) for w in windows[first : first + batch_size]]
         )
-        for result in whisper.decode(model, mels.to(device), options):
-            texts.append(result.text.strip())
-            languages.append(result.language)
-    return Transcript(
-        " ".join(t for t in texts if t), language or max(set(languages), key=languages.count), len(windows)
-    )
+        results += _decode_with_fallback(model, mels.to(parameter.device), language, parameter.dtype == torch.float16)
+    languages = [r.language for r in results]
+    text = " ".join(r.text.strip() for r in results if r.text.strip())
+    return Transcript(text, language or max(set(languages), key=languages.count), len(windows))
+
+
+def _decode_with_fallback(
+    model: Whisper, mels: torch.Tensor, language: str | None, fp16: bool
+) -> list[whisper.DecodingResult]:
+    """mels: (B, n_mels, 3000). openai-whisper's thresholds: gzip ratio > 2.4 means a loop."""
+    results: list[whisper.DecodingResult | None] = [None] * len(mels)
+    pending = list(range(len(mels)))
+    for temperature in FALLBACK_TEMPERATURES:
+        sampling = {"best_of": 5} if temperature > 0 else {}
+        options = whisper.DecodingOptions(
+            language=language, without_timestamps=True, fp16=fp16, temperature=temperature, **sampling
+        )
+        for index, result in zip(pending, whisper.decode(model, mels[pending], options), strict=True):
+            results[index] = result
+        pending = [i for i in pending if results[i].compression_ratio > 2.4 or results[i].avg_logprob < -1.0]
+        if not pending:
+            break
+    return results
 
 
 def detect_language(model: Whisper, audio: torch.Tensor) -> dict[str, float]:
