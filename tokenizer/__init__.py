@@ -1,17 +1,25 @@
-"""Speech → sound tokens: audio input, the frozen Whisper backbone, the quantizer."""
+"""Speech → sound tokens: audio input, the frozen Whisper backbone, the quantizer bottleneck."""
 
 from auralm.tokenizer.audio import AudioError, Window, load_audio, num_tokens, split_windows
 from auralm.tokenizer.backbone import Transcript, detect_language, log_mel, transcribe, word_error_rate
+from auralm.tokenizer.config import TokenizerConfig
+from auralm.tokenizer.speech_tokenizer import SpeechTokenizer
+from auralm.tokenizer.token_format import TokenFormatError, codes_to_string, string_to_codes
 
 __all__ = [
     "AudioError",
+    "SpeechTokenizer",
+    "TokenFormatError",
+    "TokenizerConfig",
     "Transcript",
     "Window",
+    "codes_to_string",
     "detect_language",
     "load_audio",
     "log_mel",
     "num_tokens",
     "split_windows",
+    "string_to_codes",
     "transcribe",
     "word_error_rate",
 ]

@@ -6,18 +6,24 @@ to text should read like what Whisper itself transcribes from the audio.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jiwer
 import torch
+import torch.nn.functional as F
 import whisper
-from whisper.audio import N_FRAMES, N_SAMPLES
+from whisper.audio import N_FFT, N_FRAMES, N_SAMPLES
 from whisper.model import Whisper
 from whisper.normalizers import EnglishTextNormalizer
 
 from auralm.tokenizer.audio import SAMPLE_RATE, split_windows
 
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+# Ichigo and WhisperSpeech pad a clip's mel (not its audio) to 30 s with this value;
+# their quantizers were trained on encoder output of such padding.
+TOKENIZER_MEL_PAD = -1.5
 
 
 class Transcript(NamedTuple):
@@ -39,6 +45,21 @@ def log_mel(audio: torch.Tensor, n_mels: int) -> torch.Tensor:
     return whisper.pad_or_trim(whisper.log_mel_spectrogram(audio, n_mels, padding=N_SAMPLES), N_FRAMES)
 
 
+def log_mel_for_tokens(audio: torch.Tensor, n_mels: int) -> torch.Tensor:
+    """The log-mel a speech tokenizer sees: the clip's own (n // 160 frames), then mel padding to 3000.
+
+    audio: (samples,) at 16 kHz, samples ≤ 480000. Returns (n_mels, 3000).
+    """
+    if audio.shape[-1] > N_SAMPLES:
+        raise ValueError(
+            f"clip of {audio.shape[-1] / SAMPLE_RATE:.1f} s is longer than Whisper's 30 s; split_windows first"
+        )
+    if audio.shape[-1] < N_FFT:  # the STFT's reflect padding needs more than half a frame
+        audio = F.pad(audio, (0, N_FFT - audio.shape[-1]))
+    mel = whisper.log_mel_spectrogram(audio, n_mels)
+    return F.pad(mel, (0, N_FRAMES - mel.shape[-1]), value=TOKENIZER_MEL_PAD)
+
+
 def transcribe(model: Whisper, audio: torch.Tensor, language: str | None = None, batch_size: int = 8) -> Transcript:
     """Transcribe a 16 kHz clip of any length: split at quiet points, decode windows in batches.
 
@@ -46,8 +67,6 @@ def transcribe(model: Whisper, audio: torch.Tensor, language: str | None = None,
     rising temperatures, as openai-whisper's `transcribe` does.
     audio: (samples,). language: e.g. "en"; None detects it on multilingual models.
     """
-    if not model.is_multilingual:
-        language = "en"
     parameter = next(model.parameters())
     windows = split_windows(audio)
     results: list[whisper.DecodingResult] = []
@@ -55,24 +74,39 @@ def transcribe(model: Whisper, audio: torch.Tensor, language: str | None = None,
         mels = torch.stack(
             [log_mel(audio[w.start : w.end], model.dims.n_mels) for w in windows[first : first + batch_size]]
         )
-        results += _decode_with_fallback(model, mels.to(parameter.device), language, parameter.dtype == torch.float16)
+        results += decode_with_fallback(model, mels.to(parameter.device, parameter.dtype), language)
     languages = [r.language for r in results]
     text = " ".join(r.text.strip() for r in results if r.text.strip())
     return Transcript(text, language or max(set(languages), key=languages.count), len(windows))
 
 
-def _decode_with_fallback(
-    model: Whisper, mels: torch.Tensor, language: str | None, fp16: bool
+def decode_with_fallback(
+    model: Whisper,
+    inputs: torch.Tensor,
+    language: str | None,
+    prompt: str | None = None,
+    temperatures: Sequence[float] = FALLBACK_TEMPERATURES,
 ) -> list[whisper.DecodingResult]:
-    """mels: (B, n_mels, 3000). openai-whisper's thresholds: gzip ratio > 2.4 means a loop."""
-    results: list[whisper.DecodingResult | None] = [None] * len(mels)
-    pending = list(range(len(mels)))
-    for temperature in FALLBACK_TEMPERATURES:
-        sampling = {"best_of": 5} if temperature > 0 else {}
+    """Batched Whisper decoding, greedy first, sampling again where greedy looped or scored low.
+
+    inputs: mels (B, n_mels, 3000) or encoder-shaped features (B, 1500, d), in the model's dtype.
+    temperatures: the schedule; (0.0,) decodes greedily only, which is deterministic.
+    openai-whisper's thresholds: a gzip ratio over 2.4 means a loop, a mean log-prob under −1 a guess.
+    """
+    fp16 = inputs.dtype == torch.float16
+    language = language if model.is_multilingual else "en"
+    results: list[whisper.DecodingResult | None] = [None] * len(inputs)
+    pending = list(range(len(inputs)))
+    for temperature in temperatures:
         options = whisper.DecodingOptions(
-            language=language, without_timestamps=True, fp16=fp16, temperature=temperature, **sampling
+            language=language, prompt=prompt, without_timestamps=True, fp16=fp16, temperature=temperature
         )
-        for index, result in zip(pending, whisper.decode(model, mels[pending], options), strict=True):
+        if temperature == 0:
+            decoded = whisper.decode(model, inputs[pending], options)
+        else:  # best of 5 samples; openai-whisper samples batches of one only (its cross-attention cannot broadcast)
+            sampled = dataclasses.replace(options, best_of=5)
+            decoded = [whisper.decode(model, inputs[i : i + 1], sampled)[0] for i in pending]
+        for index, result in zip(pending, decoded, strict=True):
             results[index] = result
         pending = [i for i in pending if results[i].compression_ratio > 2.4 or results[i].avg_logprob < -1.0]
         if not pending:

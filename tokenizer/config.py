@@ -1,0 +1,62 @@
+"""The dimensions of a speech tokenizer, stored in its checkpoint as config.json."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+WHISPER_FRAMES = 1500  # Whisper encoder frames per 30 s window (50 Hz)
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """Shape of the Whisper-encoder + VQ bottleneck ("WhisperVQ") of Ichigo and WhisperSpeech.
+
+    n_state must equal the Whisper encoder's width (384 tiny, 512 base, 1024 medium).
+    The codebook holds n_codes speech codes plus one mask code (index n_codes) for padding.
+    """
+
+    whisper: str = "tiny.en"  # the backbone: a name, .pt file or CTranslate2 folder (see load_whisper)
+    n_mels: int = 80
+    n_state: int = 384
+    n_head: int = 6
+    n_codes: int = 512
+    codebook_dim: int = 64
+    downsample: int = 2  # encoder frames per code: 50 Hz → 25 Hz
+    pooling: str = "mean"  # how those frames become one: "mean" (Ichigo) or "stride" (early WhisperSpeech)
+    depth: int = 1  # attention blocks on the decode path
+    ffn_mult: int = 4
+    query_mult: float = 2.0  # attention logits are scaled by query_mult · 8 / head_width
+    rope: bool = True
+
+    def __post_init__(self) -> None:
+        if self.n_state % self.n_head:
+            raise ValueError(f"n_state {self.n_state} is not divisible by n_head {self.n_head}")
+        if self.pooling not in ("mean", "stride"):
+            raise ValueError(f"pooling must be 'mean' or 'stride', got {self.pooling!r}")
+        if WHISPER_FRAMES % self.downsample:
+            raise ValueError(f"downsample {self.downsample} does not divide Whisper's {WHISPER_FRAMES} frames")
+
+    @property
+    def mask_code(self) -> int:
+        return self.n_codes
+
+    @property
+    def head_width(self) -> int:
+        return self.n_state // self.n_head
+
+    @property
+    def codes_per_window(self) -> int:
+        return WHISPER_FRAMES // self.downsample
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> TokenizerConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(fields) - known
+        if unknown:
+            raise ValueError(f"unknown tokenizer config fields: {', '.join(sorted(unknown))}")
+        return cls(**fields)

@@ -1,0 +1,249 @@
+"""`SpeechTokenizer`: audio → sound tokens (25 per second) → text, batched, Ichigo/WhisperSpeech compatible.
+
+tokenizer = SpeechTokenizer.from_pretrained("my-tokenizer/")   # or an Ichigo .pth / WhisperSpeech .model
+codes = tokenizer.encode(["a.wav", "b.flac"])                  # [tensor (T_a,), tensor (T_b,)]
+text = tokenizer.to_string(codes[0])                           # "<|sound_start|><|sound_0042|>…"
+tokenizer.decode_text(codes)                                   # what Whisper's decoder reads from them
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import nn
+from tqdm import tqdm
+from whisper.model import Whisper
+
+from auralm.checkpoints import CheckpointError, load_whisper
+from auralm.checkpoints.whisper_vq import read_whisper_vq
+from auralm.tokenizer.audio import SAMPLE_RATE, AudioSource, load_audio, num_tokens, split_windows
+from auralm.tokenizer.backbone import FALLBACK_TEMPERATURES, decode_with_fallback, log_mel_for_tokens
+from auralm.tokenizer.bottleneck import QuantizerBottleneck
+from auralm.tokenizer.config import TokenizerConfig
+from auralm.tokenizer.token_format import codes_to_string, string_to_codes
+
+FORMAT = "auralm-speech-tokenizer"
+FORMAT_VERSION = 1
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+
+class SpeechTokenizer(nn.Module):
+    """A frozen Whisper encoder/decoder around a trained quantizer bottleneck.
+
+    Only the bottleneck is saved; the Whisper backbone is named in the config and
+    loaded offline (see `auralm.checkpoints.load_whisper`).
+    """
+
+    def __init__(self, config: TokenizerConfig, whisper: Whisper):
+        super().__init__()
+        if (whisper.dims.n_audio_state, whisper.dims.n_mels) != (config.n_state, config.n_mels):
+            raise CheckpointError(
+                f"tokenizer needs a Whisper of width {config.n_state} with {config.n_mels} mels, "
+                f"got width {whisper.dims.n_audio_state} with {whisper.dims.n_mels} (config names {config.whisper!r})"
+            )
+        self.config = config
+        self.whisper = whisper.eval().requires_grad_(False)
+        self.bottleneck = QuantizerBottleneck(config)
+
+    @property
+    def device(self) -> torch.device:
+        return self.bottleneck.positional_embedding.weight.device
+
+    # ---- audio → codes -------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode(
+        self,
+        audio: AudioSource | Sequence[AudioSource],
+        sample_rate: int = SAMPLE_RATE,
+        batch_size: int = 16,
+        progress: bool = False,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Sound codes for one clip or a list of clips, ⌈samples / 640⌉ codes each (int64, on CPU).
+
+        audio: a path, bytes, file object or array (at `sample_rate`, 16 kHz by default), or a list of them.
+        Clips longer than 30 s are split at quiet points; their windows' codes are concatenated.
+        Windows of all clips are encoded together in batches; each is computed exactly as alone.
+        """
+        single = not isinstance(audio, (list, tuple))
+        clips = [self._load(item, sample_rate) for item in ([audio] if single else audio)]
+        windows = [(i, clip[w.start : w.end]) for i, clip in enumerate(clips) for w in split_windows(clip)]
+        pieces: list[list[torch.Tensor]] = [[] for _ in clips]
+        batches = range(0, len(windows), batch_size)
+        for first in tqdm(batches, desc="encode", unit="batch", disable=not progress or len(batches) < 2):
+            batch = windows[first : first + batch_size]
+            codes = self.encode_windows(torch.stack([log_mel_for_tokens(w, self.config.n_mels) for _, w in batch]))
+            for (clip_index, window), window_codes in zip(batch, codes, strict=True):
+                pieces[clip_index].append(window_codes[: num_tokens(len(window))].cpu())
+        results = [torch.cat(parts) for parts in pieces]
+        return results[0] if single else results
+
+    @torch.no_grad()
+    def encode_windows(self, mels: torch.Tensor) -> torch.Tensor:
+        """mels: (B, n_mels, 3000), as `log_mel_for_tokens` makes them. Returns all codes (B, 750)."""
+        mels = mels.to(self.device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            frames = self.whisper.encoder(mels)  # (B, 1500, d)
+            return self.bottleneck.quantize(frames.float())
+
+    # ---- codes → text --------------------------------------------------------------------
+
+    @torch.no_grad()
+    def decode_text(
+        self,
+        codes: torch.Tensor | Sequence[int] | Sequence[torch.Tensor | Sequence[int]],
+        language: str | None = None,
+        prompt: str | None = None,
+        batch_size: int = 16,
+        temperatures: Sequence[float] = FALLBACK_TEMPERATURES,
+    ) -> str | list[str]:
+        """What Whisper's decoder reads from codes: one sequence (T,) or a list of them, batched.
+
+        codes: a 1-D tensor or list of ints; or a list of them, or a 2-D tensor of rows.
+        Sequences longer than one window (750 codes) are decoded window by window.
+        language: e.g. "en" (None: detected on multilingual backbones); prompt: earlier text as context.
+        temperatures: greedy first, then these when greedy loops; (0.0,) for deterministic output.
+        """
+        if isinstance(codes, torch.Tensor):
+            single = codes.dim() == 1
+        else:
+            single = len(codes) == 0 or isinstance(codes[0], int)
+        sequences = [self._check_codes(c) for c in ([codes] if single else codes)]
+        window = self.config.codes_per_window
+        pieces = [
+            (i, seq[start : start + window]) for i, seq in enumerate(sequences) for start in range(0, len(seq), window)
+        ]
+        texts: list[list[str]] = [[] for _ in sequences]
+        dtype = next(self.whisper.parameters()).dtype
+        for first in range(0, len(pieces), batch_size):
+            batch = pieces[first : first + batch_size]
+            padded = nn.utils.rnn.pad_sequence(
+                [p for _, p in batch], batch_first=True, padding_value=self.config.mask_code
+            )
+            features = self.bottleneck.dequantize(padded.to(self.device)).to(dtype)  # (B, 1500, d)
+            for (seq_index, _), result in zip(
+                batch, decode_with_fallback(self.whisper, features, language, prompt, temperatures), strict=True
+            ):
+                texts[seq_index].append(result.text.strip())
+        results = [" ".join(t for t in parts if t) for parts in texts]
+        return results[0] if single else results
+
+    # ---- token strings -------------------------------------------------------------------
+
+    def to_string(self, codes: torch.Tensor | Sequence[int]) -> str:
+        """Ichigo's token string for one sequence of codes."""
+        return codes_to_string(self._check_codes(codes))
+
+    def from_string(self, text: str) -> torch.Tensor:
+        """Codes (T,) from one token string; a malformed string or out-of-range code raises TokenFormatError."""
+        return string_to_codes(text, self.config.n_codes)
+
+    # ---- identity ------------------------------------------------------------------------
+
+    @property
+    def tokenizer_hash(self) -> str:
+        """SHA-256 of everything that decides the codes: the Whisper encoder, the encode half of
+        the bottleneck and the speech codes. An LLM trained on these tokens records it.
+        Values are hashed as float32, so moving the tokenizer between devices keeps its hash."""
+        decisive = {f"whisper.encoder.{k}": v for k, v in self.whisper.encoder.state_dict().items()}
+        decisive |= {k: v for k, v in self.bottleneck.state_dict().items() if k.startswith(("mlp", "rq.project_in"))}
+        decisive["codebook"] = self.bottleneck.codebook[: self.config.n_codes]
+        settings = {k: getattr(self.config, k) for k in ("n_codes", "downsample", "pooling", "n_mels")}
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+        for name in sorted(decisive):
+            tensor = decisive[name].detach().float().contiguous().cpu()
+            digest.update(f"{name}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.numpy().tobytes())
+        return digest.hexdigest()
+
+    # ---- checkpoints ---------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write config.json + model.safetensors (the bottleneck; the backbone is named, not copied)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.bottleneck.state_dict().items()}
+        safetensors.torch.save_file(state, directory / WEIGHTS_FILE, metadata={"format": FORMAT})
+        config = {"format": FORMAT, "format_version": FORMAT_VERSION, **self.config.to_dict()}
+        config["tokenizer_hash"] = self.tokenizer_hash
+        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike,
+        whisper: str | os.PathLike | Whisper | None = None,
+        device: str | torch.device = "cpu",
+    ) -> SpeechTokenizer:
+        """Load an auralm folder (config.json + model.safetensors) or an Ichigo / WhisperSpeech
+        checkpoint file (.pth, .model, Lightning .ckpt), read without running code from it.
+
+        whisper: the backbone (a name, .pt path, CTranslate2 folder or model); default: the one
+        the checkpoint names.
+        """
+        path = Path(source)
+        if path.is_dir():
+            fields, state_dict = _read_auralm_folder(path)
+        elif path.is_file():
+            fields, state_dict = read_whisper_vq(path)
+        else:
+            raise CheckpointError(f"{path}: no such tokenizer folder or checkpoint file")
+        if isinstance(whisper, (str, os.PathLike)):
+            fields["whisper"] = str(whisper)
+        if not isinstance(whisper, Whisper):
+            if not fields.get("whisper"):
+                raise CheckpointError(f"{path}: the checkpoint does not name its Whisper backbone; pass whisper=")
+            whisper = load_whisper(fields["whisper"])
+        fields.setdefault("n_mels", whisper.dims.n_mels)
+        try:
+            config = TokenizerConfig.from_dict(fields)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: bad tokenizer config: {e}") from e
+        tokenizer = cls(config, whisper)
+        try:
+            tokenizer.bottleneck.load_state_dict(state_dict, strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(f"{path}: weights do not fit the tokenizer config: {e}") from e
+        return tokenizer.to(device)
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def _load(self, item: AudioSource, sample_rate: int) -> torch.Tensor:
+        is_array = isinstance(item, torch.Tensor) or hasattr(item, "__array_interface__")
+        return load_audio(item, sample_rate if is_array else None)
+
+    def _check_codes(self, codes: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        codes = torch.as_tensor(codes, dtype=torch.long).cpu()
+        if codes.dim() != 1:
+            raise ValueError(f"codes must be one sequence (T,), got shape {tuple(codes.shape)}")
+        if len(codes) and (codes.min() < 0 or codes.max() >= self.config.n_codes):
+            raise ValueError(f"codes must lie in 0 … {self.config.n_codes - 1}, got {codes.min()} … {codes.max()}")
+        return codes
+
+
+def _read_auralm_folder(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    if not config_path.is_file() or not weights_path.is_file():
+        raise CheckpointError(f"{directory}: not a tokenizer folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+    try:
+        fields = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{config_path}: not valid JSON ({e})") from e
+    if fields.pop("format", None) != FORMAT:
+        raise CheckpointError(f"{config_path}: not an auralm speech tokenizer config")
+    if fields.pop("format_version", None) != FORMAT_VERSION:
+        raise CheckpointError(f"{config_path}: written by a newer auralm (format version); upgrade auralm")
+    fields.pop("tokenizer_hash", None)
+    try:
+        state_dict = safetensors.torch.load_file(weights_path)
+    except Exception as e:
+        raise CheckpointError(f"{weights_path}: unreadable safetensors file ({e})") from e
+    return fields, state_dict

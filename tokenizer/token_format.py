@@ -1,0 +1,59 @@
+"""Ichigo's sound-token string: `<|sound_start|>` + one `<|sound_NNNN|>` per code + `<|sound_end|>`.
+
+Models trained on Ichigo's tokens read ours unchanged. Codes are zero-padded to 4
+digits (wider only for codebooks past 10 000 codes).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import torch
+
+SOUND_START = "<|sound_start|>"
+SOUND_END = "<|sound_end|>"
+_SOUND_TOKEN = re.compile(r"<\|sound_(\d{4,})\|>")
+
+
+class TokenFormatError(ValueError):
+    """A sound-token string that is malformed or holds codes the tokenizer does not have."""
+
+
+def sound_token(code: int) -> str:
+    return f"<|sound_{code:04d}|>"
+
+
+def codes_to_string(codes: Sequence[int] | torch.Tensor) -> str:
+    """codes: (T,) ints → `<|sound_start|><|sound_0012|>…<|sound_end|>`."""
+    values = codes.tolist() if isinstance(codes, torch.Tensor) else list(codes)
+    return SOUND_START + "".join(sound_token(int(code)) for code in values) + SOUND_END
+
+
+def string_to_codes(text: str, n_codes: int) -> torch.Tensor:
+    """Parse one token string (surrounding white space allowed) into codes (T,) int64.
+
+    Raises TokenFormatError naming the offending position for anything else: missing
+    start/end markers, text between tokens, or a code outside 0 … n_codes − 1.
+    """
+    body = text.strip()
+    if not body.startswith(SOUND_START):
+        raise TokenFormatError(f"sound tokens must start with {SOUND_START}, got {body[:30]!r}")
+    if not body.endswith(SOUND_END):
+        raise TokenFormatError(f"sound tokens must end with {SOUND_END}, got …{body[-30:]!r}")
+    position, end = len(SOUND_START), len(body) - len(SOUND_END)
+    codes = []
+    while position < end:
+        match = _SOUND_TOKEN.match(body, position, end)
+        if match is None:
+            raise TokenFormatError(
+                f"expected <|sound_NNNN|> at character {position}, got {body[position : position + 30]!r}"
+            )
+        code = int(match[1])
+        if code >= n_codes:
+            raise TokenFormatError(
+                f"code {code} at character {position} is out of range: this tokenizer has {n_codes} codes"
+            )
+        codes.append(code)
+        position = match.end()
+    return torch.tensor(codes, dtype=torch.long)
