@@ -10,6 +10,7 @@ data, and the file goes through `torch.load(weights_only=True)`.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import torch
@@ -44,6 +45,11 @@ def load_foreign_torch_file(path: str | os.PathLike) -> Any:
         with torch.serialization.safe_globals(stand_ins):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        blocked = re.search(r"unsupported GLOBAL (\S+)", str(e))  # torch blocks os, subprocess, builtins, …
+        if blocked:
+            raise CheckpointError(
+                f"{path}: refused: the file asks to run code ({blocked[1]}); it is not a checkpoint"
+            ) from e
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from e
 
 
