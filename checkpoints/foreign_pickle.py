@@ -38,13 +38,13 @@ def load_foreign_torch_file(path: str | os.PathLike) -> Any:
     """torch.load with weights_only=True, every unknown class standing in as a ForeignObject."""
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception as e:
+    except Exception as e:  # torch raises many types for files that are not checkpoints
         raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {e})") from e
     stand_ins = [_stand_in(name) for name in names]
     try:
         with torch.serialization.safe_globals(stand_ins):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except Exception as e:  # torch's unpickler raises many types
         blocked = re.search(r"unsupported GLOBAL (\S+)", str(e))  # torch blocks os, subprocess, builtins, …
         if blocked:
             raise CheckpointError(

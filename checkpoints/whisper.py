@@ -150,7 +150,7 @@ def _from_openai_checkpoint(path: Path) -> Whisper:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         dims = ModelDimensions(**checkpoint["dims"])
         state_dict = checkpoint["model_state_dict"]
-    except Exception as e:
+    except Exception as e:  # any failure here means "not an openai-whisper checkpoint"
         raise CheckpointError(f"{path}: not an openai-whisper checkpoint ({type(e).__name__}: {e})") from e
     model = _build(dims, state_dict, path)
     official_heads = getattr(whisper, "_ALIGNMENT_HEADS", {}).get(path.stem)

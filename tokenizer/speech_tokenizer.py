@@ -244,6 +244,6 @@ def _read_auralm_folder(directory: Path) -> tuple[dict[str, Any], dict[str, torc
     fields.pop("tokenizer_hash", None)
     try:
         state_dict = safetensors.torch.load_file(weights_path)
-    except Exception as e:
+    except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"{weights_path}: unreadable safetensors file ({e})") from e
     return fields, state_dict
