@@ -11,12 +11,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from tqdm import tqdm
 
 import auralm
 from auralm.checkpoints import WHISPER_MODELS, CheckpointError, load_whisper
-from auralm.tokenizer import AudioError, load_audio, num_tokens, split_windows, transcribe
+from auralm.token_export import FORMATS, format_line, open_resumable
+from auralm.tokenizer import AudioError, SpeechTokenizer, load_audio, num_tokens, split_windows, transcribe
 from auralm.tokenizer.audio import SAMPLE_RATE
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64", ".rf64"}
@@ -62,9 +64,36 @@ def build_parser() -> argparse.ArgumentParser:
     asr.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     asr.set_defaults(run=_run_whisper)
 
+    tokenize = commands.add_parser("tokenize", help="turn audio into sound tokens, one line per file")
+    _add_tokenizer_arguments(tokenize)
+    tokenize.add_argument("--format", choices=FORMATS, default="string", help="string (Ichigo's), ids or jsonl")
+    tokenize.add_argument("--output", type=Path, help="write here instead of stdout; a rerun skips files already in it")
+    tokenize.set_defaults(run=_run_tokenize)
+
+    to_text = commands.add_parser(
+        "transcribe", help="audio → sound tokens → text through the tokenizer's Whisper decoder"
+    )
+    _add_tokenizer_arguments(to_text)
+    to_text.add_argument(
+        "--language", help="language code such as 'de'; detected when omitted (multilingual backbones)"
+    )
+    to_text.set_defaults(run=_run_transcribe)
+
     models = commands.add_parser("models", help="list the Whisper weights auralm can load offline")
     models.set_defaults(run=_run_models)
     return parser
+
+
+def _add_tokenizer_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="FILE|DIR", help="audio files, or folders to search for them")
+    parser.add_argument(
+        "--checkpoint", required=True, help="tokenizer: an auralm folder, or an Ichigo .pth / WhisperSpeech .model file"
+    )
+    parser.add_argument(
+        "--whisper", help="Whisper backbone (name, .pt or CTranslate2 folder); default: the checkpoint's"
+    )
+    parser.add_argument("--batch-size", type=int, default=16, help="30 s windows encoded together (default: 16)")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
 
 def audio_files(inputs: list[str]) -> list[Path]:
@@ -84,20 +113,40 @@ def audio_files(inputs: list[str]) -> list[Path]:
     return files
 
 
-def for_each_file(files: list[Path], work: Callable[[Path], str], desc: str) -> int:
-    """Run `work` on every file, printing its line; a failing file is reported and skipped.
+def for_each_file(
+    files: list[Path],
+    work: Callable[[list[Path]], list[str]],
+    desc: str,
+    batch_size: int = 1,
+    output: TextIO = sys.stdout,
+) -> int:
+    """Run `work` on batches of files, writing one line per file; a failing file is reported and skipped.
 
+    work: files → their lines; raises AudioError for a file it cannot use. A batch that fails
+    is retried file by file, so one bad file costs its batch a retry, not its results.
     Returns the exit code: 0 if all succeeded, else 1.
     """
     failed = 0
     started = time.perf_counter()
-    with tqdm(files, desc=desc, unit="file", disable=len(files) < 2, file=sys.stderr) as bar:
-        for path in bar:
+    with tqdm(total=len(files), desc=desc, unit="file", disable=len(files) < 2, file=sys.stderr) as bar:
+        for first in range(0, len(files), batch_size):
+            batch = files[first : first + batch_size]
             try:
-                tqdm.write(work(path))
-            except AudioError as e:
-                failed += 1
-                tqdm.write(f"FAILED {e}", file=sys.stderr)
+                lines = work(batch)
+            except AudioError:
+                lines = []
+                for path in batch:
+                    try:
+                        lines += work([path])
+                    except AudioError as e:
+                        failed += 1
+                        tqdm.write(f"FAILED {e}", file=sys.stderr)
+            for line in lines:
+                if output is sys.stdout:
+                    tqdm.write(line)  # keeps the progress bar below the results
+                else:
+                    print(line, file=output, flush=True)
+            bar.update(len(batch))
     if len(files) > 1:
         print(
             f"{len(files) - failed} of {len(files)} files done in {time.perf_counter() - started:.1f} s"
@@ -108,14 +157,15 @@ def for_each_file(files: list[Path], work: Callable[[Path], str], desc: str) -> 
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    def describe(path: Path) -> str:
+    def describe(paths: list[Path]) -> list[str]:
+        (path,) = paths
         audio = load_audio(path)
         windows = split_windows(audio)
-        return (
+        return [
             f"{path}: {len(audio) / SAMPLE_RATE:.2f} s → {len(audio)} samples at 16 kHz mono, "
             f"{num_tokens(len(audio))} sound tokens, {len(windows)} window{'s' * (len(windows) != 1)} "
             f"({', '.join(f'{w.start / SAMPLE_RATE:.1f}–{w.end / SAMPLE_RATE:.1f} s' for w in windows)})"
-        )
+        ]
 
     return for_each_file(audio_files(args.inputs), describe, "info")
 
@@ -124,11 +174,50 @@ def _run_whisper(args: argparse.Namespace) -> int:
     files = audio_files(args.inputs)
     model = load_whisper(args.model, device=args.device)
 
-    def transcribe_file(path: Path) -> str:
+    def transcribe_file(paths: list[Path]) -> list[str]:
+        (path,) = paths
         result = transcribe(model, load_audio(path), language=args.language)
-        return f"{path} [{result.language}]: {result.text}"
+        return [f"{path} [{result.language}]: {result.text}"]
 
     return for_each_file(files, transcribe_file, "whisper")
+
+
+def _load_tokenizer(args: argparse.Namespace) -> SpeechTokenizer:
+    return SpeechTokenizer.from_pretrained(args.checkpoint, whisper=args.whisper, device=args.device)
+
+
+def _run_tokenize(args: argparse.Namespace) -> int:
+    files = audio_files(args.inputs)
+    tokenizer = _load_tokenizer(args)
+    output, done = open_resumable(args.output, args.format) if args.output else (sys.stdout, set())
+    todo = [path for path in files if str(path) not in done]
+    if done:
+        print(f"resuming: {len(files) - len(todo)} of {len(files)} files already in {args.output}", file=sys.stderr)
+
+    def tokenize_files(paths: list[Path]) -> list[str]:
+        clips = [load_audio(path) for path in paths]
+        codes = tokenizer.encode(clips, batch_size=args.batch_size)
+        return [
+            format_line(p, c, len(a) / SAMPLE_RATE, args.format) for p, c, a in zip(paths, codes, clips, strict=True)
+        ]
+
+    try:
+        return for_each_file(todo, tokenize_files, "tokenize", batch_size=args.batch_size, output=output)
+    finally:
+        if output is not sys.stdout:
+            output.close()
+
+
+def _run_transcribe(args: argparse.Namespace) -> int:
+    files = audio_files(args.inputs)
+    tokenizer = _load_tokenizer(args)
+
+    def transcribe_files(paths: list[Path]) -> list[str]:
+        codes = tokenizer.encode([load_audio(path) for path in paths], batch_size=args.batch_size)
+        texts = tokenizer.decode_text(codes, language=args.language, batch_size=args.batch_size)
+        return [f"{path}: {text}" for path, text in zip(paths, texts, strict=True)]
+
+    return for_each_file(files, transcribe_files, "transcribe", batch_size=args.batch_size)
 
 
 def _run_models(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +86,73 @@ def test_demo_runs_offline_end_to_end():
     assert "[4/4]" in result.stdout
     wer = float(result.stdout.split("done: WER ")[1].split()[0])
     assert wer < 0.25
+
+
+@pytest.fixture(scope="module")
+def tokenizer_folder(tmp_path_factory):
+    """A tokenizer on the real tiny.en backbone with a random bottleneck, saved as auralm saves it."""
+    import torch
+
+    from auralm.checkpoints import load_whisper
+    from auralm.tokenizer import SpeechTokenizer, TokenizerConfig
+
+    torch.manual_seed(0)
+    tokenizer = SpeechTokenizer(
+        TokenizerConfig(whisper="tiny.en", n_state=384, n_head=6, n_codes=512), load_whisper("tiny.en")
+    )
+    return tokenizer.save_pretrained(tmp_path_factory.mktemp("tokenizer") / "random-tiny-en")
+
+
+@pytest.mark.integration
+def test_tokenize_writes_one_line_per_file_and_resumes(tmp_path, tokenizer_folder):
+    import json
+
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for name in ("en_16k.wav", "en_8k.wav", "en_48k.opus"):
+        (audio / name).write_bytes((DATA / name).read_bytes())
+    (audio / "broken.flac").write_bytes(b"fLaC" + bytes(100))
+    out = tmp_path / "tokens.jsonl"
+    result = auralm(
+        "tokenize", str(audio), "--checkpoint", str(tokenizer_folder), "--format", "jsonl", "--output", str(out)
+    )
+    assert result.returncode == 1, result.stderr  # the broken file fails, the others are done
+    assert "FAILED" in result.stderr and "broken.flac" in result.stderr and "3 of 4 files done" in result.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(Path(r["path"]).name for r in rows) == ["en_16k.wav", "en_48k.opus", "en_8k.wav"]
+    for row in rows:
+        assert len(row["codes"]) == -(-round(row["seconds"] * 16000) // 640)
+        assert all(0 <= c < 512 for c in row["codes"])
+
+    # A kill mid-line: the cut line is dropped and its file redone; finished files are skipped.
+    text = out.read_text()
+    out.write_text(text[: text.rfind("\n", 0, len(text) - 1) + 1] + text.splitlines()[-1][:20])
+    again = auralm(
+        "tokenize", str(audio), "--checkpoint", str(tokenizer_folder), "--format", "jsonl", "--output", str(out)
+    )
+    assert "resuming: 2 of 4 files already" in again.stderr
+    assert out.read_text() == text
+
+
+@pytest.mark.integration
+def test_tokenize_string_format_and_transcribe_run(tokenizer_folder):
+    result = auralm("tokenize", str(DATA / "en_8k.wav"), "--checkpoint", str(tokenizer_folder))
+    assert result.returncode == 0, result.stderr
+    path, tokens = result.stdout.strip().split("\t")
+    assert (
+        path == str(DATA / "en_8k.wav")
+        and tokens.startswith("<|sound_start|><|sound_")
+        and tokens.endswith("<|sound_end|>")
+    )
+    result = auralm("transcribe", str(DATA / "en_8k.wav"), "--checkpoint", str(tokenizer_folder))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{DATA / 'en_8k.wav'}: ")
+
+
+def test_tokenize_with_a_missing_checkpoint_is_exit_2(tmp_path):
+    result = auralm("tokenize", str(DATA / "en_8k.wav"), "--checkpoint", str(tmp_path / "nope"))
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == f"auralm tokenize: error: {tmp_path / 'nope'}: no such tokenizer folder or checkpoint file"
+    )
