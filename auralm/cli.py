@@ -92,7 +92,11 @@ def _add_tokenizer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--whisper", help="Whisper backbone (name, .pt or CTranslate2 folder); default: the checkpoint's"
     )
-    parser.add_argument("--batch-size", type=int, default=16, help="30 s windows encoded together (default: 16)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="30 s windows encoded together (default: 16 on a GPU, 1 on CPU, where batches gain nothing)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
 
@@ -183,7 +187,10 @@ def _run_whisper(args: argparse.Namespace) -> int:
 
 
 def _load_tokenizer(args: argparse.Namespace) -> SpeechTokenizer:
-    return SpeechTokenizer.from_pretrained(args.checkpoint, whisper=args.whisper, device=args.device)
+    tokenizer = SpeechTokenizer.from_pretrained(args.checkpoint, whisper=args.whisper, device=args.device)
+    if args.batch_size is None:
+        args.batch_size = 16 if tokenizer.device.type == "cuda" else 1
+    return tokenizer
 
 
 def _run_tokenize(args: argparse.Namespace) -> int:
