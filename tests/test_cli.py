@@ -111,13 +111,22 @@ def test_tokenize_writes_one_line_per_file_and_resumes(tmp_path, tokenizer_folde
     audio.mkdir()
     for name in ("en_16k.wav", "en_8k.wav", "en_48k.opus"):
         (audio / name).write_bytes((DATA / name).read_bytes())
-    (audio / "broken.flac").write_bytes(b"fLaC" + bytes(100))
+    bad = {
+        "broken.flac": (b"fLaC" + bytes(100), "not a readable audio file"),
+        "empty.wav": (b"", "empty file"),
+        "notes.wav": (b"not audio, just text\n" * 50, "not a readable audio file"),
+        "cut.wav": ((DATA / "en_16k.wav").read_bytes()[:5000], "truncated"),
+    }
+    for name, (content, _) in bad.items():
+        (audio / name).write_bytes(content)
     out = tmp_path / "tokens.jsonl"
     result = auralm(
         "tokenize", str(audio), "--checkpoint", str(tokenizer_folder), "--format", "jsonl", "--output", str(out)
     )
-    assert result.returncode == 1, result.stderr  # the broken file fails, the others are done
-    assert "FAILED" in result.stderr and "broken.flac" in result.stderr and "3 of 4 files done" in result.stderr
+    assert result.returncode == 1, result.stderr  # the bad files fail, the others are done
+    for name, (_, reason) in bad.items():
+        assert f"FAILED {audio / name}: {reason}" in result.stderr
+    assert "3 of 7 files done" in result.stderr and "Traceback" not in result.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(Path(r["path"]).name for r in rows) == ["en_16k.wav", "en_48k.opus", "en_8k.wav"]
     for row in rows:
@@ -130,7 +139,7 @@ def test_tokenize_writes_one_line_per_file_and_resumes(tmp_path, tokenizer_folde
     again = auralm(
         "tokenize", str(audio), "--checkpoint", str(tokenizer_folder), "--format", "jsonl", "--output", str(out)
     )
-    assert "resuming: 2 of 4 files already" in again.stderr
+    assert "resuming: 2 of 7 files already" in again.stderr
     assert out.read_text() == text
 
 
