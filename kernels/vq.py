@@ -2,43 +2,146 @@
 
 For x ∈ R^{N×d} and a codebook C ∈ R^{K×d}:
     euclidean: argmin_k ‖x_n − c_k‖² = argmin_k (‖c_k‖² − 2 x_n·c_k)   (‖x_n‖² is the same for every k)
-    cosine:    argmax_k  x̂_n·ĉ_k   with x̂ = x / ‖x‖
-Ties go to the lowest index, as torch.argmin does. The search runs in float32 over
-row blocks, so memory is one (block × K) score matrix, never an (N × K × d) tensor.
-This is the reference the Triton kernel is tested against and the CPU path.
+    cosine:    argmax_k  x̂_n·ĉ_k = argmin_k (−2 x̂_n·ĉ_k)            with x̂ = x / ‖x‖
+Ties go to the lowest index, as torch.argmin does.
+
+Two implementations of the same maths:
+  - `nearest_code_torch`: the reference and the CPU path; float32 over row blocks, so memory is
+    one (block × K) score matrix, never an (N × K × d) tensor;
+  - `nearest_code_triton`: one program per BLOCK_N rows keeps its rows in registers, streams the
+    codebook through in BLOCK_K tiles with a running (min, argmin), and never writes a score to
+    memory. CUDA tensors go here; under TRITON_INTERPRET=1 it also runs on CPU (tests).
+`nearest_code` dispatches between them.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 Metric = Literal["euclidean", "cosine"]
 ROWS_PER_BLOCK = 4096
 
 
-def nearest_code(x: torch.Tensor, codebook: torch.Tensor, metric: Metric = "euclidean") -> torch.Tensor:
+def nearest_code(
+    x: torch.Tensor, codebook: torch.Tensor, metric: Metric = "euclidean", return_distances: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Index of the nearest codebook row for each row of x.
 
-    x: (N, d); codebook: (K, d); any float dtype. Returns int64 (N,).
+    x: (N, d); codebook: (K, d); float32, float16 or bfloat16. Returns int64 (N,), and with
+    return_distances the float32 (N,) distance to that code: squared euclidean, or 1 − cosine.
     """
-    if x.dim() != 2 or codebook.dim() != 2 or x.shape[1] != codebook.shape[1]:
-        raise ValueError(f"need x (N, d) and codebook (K, d), got {tuple(x.shape)} and {tuple(codebook.shape)}")
-    if metric not in ("euclidean", "cosine"):
-        raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
-    codebook = codebook.float()
-    if metric == "cosine":
-        codebook = F.normalize(codebook, dim=-1)
-        norms = torch.zeros(codebook.shape[0], device=codebook.device)  # x̂·ĉ alone decides
-    else:
-        norms = codebook.square().sum(-1)
+    _check(x, codebook, metric)
+    implementation = nearest_code_triton if x.is_cuda else nearest_code_torch
+    indices, distances = implementation(x, codebook, metric)
+    return (indices, distances) if return_distances else indices
+
+
+def nearest_code_torch(x: torch.Tensor, codebook: torch.Tensor, metric: Metric) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference: (indices int64 (N,), distances float32 (N,))."""
+    _check(x, codebook, metric)
+    codebook, code_norms = _prepared_codebook(codebook, metric)
     indices = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    distances = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
     for start in range(0, x.shape[0], ROWS_PER_BLOCK):
         block = x[start : start + ROWS_PER_BLOCK].float()
         if metric == "cosine":
             block = F.normalize(block, dim=-1)
-        scores = torch.addmm(norms, block, codebook.T, alpha=-2)  # (block, K): ‖c‖² − 2 x·c, or −2 x̂·ĉ
-        indices[start : start + ROWS_PER_BLOCK] = scores.argmin(dim=-1)
-    return indices
+        scores = torch.addmm(code_norms, block, codebook.T, alpha=-2)  # (block, K): ‖c‖² − 2 x·c, or −2 x̂·ĉ
+        best, indices[start : start + ROWS_PER_BLOCK] = scores.min(dim=-1)
+        distances[start : start + ROWS_PER_BLOCK] = _distance(best, block, metric)
+    return indices, distances
+
+
+def nearest_code_triton(x: torch.Tensor, codebook: torch.Tensor, metric: Metric) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused kernel: (indices int64 (N,), distances float32 (N,)); CUDA, or CPU under TRITON_INTERPRET=1."""
+    _check(x, codebook, metric)
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    if not x.is_cuda and not interpreted:
+        raise RuntimeError("nearest_code_triton needs CUDA tensors (or TRITON_INTERPRET=1 to run on CPU)")
+    N, d = x.shape
+    prepared, code_norms = _prepared_codebook(codebook, metric)
+    # On a GPU the dot runs in the input dtype (tensor cores) with float32 accumulation; the
+    # interpreter computes a bf16 tl.dot wrongly, so there everything is float32.
+    codebook_in = prepared if (x.dtype == torch.float32 or interpreted) else prepared.to(x.dtype)
+    x_in = x.float() if interpreted else x.contiguous()
+    indices = torch.empty(N, dtype=torch.int64, device=x.device)
+    best = torch.empty(N, dtype=torch.float32, device=x.device)
+    # Large tiles: registers on a GPU, and far fewer interpreted steps on CPU.
+    block_k = 64 if not interpreted else max(16, min(2048, triton.next_power_of_2(codebook.shape[0])))
+    block_n = 64 if not interpreted else max(16, min(triton.next_power_of_2(N), 2**19 // block_k))
+    grid = (triton.cdiv(N, block_n),)
+    _nearest_code_kernel[grid](
+        x_in, codebook_in, code_norms, indices, best, N, codebook.shape[0], d,
+        x_in.stride(0), codebook_in.stride(0),
+        COSINE=metric == "cosine", BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=max(16, triton.next_power_of_2(d)),
+    )  # fmt: skip
+    rows = F.normalize(x.float(), dim=-1) if metric == "cosine" else x.float()
+    return indices, _distance(best, rows, metric)
+
+
+@triton.jit
+def _nearest_code_kernel(
+    x_ptr, codebook_ptr, code_norms_ptr, indices_ptr, best_ptr, N, K, D,
+    stride_x, stride_code,
+    COSINE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, BLOCK_D)
+    row_mask = rows < N
+    x = tl.load(
+        x_ptr + rows[:, None] * stride_x + dims[None, :], mask=row_mask[:, None] & (dims[None, :] < D), other=0.0
+    )
+    if COSINE:  # x̂ = x / max(‖x‖, ε), as F.normalize
+        norm = tl.sqrt(tl.sum(x.to(tl.float32) * x.to(tl.float32), axis=1))
+        x = (x.to(tl.float32) / tl.maximum(norm, 1e-12)[:, None]).to(x.dtype)
+
+    best = tl.full((BLOCK_N,), float("inf"), dtype=tl.float32)
+    best_index = tl.zeros((BLOCK_N,), dtype=tl.int64)
+    for start in range(0, K, BLOCK_K):
+        codes = start + tl.arange(0, BLOCK_K)
+        code_mask = codes < K
+        c = tl.load(
+            codebook_ptr + codes[:, None] * stride_code + dims[None, :],
+            mask=code_mask[:, None] & (dims[None, :] < D),
+            other=0.0,
+        )
+        c_norm = tl.load(code_norms_ptr + codes, mask=code_mask, other=float("inf"))  # padding never wins
+        # ieee: float32 inputs stay exact (no TF32), so ties and near-ties agree with the reference
+        scores = c_norm[None, :] - 2.0 * tl.dot(x, tl.trans(c), input_precision="ieee")  # (BLOCK_N, BLOCK_K)
+        tile_best, tile_index = tl.min(scores, axis=1, return_indices=True, return_indices_tie_break_left=True)
+        better = tile_best < best  # strict: an earlier tile keeps a tie, so the lowest index wins
+        best = tl.where(better, tile_best, best)
+        best_index = tl.where(better, tile_index.to(tl.int64) + start, best_index)
+    tl.store(indices_ptr + rows, best_index, mask=row_mask)
+    tl.store(best_ptr + rows, best, mask=row_mask)
+
+
+def _check(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> None:
+    if x.dim() != 2 or codebook.dim() != 2 or x.shape[1] != codebook.shape[1]:
+        raise ValueError(f"need x (N, d) and codebook (K, d), got {tuple(x.shape)} and {tuple(codebook.shape)}")
+    if metric not in ("euclidean", "cosine"):
+        raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+    if codebook.shape[0] == 0:
+        raise ValueError("the codebook is empty")
+
+
+def _prepared_codebook(codebook: torch.Tensor, metric: Metric) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 codebook (unit rows for cosine) and the per-code term of the score (‖c‖², or 0)."""
+    codebook = codebook.float()
+    if metric == "cosine":
+        codebook = F.normalize(codebook, dim=-1)
+        return codebook.contiguous(), torch.zeros(codebook.shape[0], device=codebook.device)
+    return codebook.contiguous(), codebook.square().sum(-1)
+
+
+def _distance(best_score: torch.Tensor, rows: torch.Tensor, metric: Metric) -> torch.Tensor:
+    """Turn the minimal score back into a distance: ‖x‖² + score, or 1 + score / 2 (= 1 − cos)."""
+    if metric == "cosine":
+        return 1 + best_score / 2
+    return (rows.square().sum(-1) + best_score).clamp(min=0)

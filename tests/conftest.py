@@ -1,8 +1,14 @@
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+# Without a GPU, Triton kernels run in Triton's interpreter on CPU tensors. It must be set before
+# any kernel module is imported: @triton.jit reads it when it decorates.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 DATA = Path(__file__).parent / "data"
 TEXTS = json.loads((DATA / "texts.json").read_text())

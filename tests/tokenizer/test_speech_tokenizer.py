@@ -195,3 +195,13 @@ def test_loading_errors_name_the_file(tmp_path, tiny_tokenizer, tiny_whisper):
     wide = whisper.model.Whisper(whisper.model.ModelDimensions(80, 1500, 128, 2, 1, 51864, 24, 128, 2, 1))
     with pytest.raises(CheckpointError, match="width 64"):
         SpeechTokenizer.from_pretrained(folder, whisper=wide)
+
+
+def test_codes_are_the_same_with_the_triton_kernel(tiny_tokenizer, monkeypatch):
+    from auralm.kernels.vq import nearest_code_triton
+    from auralm.tokenizer import bottleneck
+
+    clips = [load_audio(DATA / name) for name in ENGLISH_CLIPS]
+    with_torch = tiny_tokenizer.encode(clips)
+    monkeypatch.setattr(bottleneck, "nearest_code", lambda x, c, metric: nearest_code_triton(x, c, metric)[0])
+    assert all(torch.equal(a, b) for a, b in zip(tiny_tokenizer.encode(clips), with_torch, strict=True))
