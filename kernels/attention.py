@@ -1,0 +1,403 @@
+"""Flash attention, forward and backward, in Triton, with the plain-torch reference it is tested against.
+
+For one head, scores S = scale · Q Kᵀ (masked to −∞), P = softmax(S), O = P V. The forward pass
+streams K/V tiles past a tile of queries with an online softmax (running max m and sum l, in
+base 2: exp(x) = 2^(x·log₂e)) and keeps LSE = m + log l per row, so the backward pass rebuilds
+P = exp(S − LSE) tile by tile instead of storing it:
+    Δ = rowsum(dO ∘ O),  dV = Pᵀ dO,  dP = dO Vᵀ,  dS = P ∘ (dP − Δ),  dQ = scale · dS K,  dK = scale · dSᵀ Q
+dK/dV and dQ come from two kernels (one owns a K/V tile, the other a Q tile), so nothing is
+accumulated with atomics. Grouped-query attention: query head h reads K/V head h // (Hq / Hkv),
+and the dK/dV kernel sums over the query heads of its group.
+
+Masks: `causal` aligns queries to the end of the keys (query i of n sees key j of m when
+j ≤ i + m − n, as in decoding with a KV cache); per-sequence lengths cover padded batches
+(dense layout) and packed variable-length batches (cumulative sequence lengths). A query row
+that sees no key outputs 0.
+
+Both layouts address token t of sequence b, head h, as  base + b·stride_b + (start_b + t)·stride_t
++ h·stride_h : dense (B, H, L, D) has start_b = 0; packed (T, H, D) has stride_b = 0, start_b = cu[b].
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+# ---- public API ----------------------------------------------------------------------------
+
+
+def flash_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool = False,
+    scale: float | None = None,
+    query_lengths: torch.Tensor | None = None,
+    key_lengths: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """q: (B, Hq, Lq, D); k, v: (B, Hkv, Lk, D) with Hq a multiple of Hkv. Returns (B, Hq, Lq, D).
+
+    scale: default 1/√D. query_lengths / key_lengths: (B,) ints, valid tokens per sequence from the
+    start (right padding); padded query rows output 0. Differentiable in q, k and v.
+    """
+    B, Hq, Lq, D = q.shape
+    _check(q, k, v)
+    zeros = torch.zeros(B, dtype=torch.int32, device=q.device)
+    q_len = _lengths(query_lengths, B, Lq, q.device)
+    k_len = _lengths(key_lengths, B, k.shape[2], q.device)
+    # (B, H, L, D) addressed as (b, t, h): strides (b, t, h) = (stride 0, stride 2, stride 1)
+    return _FlashAttention.apply(q, k, v, zeros, q_len, zeros, k_len, causal, _scale(scale, D), (0, 2, 1))
+
+
+def flash_attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    causal: bool = False,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Packed sequences: q (Tq, Hq, D), k and v (Tk, Hkv, D); cu_seqlens_*: (B + 1,) starts, ending
+    with the total. Sequence b is q[cu_q[b]:cu_q[b+1]] against k[cu_k[b]:cu_k[b+1]]. Returns (Tq, Hq, D)."""
+    _check(q, k, v)
+    starts_q, starts_k = cu_seqlens_q[:-1].int(), cu_seqlens_k[:-1].int()
+    q_len, k_len = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).int(), (cu_seqlens_k[1:] - cu_seqlens_k[:-1]).int()
+    # (T, H, D) addressed as (b, t, h): no batch stride
+    return _FlashAttention.apply(
+        q, k, v, starts_q, q_len, starts_k, k_len, causal, _scale(scale, q.shape[-1]), (None, 0, 1)
+    )
+
+
+def attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool = False,
+    scale: float | None = None,
+    query_lengths: torch.Tensor | None = None,
+    key_lengths: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The same maths in plain torch (float32, K/V heads repeated for GQA), for tests and fallbacks."""
+    B, Hq, Lq, D = q.shape
+    Lk, group = k.shape[2], Hq // k.shape[1]
+    k, v = k.repeat_interleave(group, dim=1).float(), v.repeat_interleave(group, dim=1).float()
+    q_len = _lengths(query_lengths, B, Lq, q.device).long()
+    k_len = _lengths(key_lengths, B, Lk, q.device).long()
+    rows, cols = torch.arange(Lq, device=q.device), torch.arange(Lk, device=q.device)
+    visible = cols[None, None, :] < k_len[:, None, None]  # (B, Lq, Lk)
+    visible = visible & (rows[None, :, None] < q_len[:, None, None])
+    if causal:
+        visible = visible & (cols[None, None, :] <= rows[None, :, None] + (k_len - q_len)[:, None, None])
+    scores = (q.float() @ k.transpose(-1, -2)) * _scale(scale, D)
+    scores = scores.masked_fill(~visible[:, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows that see nothing: 0
+    return (probs @ v).to(q.dtype)
+
+
+# ---- autograd ------------------------------------------------------------------------------
+
+
+class _FlashAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, q_start, q_len, k_start, k_len, causal, scale, axes):
+        interpreted = _interpreted(q)
+        # The interpreter computes bf16/fp16 tl.dot wrongly: there everything runs in float32.
+        qc, kc, vc = (t.float() if interpreted else t for t in (q, k, v))
+        o = torch.zeros_like(qc)  # rows past a sequence's length stay 0
+        lse = torch.empty(_lse_shape(q, axes), dtype=torch.float32, device=q.device)
+        B, Hq, Hkv, max_q, max_k, D = _dims(q, k, q_len, k_len, axes)
+        block_m, block_n = _blocks(interpreted, max_q, max_k)
+        grid = (triton.cdiv(max_q, block_m), B * Hq)
+        _attention_forward[grid](
+            qc, kc, vc, o, lse, q_start, q_len, k_start, k_len,
+            *_strides(qc, axes), *_strides(kc, axes), *_strides(vc, axes), *_strides(o, axes), *_lse_strides(lse, axes),
+            Hq, Hq // Hkv, D, scale * LOG2E,
+            CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(D)),
+        )  # fmt: skip
+        ctx.save_for_backward(qc, kc, vc, o, lse, q_start, q_len, k_start, k_len)
+        ctx.causal, ctx.scale, ctx.axes, ctx.dtypes = causal, scale, axes, (q.dtype, k.dtype, v.dtype)
+        return o.to(q.dtype)
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse, q_start, q_len, k_start, k_len = ctx.saved_tensors
+        axes, interpreted = ctx.axes, _interpreted(q)
+        do = do.to(q.dtype).contiguous()
+        delta = torch.empty_like(lse)
+        dq, dk, dv = torch.zeros_like(q, dtype=torch.float32), torch.zeros_like(k), torch.zeros_like(v)
+        B, Hq, Hkv, max_q, max_k, D = _dims(q, k, q_len, k_len, axes)
+        block_m, block_n = _blocks(interpreted, max_q, max_k)
+        block_d = max(16, triton.next_power_of_2(D))
+        common = (q_start, q_len, k_start, k_len, *_strides(q, axes), *_strides(k, axes), *_strides(v, axes))
+        common += (*_strides(do, axes), *_lse_strides(lse, axes), Hq, Hq // Hkv, D, ctx.scale, ctx.scale * LOG2E)
+        _attention_delta[(triton.cdiv(max_q, block_m), B * Hq)](
+            o, do, delta, q_start, q_len, *_strides(o, axes), *_strides(do, axes), *_lse_strides(delta, axes), Hq, D,
+            BLOCK_M=block_m, BLOCK_D=block_d,
+        )  # fmt: skip
+        _attention_backward_dkdv[(triton.cdiv(max_k, block_n), B * Hkv)](
+            q, k, v, do, lse, delta, dk, dv, *common, *_strides(dk, axes), *_strides(dv, axes),
+            CAUSAL=ctx.causal, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        )  # fmt: skip
+        _attention_backward_dq[(triton.cdiv(max_q, block_m), B * Hq)](
+            q, k, v, do, lse, delta, dq, *common, *_strides(dq, axes),
+            CAUSAL=ctx.causal, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        )  # fmt: skip
+        q_dtype, k_dtype, v_dtype = ctx.dtypes
+        return dq.to(q_dtype), dk.to(k_dtype), dv.to(v_dtype), None, None, None, None, None, None, None
+
+
+# ---- kernels -------------------------------------------------------------------------------
+
+
+@triton.jit
+def _visible(rows, cols, q_len, k_len, CAUSAL: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) mask: the key exists and, if causal, is not after the query (end-aligned)."""
+    mask = (rows[:, None] < q_len) & (cols[None, :] < k_len)
+    if CAUSAL:
+        mask = mask & (cols[None, :] <= rows[:, None] + (k_len - q_len))
+    return mask
+
+
+@triton.jit
+def _attention_forward(
+    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, q_start_ptr, q_len_ptr, k_start_ptr, k_len_ptr,
+    sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sob, sot, soh, slb, slt, slh,
+    H, GROUP, D, scale_log2,
+    CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    b, h = tl.program_id(1) // H, tl.program_id(1) % H
+    q_len, k_len = tl.load(q_len_ptr + b), tl.load(k_len_ptr + b)
+    m_start = tl.program_id(0) * BLOCK_M
+    if m_start >= q_len:
+        return
+    q_start, k_start, kv_h = tl.load(q_start_ptr + b), tl.load(k_start_ptr + b), h // GROUP
+    rows = m_start + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    row_mask = (rows < q_len)[:, None] & (dims < D)[None, :]
+    q = tl.load(q_ptr + b * sqb + (q_start + rows)[:, None] * sqt + h * sqh + dims[None, :], mask=row_mask, other=0.0)
+
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)  # running max, base-2 units
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)  # running sum of 2^(s − m)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    end = k_len
+    if CAUSAL:  # keys after the block's last query are never seen
+        end = tl.minimum(k_len, m_start + BLOCK_M + k_len - q_len)
+    for n_start in range(0, end, BLOCK_N):
+        cols = n_start + tl.arange(0, BLOCK_N)
+        col_mask = (cols < k_len)[:, None] & (dims < D)[None, :]
+        k = tl.load(
+            k_ptr + b * skb + (k_start + cols)[:, None] * skt + kv_h * skh + dims[None, :], mask=col_mask, other=0.0
+        )
+        v = tl.load(
+            v_ptr + b * svb + (k_start + cols)[:, None] * svt + kv_h * svh + dims[None, :], mask=col_mask, other=0.0
+        )
+        s = tl.dot(q, tl.trans(k)) * scale_log2
+        s = tl.where(_visible(rows, cols, q_len, k_len, CAUSAL), s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that has seen nothing yet
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+
+    seen = l_i > 0
+    out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    tl.store(
+        o_ptr + b * sob + (q_start + rows)[:, None] * sot + h * soh + dims[None, :],
+        out.to(o_ptr.dtype.element_ty),
+        mask=row_mask,
+    )
+    # natural-log LSE; +∞ for a row that sees nothing, so the backward pass's exp(s − LSE) is 0 there
+    lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) / 1.4426950408889634, float("inf"))
+    tl.store(lse_ptr + b * slb + (q_start + rows) * slt + h * slh, lse, mask=rows < q_len)
+
+
+@triton.jit
+def _attention_delta(
+    o_ptr, do_ptr, delta_ptr, q_start_ptr, q_len_ptr, sob, sot, soh, sdob, sdot, sdoh, slb, slt, slh, H, D,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """Δ = rowsum(dO ∘ O), once per query row."""
+    b, h = tl.program_id(1) // H, tl.program_id(1) % H
+    q_len, q_start = tl.load(q_len_ptr + b), tl.load(q_start_ptr + b)
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    mask = (rows < q_len)[:, None] & (dims < D)[None, :]
+    o = tl.load(o_ptr + b * sob + (q_start + rows)[:, None] * sot + h * soh + dims[None, :], mask=mask, other=0.0)
+    do = tl.load(do_ptr + b * sdob + (q_start + rows)[:, None] * sdot + h * sdoh + dims[None, :], mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    tl.store(delta_ptr + b * slb + (q_start + rows) * slt + h * slh, delta, mask=rows < q_len)
+
+
+@triton.jit
+def _attention_backward_dkdv(
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
+    q_start_ptr, q_len_ptr, k_start_ptr, k_len_ptr,
+    sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sdob, sdot, sdoh, slb, slt, slh,
+    H, GROUP, D, scale, scale_log2,
+    sdkb, sdkt, sdkh, sdvb, sdvt, sdvh,
+    CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """One K/V tile of one K/V head: dV = Σ Pᵀ dO, dK = scale · Σ dSᵀ Q over its group's query heads."""
+    H_KV = H // GROUP
+    b, kv_h = tl.program_id(1) // H_KV, tl.program_id(1) % H_KV
+    q_len, k_len = tl.load(q_len_ptr + b), tl.load(k_len_ptr + b)
+    n_start = tl.program_id(0) * BLOCK_N
+    if n_start >= k_len:
+        return
+    q_start, k_start = tl.load(q_start_ptr + b), tl.load(k_start_ptr + b)
+    cols = n_start + tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, BLOCK_D)
+    col_mask = (cols < k_len)[:, None] & (dims < D)[None, :]
+    k = tl.load(
+        k_ptr + b * skb + (k_start + cols)[:, None] * skt + kv_h * skh + dims[None, :], mask=col_mask, other=0.0
+    )
+    v = tl.load(
+        v_ptr + b * svb + (k_start + cols)[:, None] * svt + kv_h * svh + dims[None, :], mask=col_mask, other=0.0
+    )
+    dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    first = 0
+    if CAUSAL:  # queries before this one never see the tile: row + k_len − q_len ≥ n_start
+        first = tl.maximum(0, n_start - (k_len - q_len)) // BLOCK_M * BLOCK_M
+    for g in range(GROUP):
+        h = kv_h * GROUP + g
+        for m_start in range(first, q_len, BLOCK_M):
+            rows = m_start + tl.arange(0, BLOCK_M)
+            row_mask = (rows < q_len)[:, None] & (dims < D)[None, :]
+            q = tl.load(
+                q_ptr + b * sqb + (q_start + rows)[:, None] * sqt + h * sqh + dims[None, :], mask=row_mask, other=0.0
+            )
+            do = tl.load(
+                do_ptr + b * sdob + (q_start + rows)[:, None] * sdot + h * sdoh + dims[None, :],
+                mask=row_mask,
+                other=0.0,
+            )
+            lse = tl.load(lse_ptr + b * slb + (q_start + rows) * slt + h * slh, mask=rows < q_len, other=float("inf"))
+            delta = tl.load(delta_ptr + b * slb + (q_start + rows) * slt + h * slh, mask=rows < q_len, other=0.0)
+            s = tl.dot(q, tl.trans(k)) * scale_log2  # (BLOCK_M, BLOCK_N)
+            p = tl.exp2(s - lse[:, None] * 1.4426950408889634)
+            p = tl.where(_visible(rows, cols, q_len, k_len, CAUSAL), p, 0.0)
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do)
+            dp = tl.dot(do, tl.trans(v))
+            ds = p * (dp - delta[:, None])
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
+    tl.store(
+        dk_ptr + b * sdkb + (k_start + cols)[:, None] * sdkt + kv_h * sdkh + dims[None, :],
+        (dk * scale).to(dk_ptr.dtype.element_ty),
+        mask=col_mask,
+    )
+    tl.store(
+        dv_ptr + b * sdvb + (k_start + cols)[:, None] * sdvt + kv_h * sdvh + dims[None, :],
+        dv.to(dv_ptr.dtype.element_ty),
+        mask=col_mask,
+    )
+
+
+@triton.jit
+def _attention_backward_dq(
+    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
+    q_start_ptr, q_len_ptr, k_start_ptr, k_len_ptr,
+    sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sdob, sdot, sdoh, slb, slt, slh,
+    H, GROUP, D, scale, scale_log2,
+    sdqb, sdqt, sdqh,
+    CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """One Q tile of one query head: dQ = scale · Σ dS K over the key tiles it sees."""
+    b, h = tl.program_id(1) // H, tl.program_id(1) % H
+    q_len, k_len = tl.load(q_len_ptr + b), tl.load(k_len_ptr + b)
+    m_start = tl.program_id(0) * BLOCK_M
+    if m_start >= q_len:
+        return
+    q_start, k_start, kv_h = tl.load(q_start_ptr + b), tl.load(k_start_ptr + b), h // GROUP
+    rows = m_start + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, BLOCK_D)
+    row_mask = (rows < q_len)[:, None] & (dims < D)[None, :]
+    q = tl.load(q_ptr + b * sqb + (q_start + rows)[:, None] * sqt + h * sqh + dims[None, :], mask=row_mask, other=0.0)
+    do = tl.load(
+        do_ptr + b * sdob + (q_start + rows)[:, None] * sdot + h * sdoh + dims[None, :], mask=row_mask, other=0.0
+    )
+    lse = tl.load(lse_ptr + b * slb + (q_start + rows) * slt + h * slh, mask=rows < q_len, other=float("inf"))
+    delta = tl.load(delta_ptr + b * slb + (q_start + rows) * slt + h * slh, mask=rows < q_len, other=0.0)
+    dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    end = k_len
+    if CAUSAL:
+        end = tl.minimum(k_len, m_start + BLOCK_M + k_len - q_len)
+    for n_start in range(0, end, BLOCK_N):
+        cols = n_start + tl.arange(0, BLOCK_N)
+        col_mask = (cols < k_len)[:, None] & (dims < D)[None, :]
+        k = tl.load(
+            k_ptr + b * skb + (k_start + cols)[:, None] * skt + kv_h * skh + dims[None, :], mask=col_mask, other=0.0
+        )
+        v = tl.load(
+            v_ptr + b * svb + (k_start + cols)[:, None] * svt + kv_h * svh + dims[None, :], mask=col_mask, other=0.0
+        )
+        s = tl.dot(q, tl.trans(k)) * scale_log2
+        p = tl.exp2(s - lse[:, None] * 1.4426950408889634)
+        p = tl.where(_visible(rows, cols, q_len, k_len, CAUSAL), p, 0.0)
+        dp = tl.dot(do, tl.trans(v))
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k)
+    tl.store(dq_ptr + b * sdqb + (q_start + rows)[:, None] * sdqt + h * sdqh + dims[None, :], dq * scale, mask=row_mask)
+
+
+# ---- helpers -------------------------------------------------------------------------------
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    if k.shape != v.shape or q.shape[-1] != k.shape[-1] or q.dim() != k.dim():
+        raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)} and v {tuple(v.shape)} do not fit together")
+    heads_q, heads_kv = q.shape[-3] if q.dim() == 4 else q.shape[-2], k.shape[-3] if k.dim() == 4 else k.shape[-2]
+    if heads_q % heads_kv:
+        raise ValueError(f"{heads_q} query heads are not a multiple of {heads_kv} key/value heads")
+    if not (q.is_cuda or _interpreted(q)):
+        raise RuntimeError("flash_attention needs CUDA tensors (or TRITON_INTERPRET=1 to run on CPU)")
+
+
+def _interpreted(t: torch.Tensor) -> bool:
+    return not t.is_cuda and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _scale(scale: float | None, head_dim: int) -> float:
+    return 1 / math.sqrt(head_dim) if scale is None else float(scale)
+
+
+def _lengths(lengths: torch.Tensor | None, batch: int, full: int, device: torch.device) -> torch.Tensor:
+    if lengths is None:
+        return torch.full((batch,), full, dtype=torch.int32, device=device)
+    return lengths.to(device=device, dtype=torch.int32)
+
+
+def _strides(t: torch.Tensor, axes: tuple[int | None, int, int]) -> tuple[int, int, int]:
+    """(batch, token, head) strides; a packed layout has no batch stride."""
+    return tuple(0 if axis is None else t.stride(axis) for axis in axes)
+
+
+def _lse_shape(q: torch.Tensor, axes: tuple[int | None, int, int]) -> tuple[int, ...]:
+    """LSE and Δ share q's layout without the head dim: dense (B, H, L), packed (T, H)."""
+    return q.shape[:-1]
+
+
+def _lse_strides(lse: torch.Tensor, axes: tuple[int | None, int, int]) -> tuple[int, int, int]:
+    return tuple(0 if axis is None else lse.stride(axis) for axis in axes)
+
+
+def _dims(q, k, q_len, k_len, axes) -> tuple[int, int, int, int, int, int]:
+    """B, Hq, Hkv, longest query and key sequence, head dim."""
+    head_axis = axes[2]
+    return (len(q_len), q.shape[head_axis], k.shape[head_axis], int(q_len.max()), int(k_len.max()), q.shape[-1])
+
+
+def _blocks(interpreted: bool, max_q: int, max_k: int) -> tuple[int, int]:
+    if interpreted:  # few, large tiles: each interpreted step costs the same whatever its size
+        return max(16, min(128, triton.next_power_of_2(max_q))), max(16, min(128, triton.next_power_of_2(max_k)))
+    return 64, 64
