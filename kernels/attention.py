@@ -47,7 +47,7 @@ def flash_attention(
     scale: default 1/√D. query_lengths / key_lengths: (B,) ints, valid tokens per sequence from the
     start (right padding); padded query rows output 0. Differentiable in q, k and v.
     """
-    B, Hq, Lq, D = q.shape
+    B, _, Lq, D = q.shape
     _check(q, k, v)
     zeros = torch.zeros(B, dtype=torch.int32, device=q.device)
     q_len = _lengths(query_lengths, B, Lq, q.device)
