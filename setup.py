@@ -6,7 +6,7 @@ from pathlib import Path
 from setuptools import setup
 
 ROOT = Path(__file__).parent
-SUBPACKAGES = ["tokenizer", "kernels", "checkpoints"]  # lm and training join as they land
+SUBPACKAGES = ["tokenizer", "lm", "kernels", "checkpoints"]  # training joins when it lands
 VERSION = re.search(r'__version__ = "(.+)"', (ROOT / "auralm" / "__init__.py").read_text()).group(1)
 
 setup(
