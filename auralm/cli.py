@@ -20,6 +20,7 @@ from auralm.checkpoints import WHISPER_MODELS, CheckpointError, load_whisper
 from auralm.token_export import FORMATS, format_line, open_resumable
 from auralm.tokenizer import AudioError, SpeechTokenizer, load_audio, num_tokens, split_windows, transcribe
 from auralm.tokenizer.audio import SAMPLE_RATE
+from auralm.tokenizer.backbone import use_flash_attention
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64", ".rf64"}
 
@@ -176,7 +177,7 @@ def _run_info(args: argparse.Namespace) -> int:
 
 def _run_whisper(args: argparse.Namespace) -> int:
     files = audio_files(args.inputs)
-    model = load_whisper(args.model, device=args.device)
+    model = use_flash_attention(load_whisper(args.model, device=args.device))
 
     def transcribe_file(paths: list[Path]) -> list[str]:
         (path,) = paths

@@ -24,6 +24,7 @@ import math
 import os
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -31,6 +32,26 @@ LOG2E = 1.4426950408889634
 
 
 # ---- public API ----------------------------------------------------------------------------
+
+
+def dot_product_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False, scale: float | None = None
+) -> torch.Tensor:
+    """q: (B, Hq, Lq, D); k, v: (B, Hkv, Lk, D). The Triton kernel for CUDA tensors, torch SDPA otherwise
+    (CPU, or head dims over 256); causal aligned to the end of the keys either way."""
+    if _prefer_triton(q) and q.shape[-1] <= 256:
+        return flash_attention(q, k, v, causal=causal, scale=scale)
+    Lq, Lk = q.shape[2], k.shape[2]
+    end_aligned = None
+    if causal and Lq != Lk:  # SDPA's is_causal aligns to the start
+        end_aligned = torch.ones(Lq, Lk, dtype=torch.bool, device=q.device).tril(Lk - Lq)
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=end_aligned, is_causal=causal and Lq == Lk, scale=scale, enable_gqa=k.shape[1] != q.shape[1]
+    )
+
+
+def _prefer_triton(t: torch.Tensor) -> bool:
+    return t.is_cuda
 
 
 def flash_attention(

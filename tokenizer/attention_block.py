@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from whisper.model import LayerNorm
+
+from auralm.kernels import dot_product_attention
 
 ROPE_BASE = 10_000
 
@@ -50,7 +51,9 @@ class MultiHeadAttention(nn.Module):
         q, k, v = (proj(x).view(B, T, self.n_head, -1) for proj in (self.query, self.key, self.value))  # (B, T, H, hw)
         if self.rotary is not None:
             q, k = self.rotary(q, positions), self.rotary(k, positions)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=self.scale)
+        out = dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=self.scale
+        )  # (B, H, T, hw)
         return self.out(out.transpose(1, 2).reshape(B, T, -1))  # (B, T, n_state)
 
 

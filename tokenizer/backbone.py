@@ -7,6 +7,7 @@ to text should read like what Whisper itself transcribes from the audio.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -18,6 +19,7 @@ from whisper.audio import N_FFT, N_FRAMES, N_SAMPLES
 from whisper.model import Whisper
 from whisper.normalizers import EnglishTextNormalizer
 
+from auralm.kernels import dot_product_attention
 from auralm.tokenizer.audio import SAMPLE_RATE, split_windows
 
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -30,6 +32,23 @@ class Transcript(NamedTuple):
     text: str
     language: str  # detected or given, e.g. "en"
     windows: int  # ≤ 30 s windows the clip was split into
+
+
+def use_flash_attention(model: Whisper) -> Whisper:
+    """Route every attention of a Whisper model through `auralm.kernels.dot_product_attention` (the Triton
+    kernel on CUDA, torch SDPA elsewhere). Weights and outputs are unchanged; returns the model."""
+    for module in model.modules():
+        if isinstance(module, whisper.model.MultiHeadAttention):
+            module.qkv_attention = functools.partial(_qkv_attention, module)
+    return model
+
+
+def _qkv_attention(module: whisper.model.MultiHeadAttention, q, k, v, mask=None) -> tuple[torch.Tensor, None]:
+    """openai-whisper's qkv_attention contract: q (B, Tq, d), k, v (B, Tk, d) → ((B, Tq, d), no weights).
+    Its decoder passes a mask for causal self-attention; a single query (KV-cache step) sees all keys."""
+    q, k, v = (t.unflatten(-1, (module.n_head, -1)).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
+    out = dot_product_attention(q, k, v, causal=mask is not None and q.shape[2] > 1)
+    return out.transpose(1, 2).flatten(2), None
 
 
 def log_mel(audio: torch.Tensor, n_mels: int) -> torch.Tensor:

@@ -24,7 +24,12 @@ from whisper.model import Whisper
 from auralm.checkpoints import CheckpointError, load_whisper
 from auralm.checkpoints.whisper_vq import read_whisper_vq
 from auralm.tokenizer.audio import SAMPLE_RATE, AudioSource, load_audio, num_tokens, split_windows
-from auralm.tokenizer.backbone import FALLBACK_TEMPERATURES, decode_with_fallback, log_mel_for_tokens
+from auralm.tokenizer.backbone import (
+    FALLBACK_TEMPERATURES,
+    decode_with_fallback,
+    log_mel_for_tokens,
+    use_flash_attention,
+)
 from auralm.tokenizer.bottleneck import QuantizerBottleneck
 from auralm.tokenizer.config import TokenizerConfig
 from auralm.tokenizer.token_format import codes_to_string, string_to_codes
@@ -49,7 +54,7 @@ class SpeechTokenizer(nn.Module):
                 f"got width {whisper.dims.n_audio_state} with {whisper.dims.n_mels} (config names {config.whisper!r})"
             )
         self.config = config
-        self.whisper = whisper.eval().requires_grad_(False)
+        self.whisper = use_flash_attention(whisper.eval().requires_grad_(False))
         self.bottleneck = QuantizerBottleneck(config)
 
     @property

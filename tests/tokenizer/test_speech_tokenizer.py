@@ -197,11 +197,18 @@ def test_loading_errors_name_the_file(tmp_path, tiny_tokenizer, tiny_whisper):
         SpeechTokenizer.from_pretrained(folder, whisper=wide)
 
 
-def test_codes_are_the_same_with_the_triton_kernel(tiny_tokenizer, monkeypatch):
+def test_codes_are_the_same_with_the_triton_kernels(tiny_tokenizer, monkeypatch):
+    """Nearest-code search and every attention (Whisper's and the block's) through Triton."""
+    import auralm.kernels.attention as attention_module
     from auralm.kernels.vq import nearest_code_triton
     from auralm.tokenizer import bottleneck
 
-    clips = [load_audio(DATA / name) for name in ENGLISH_CLIPS]
+    clips = [load_audio(DATA / name) for name in ENGLISH_CLIPS[:3]]
     with_torch = tiny_tokenizer.encode(clips)
+    features = tiny_tokenizer.bottleneck.dequantize(with_torch[0][None])
     monkeypatch.setattr(bottleneck, "nearest_code", lambda x, c, metric: nearest_code_triton(x, c, metric)[0])
+    monkeypatch.setattr(attention_module, "_prefer_triton", lambda t: True)
     assert all(torch.equal(a, b) for a, b in zip(tiny_tokenizer.encode(clips), with_torch, strict=True))
+    torch.testing.assert_close(
+        tiny_tokenizer.bottleneck.dequantize(with_torch[0][None]), features, atol=1e-4, rtol=1e-4
+    )
