@@ -4,7 +4,12 @@
 
 Nearest code (N = 32 × 750 frames, d = 64, K ∈ {513, 2049, 16385}, fp32 and bf16) against
 `torch.cdist` + `argmin` and against vector-quantize-pytorch's own quantize path, and next to the
-memory-bandwidth lower bound (bytes read ÷ peak bandwidth). Attention joins when its kernel lands.
+memory-bandwidth lower bound (bytes read ÷ peak bandwidth).
+
+Attention (GPU only), forward and forward + backward, bf16, against torch SDPA with the flash
+backend forced (FlashAttention-2) and with the cuDNN backend, at Whisper shapes (1500 frames,
+non-causal, d 64, 16 heads) and LLM shapes (1k–16k causal, d 128, GQA 32/8). TFLOP/s by the usual
+convention: forward 4·B·H·N²·D, halved when causal; backward 2.5 × forward.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import platform
 import torch
 from vector_quantize_pytorch import VectorQuantize
 
-from auralm.kernels import nearest_code
+from auralm.kernels import flash_attention, nearest_code
 
 # Peak memory bandwidth by GPU name, bytes/s (vendor figures).
 PEAK_BANDWIDTH = {"H100 80GB HBM3": 3.35e12, "H100 PCIe": 2.0e12, "H200": 4.8e12, "A100-SXM4-80GB": 2.04e12}
@@ -58,6 +63,17 @@ def main() -> None:
         for dtype in (torch.float32, torch.bfloat16):
             print(nearest_code_row(k, dtype, device, bandwidth, args.repeats))
 
+    if device.type != "cuda":
+        print("attention: needs a CUDA device (the kernel and the SDPA backends it is compared with)")
+        return
+    print(
+        f"\n{'shape':34} {'pass':>8} {'ours TF/s':>10} {'FA2 TF/s':>9} {'vs FA2':>7} {'cuDNN TF/s':>11} {'vs cuDNN':>9}"
+    )
+    shapes = [(8, 16, 16, 1500, 64, False)] + [(16384 // n, 32, 8, n, 128, True) for n in (1024, 4096, 16384)]
+    for shape in shapes:
+        for backward in (False, True):
+            print(attention_row(*shape, backward, device, args.repeats))
+
 
 def nearest_code_row(k: int, dtype: torch.dtype, device: torch.device, bandwidth: float | None, repeats: int) -> str:
     n, d = 32 * 750, 64
@@ -75,6 +91,40 @@ def nearest_code_row(k: int, dtype: torch.dtype, device: torch.device, bandwidth
     )
 
 
+def attention_row(B, Hq, Hkv, N, D, causal, backward, device, repeats) -> str:
+    q = torch.randn(B, Hq, N, D, device=device, dtype=torch.bfloat16, requires_grad=backward)
+    k = torch.randn(B, Hkv, N, D, device=device, dtype=torch.bfloat16, requires_grad=backward)
+    v = torch.randn(B, Hkv, N, D, device=device, dtype=torch.bfloat16, requires_grad=backward)
+    grad = torch.randn_like(q)
+
+    def run(fn):
+        def step():
+            out = fn()
+            if backward:
+                torch.autograd.grad(out, (q, k, v), grad)
+
+        with torch.enable_grad():
+            return bench(step, device, repeats)
+
+    def sdpa(backend):
+        def fn():
+            with torch.nn.attention.sdpa_kernel(backend):  # SDPA backends want K/V heads repeated
+                kk, vv = k.repeat_interleave(Hq // Hkv, 1), v.repeat_interleave(Hq // Hkv, 1)
+                return torch.nn.functional.scaled_dot_product_attention(q, kk, vv, is_causal=causal)
+
+        return fn
+
+    flops = 4 * B * Hq * N * N * D / (2 if causal else 1) * (3.5 if backward else 1)
+    ours = run(lambda: flash_attention(q, k, v, causal=causal))
+    fa2 = run(sdpa(torch.nn.attention.SDPBackend.FLASH_ATTENTION))
+    cudnn = run(sdpa(torch.nn.attention.SDPBackend.CUDNN_ATTENTION))
+    label = f"B{B} H{Hq}/{Hkv} N{N} D{D}{' causal' if causal else ''}"
+    return (
+        f"{label:34} {'fwd+bwd' if backward else 'fwd':>8} {flops / ours / 1e12:10.0f} {flops / fa2 / 1e12:9.0f} "
+        f"{fa2 / ours:7.2f} {flops / cudnn / 1e12:11.0f} {cudnn / ours:9.2f}"
+    )
+
+
 if __name__ == "__main__":
-    with torch.inference_mode():
+    with torch.no_grad():
         main()
