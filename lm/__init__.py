@@ -1,5 +1,17 @@
-"""Speech tokens in Hugging Face causal LMs."""
+"""Speech tokens in Hugging Face causal LMs: vocabulary, loading, chat over audio, attention."""
 
 from auralm.lm.attention import ATTENTION_NAME, register_attention
+from auralm.lm.chat import SpeechChat
+from auralm.lm.loading import DEFAULT_LLM, load_llm
+from auralm.lm.vocabulary import SpeechTokenizerMismatch, add_sound_tokens, check_speech_tokenizer
 
-__all__ = ["ATTENTION_NAME", "register_attention"]
+__all__ = [
+    "ATTENTION_NAME",
+    "DEFAULT_LLM",
+    "SpeechChat",
+    "SpeechTokenizerMismatch",
+    "add_sound_tokens",
+    "check_speech_tokenizer",
+    "load_llm",
+    "register_attention",
+]

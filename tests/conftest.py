@@ -4,11 +4,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from whisper.model import ModelDimensions, Whisper
 
 # Without a GPU, Triton kernels run in Triton's interpreter on CPU tensors. It must be set before
 # any kernel module is imported: @triton.jit reads it when it decorates.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from auralm.tokenizer import SpeechTokenizer, TokenizerConfig
 
 DATA = Path(__file__).parent / "data"
 TEXTS = json.loads((DATA / "texts.json").read_text())
@@ -36,3 +39,36 @@ def whisper_base():
     from auralm.checkpoints import load_whisper
 
     return load_whisper("base")
+
+
+# Whisper's real audio geometry (80 mels, 1500 frames) at toy width; a short text context keeps
+# decoding of random weights quick.
+TINY_WHISPER = ModelDimensions(
+    n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=1,
+    n_vocab=51864, n_text_ctx=24, n_text_state=64, n_text_head=2, n_text_layer=1,
+)  # fmt: skip
+TINY_CONFIG = TokenizerConfig(whisper="tiny-random", n_state=64, n_head=2, n_codes=64, codebook_dim=16)
+
+
+def randomize(module: torch.nn.Module, seed: int) -> None:
+    """Non-trivial values everywhere (norms and biases too), so a mixed-up weight shows."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            scale = 0.5 if p.dim() < 2 else p.shape[-1] ** -0.5
+            p.copy_(torch.randn(p.shape, generator=generator) * scale + (1.0 if name.endswith("ln.weight") else 0.0))
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper() -> Whisper:
+    model = Whisper(TINY_WHISPER)
+    randomize(model, seed=0)
+    return model.eval().requires_grad_(False)
+
+
+@pytest.fixture
+def tiny_tokenizer(tiny_whisper) -> SpeechTokenizer:
+    torch.manual_seed(1)  # ResidualVQ draws its unit-norm codebook from the global generator
+    tokenizer = SpeechTokenizer(TINY_CONFIG, tiny_whisper)
+    randomize(tokenizer.bottleneck, seed=1)
+    return tokenizer.eval()

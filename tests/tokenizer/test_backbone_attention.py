@@ -8,11 +8,13 @@ import whisper
 import auralm.kernels.attention as attention_module
 from auralm.tokenizer import load_audio
 from auralm.tokenizer.backbone import log_mel, use_flash_attention
-from tests.conftest import DATA
+from tests.conftest import DATA, TINY_WHISPER, randomize
 
 
 @torch.no_grad()
-def test_encoder_decoder_and_cached_decoding_unchanged(tiny_whisper, monkeypatch):
+def test_encoder_decoder_and_cached_decoding_unchanged(monkeypatch):
+    tiny_whisper = whisper.model.Whisper(TINY_WHISPER)  # fresh: openai-whisper's own attention
+    randomize(tiny_whisper, seed=0)
     mel = log_mel(load_audio(DATA / "en_16k.wav"), 80)[None]
     tokens = torch.tensor([[50257, 50362, 464, 2068, 7586]])
     expected_frames = tiny_whisper.encoder(mel)

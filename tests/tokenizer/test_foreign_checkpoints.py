@@ -16,8 +16,7 @@ import torch.nn.functional as F
 from auralm.checkpoints import CheckpointError
 from auralm.tokenizer import SpeechTokenizer, load_audio
 from auralm.tokenizer.backbone import log_mel_for_tokens
-from tests.conftest import DATA
-from tests.tokenizer.conftest import TINY_CONFIG
+from tests.conftest import DATA, TINY_CONFIG
 
 
 @dataclasses.dataclass

@@ -9,8 +9,7 @@ from vector_quantize_pytorch import ResidualVQ
 
 from auralm.checkpoints import CheckpointError
 from auralm.tokenizer import SpeechTokenizer, TokenFormatError, load_audio, num_tokens, split_windows
-from tests.conftest import DATA, ENGLISH_CLIPS
-from tests.tokenizer.conftest import TINY_CONFIG
+from tests.conftest import DATA, ENGLISH_CLIPS, TINY_CONFIG
 
 GREEDY = (0.0,)  # random weights always "fail" the fallback thresholds; sampling would not be repeatable
 

@@ -1,0 +1,215 @@
+"""`SpeechChat`: conversations whose messages hold audio as well as text, answered by an LLM that hears.
+
+    chat = SpeechChat(model, tokenizer, speech_tokenizer)
+    chat.generate([{"role": "user", "content": [
+        {"type": "audio", "path": "question.wav"},
+        {"type": "text", "text": "Answer the question in the recording."},
+    ]}])
+
+Messages follow the transformers chat format. A content part `{"type": "audio", "path": …}` or
+`{"type": "audio", "array": …, "sampling_rate": …}` becomes the speech tokenizer's token string;
+parts are joined in order into the message text, then the model's own chat template applies.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+)
+
+from auralm.lm.vocabulary import SpeechTokenizerMismatch, check_speech_tokenizer, sound_vocabulary
+from auralm.tokenizer import SpeechTokenizer
+
+Message = dict[str, Any]
+TRANSCRIBE_PROMPT = "Transcribe the speech."
+
+
+class SpeechChat:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        speech_tokenizer: SpeechTokenizer,
+        allow_mismatch: bool = False,
+    ):
+        check_speech_tokenizer(model, speech_tokenizer, allow_mismatch)
+        missing = [t for t in sound_vocabulary(speech_tokenizer.config.n_codes) if t not in tokenizer.get_vocab()]
+        if missing:
+            raise SpeechTokenizerMismatch(
+                f"the LLM's tokenizer lacks {len(missing)} sound tokens; call add_sound_tokens first"
+            )
+        self.model, self.tokenizer, self.speech_tokenizer = model, tokenizer, speech_tokenizer
+
+    # ---- prompts ---------------------------------------------------------------------------
+
+    def render(self, conversations: Sequence[Sequence[Message]]) -> list[list[dict[str, str]]]:
+        """Every audio part replaced by its sound-token string (all clips encoded in one batch)."""
+        clips = [part for messages in conversations for m in messages for part in _parts(m) if _is_audio(part)]
+        codes = self.speech_tokenizer.encode([_audio_source(part) for part in clips]) if clips else []
+        token_strings = iter(self.speech_tokenizer.to_string(c) for c in codes)
+        rendered = []
+        for messages in conversations:
+            rendered.append([])
+            for message in messages:
+                pieces = [next(token_strings) if _is_audio(p) else _text(p) for p in _parts(message)]
+                rendered[-1].append({"role": message["role"], "content": "\n".join(pieces)})
+        return rendered
+
+    def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
+        """Token ids of one conversation, ready for the assistant's turn."""
+        (rendered,) = self.render([messages])
+        return self.tokenizer.apply_chat_template(
+            rendered, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+
+    # ---- generation ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        conversations: Sequence[Message] | Sequence[Sequence[Message]],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+    ) -> str | list[str]:
+        """The assistant's reply to one conversation, or to each of a list of them (one padded batch).
+
+        temperature 0 decodes greedily; stop strings end a reply and are not part of it.
+        """
+        single = bool(conversations) and isinstance(conversations[0], dict)
+        batch = [conversations] if single else list(conversations)
+        inputs = self._inputs(batch)
+        options = self._generation_options(max_new_tokens, temperature, top_p, stop, inputs["input_ids"].shape[1])
+        output = self.model.generate(**inputs, **options)
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        replies = [_cut(text, stop) for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        return replies[0] if single else replies
+
+    def stream(
+        self,
+        messages: Sequence[Message],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+    ) -> Iterator[str]:
+        """The reply to one conversation as pieces of text while it is generated; joined, they equal
+        `generate` with the same options (greedy: exactly)."""
+        inputs = self._inputs([messages])
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        options = self._generation_options(max_new_tokens, temperature, top_p, stop, inputs["input_ids"].shape[1])
+        worker = threading.Thread(
+            target=_no_grad(self.model.generate), kwargs={**inputs, **options, "streamer": streamer}
+        )
+        worker.start()
+        yield from _until_stop(streamer, stop)
+        worker.join()
+
+    def transcribe(self, audio: Any, prompt: str = TRANSCRIBE_PROMPT, max_new_tokens: int = 256) -> str:
+        """What the LLM hears in a clip, asked with `prompt`."""
+        part = audio if isinstance(audio, dict) else {"type": "audio", "path": audio}
+        return self.generate([{"role": "user", "content": [part, {"type": "text", "text": prompt}]}], max_new_tokens)
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    def _inputs(self, conversations: list[Sequence[Message]]) -> dict[str, torch.Tensor]:
+        texts = [
+            self.tokenizer.apply_chat_template(r, add_generation_prompt=True, tokenize=False)
+            for r in self.render(conversations)
+        ]
+        inputs = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        return {k: v.to(self.model.device) for k, v in inputs.items()}
+
+    def _generation_options(
+        self, max_new_tokens: int, temperature: float, top_p: float, stop: Sequence[str], prompt_length: int
+    ) -> dict:
+        options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
+        if temperature > 0:
+            options |= {"do_sample": True, "temperature": temperature, "top_p": top_p}
+        else:
+            options |= {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        if stop:
+            options["stopping_criteria"] = StoppingCriteriaList([_StopStrings(self.tokenizer, stop, prompt_length)])
+        return options
+
+
+class _StopStrings(StoppingCriteria):
+    """Ends a sequence once its reply so far contains a stop string (any tokenizer, any split)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: Sequence[str], prompt_length: int):
+        self.tokenizer, self.stop, self.prompt_length = tokenizer, list(stop), prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        replies = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
+        return torch.tensor([any(s in r for s in self.stop) for r in replies], device=input_ids.device)
+
+
+def _parts(message: Message) -> list[Any]:
+    content = message.get("content", "")
+    return [content] if isinstance(content, str) else list(content)
+
+
+def _is_audio(part: Any) -> bool:
+    return isinstance(part, dict) and part.get("type") == "audio"
+
+
+def _text(part: Any) -> str:
+    if isinstance(part, str):
+        return part
+    if isinstance(part, dict) and part.get("type") == "text":
+        return str(part.get("text", ""))
+    raise ValueError(f"unsupported message part {part!r}: use text or {{'type': 'audio', 'path': …}}")
+
+
+def _audio_source(part: dict[str, Any]) -> Any:
+    if "path" in part:
+        return part["path"]
+    if "array" in part:
+        from auralm.tokenizer import load_audio
+
+        return load_audio(part["array"], part.get("sampling_rate", 16000))
+    raise ValueError("an audio part needs 'path', or 'array' with 'sampling_rate'")
+
+
+def _cut(text: str, stop: Sequence[str]) -> str:
+    """The text before the first stop string."""
+    ends = [i for s in stop if (i := text.find(s)) >= 0]
+    return text[: min(ends)] if ends else text
+
+
+def _until_stop(pieces: Iterator[str], stop: Sequence[str]) -> Iterator[str]:
+    """Pass pieces on, holding back a tail that could begin a stop string, and end before one."""
+    hold = max((len(s) for s in stop), default=1) - 1
+    text, sent = "", 0
+    for piece in pieces:
+        text += piece
+        cut = _cut(text, stop)
+        if len(cut) < len(text):  # a stop string appeared: send up to it, swallow the rest
+            if len(cut) > sent:
+                yield cut[sent:]
+            for _ in pieces:  # let generation finish (it stops on the same string)
+                pass
+            return
+        if len(text) - hold > sent:
+            yield text[sent : len(text) - hold]
+            sent = len(text) - hold
+    if len(text) > sent:
+        yield text[sent:]
+
+
+def _no_grad(fn):
+    def run(**kwargs):
+        with torch.no_grad():
+            return fn(**kwargs)
+
+    return run

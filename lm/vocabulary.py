@@ -1,0 +1,81 @@
+"""Sound tokens in an LLM's vocabulary, in Ichigo's order, pinned to the speech tokenizer that made them.
+
+`<|sound_start|>`, `<|sound_end|>`, then `<|sound_0000|>` … `<|sound_{K−1}|>` are added as special
+tokens (so on Llama 3.1, vocab 128256: start = 128256, end = 128257, sound_i = 128258 + i). New
+embedding rows start at the mean of the old ones (input and output embeddings, tied or not); old
+rows are untouched. The model's config records the speech tokenizer's hash and K, and
+`check_speech_tokenizer` refuses a pairing whose hash differs (a model trained on one
+tokenizer's codes reads another's as noise).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from auralm.tokenizer import SpeechTokenizer
+from auralm.tokenizer.token_format import SOUND_END, SOUND_START, sound_token
+
+HASH_KEY, CODES_KEY = "sound_tokenizer_hash", "sound_codes"
+
+
+class SpeechTokenizerMismatch(ValueError):
+    """An LLM trained on one speech tokenizer's codes, paired with another."""
+
+
+def sound_vocabulary(n_codes: int) -> list[str]:
+    return [SOUND_START, SOUND_END, *(sound_token(i) for i in range(n_codes))]
+
+
+def add_sound_tokens(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, speech_tokenizer: SpeechTokenizer
+) -> int:
+    """Extend tokenizer and model with the sound tokens (once); record the speech tokenizer in the config.
+
+    Returns how many tokens were added: 0 when the model already has them (an Ichigo checkpoint),
+    which then must hold exactly this tokenizer's K codes.
+    """
+    n_codes = speech_tokenizer.config.n_codes
+    vocabulary = sound_vocabulary(n_codes)
+    have = [t for t in vocabulary if t in tokenizer.get_vocab()]
+    if (have and len(have) != len(vocabulary)) or sound_token(n_codes) in tokenizer.get_vocab():
+        raise SpeechTokenizerMismatch(
+            f"the LLM's tokenizer has sound tokens for a different codebook than this speech tokenizer's {n_codes} codes"
+        )
+    added = 0
+    if not have:
+        added = tokenizer.add_tokens(vocabulary, special_tokens=True)
+        _grow_embeddings(model, len(tokenizer))
+    setattr(model.config, HASH_KEY, speech_tokenizer.tokenizer_hash)
+    setattr(model.config, CODES_KEY, n_codes)
+    return added
+
+
+def check_speech_tokenizer(
+    model: PreTrainedModel, speech_tokenizer: SpeechTokenizer, allow_mismatch: bool = False
+) -> None:
+    """Raise SpeechTokenizerMismatch unless the model was trained on this speech tokenizer's codes."""
+    recorded = getattr(model.config, HASH_KEY, None)
+    if recorded is None or allow_mismatch:
+        return
+    if recorded != speech_tokenizer.tokenizer_hash:
+        raise SpeechTokenizerMismatch(
+            f"this LLM was trained on sound tokens of speech tokenizer {recorded[:12]}…, not of the one given "
+            f"({speech_tokenizer.tokenizer_hash[:12]}…); load the tokenizer it was trained with, "
+            "or pass allow_mismatch=True to pair them anyway"
+        )
+
+
+def _grow_embeddings(model: PreTrainedModel, size: int) -> None:
+    """Resize to `size` rows; new rows (input and, if untied, output) = mean of the old ones."""
+    old = model.get_input_embeddings().weight.shape[0]
+    model.resize_token_embeddings(size, mean_resizing=False)
+    with torch.no_grad():
+        for embedding in {
+            id(e): e for e in (model.get_input_embeddings(), model.get_output_embeddings()) if e is not None
+        }.values():
+            weight = embedding.weight
+            weight[old:] = weight[:old].mean(dim=0, keepdim=True)
+            bias = getattr(embedding, "bias", None)
+            if bias is not None:
+                bias[old:] = bias[:old].mean()

@@ -1,0 +1,126 @@
+"""Sound tokens in a tiny random Llama, the tokenizer-hash pin, and SpeechChat's generation paths."""
+
+import pytest
+import torch
+
+from auralm.lm import SpeechChat, SpeechTokenizerMismatch, add_sound_tokens, check_speech_tokenizer
+from auralm.tokenizer import load_audio
+from tests.conftest import DATA, TINY_CONFIG
+from tests.lm.conftest import WORDS, tiny_llama, tiny_text_tokenizer
+
+K = TINY_CONFIG.n_codes
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_sound_tokens_get_ichigos_ids_and_old_rows_stay_bit_identical(tied, tiny_tokenizer):
+    model, text = tiny_llama(tied), tiny_text_tokenizer()
+    old_in = model.get_input_embeddings().weight.detach().clone()
+    old_out = model.get_output_embeddings().weight.detach().clone()
+    assert add_sound_tokens(model, text, tiny_tokenizer) == K + 2
+    n = len(WORDS)  # the sound tokens come right after the existing vocabulary
+    assert text.convert_tokens_to_ids(["<|sound_start|>", "<|sound_end|>", "<|sound_0000|>", "<|sound_0063|>"]) == [
+        n,
+        n + 1,
+        n + 2,
+        n + 2 + 63,
+    ]
+    new_in, new_out = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    assert new_in.shape[0] == new_out.shape[0] == n + K + 2
+    assert torch.equal(new_in[:n], old_in) and torch.equal(new_out[:n], old_out)
+    torch.testing.assert_close(new_in[n:], old_in.mean(0).expand(K + 2, -1))
+    torch.testing.assert_close(new_out[n:], old_out.mean(0).expand(K + 2, -1))
+    assert (new_in.data_ptr() == new_out.data_ptr()) == tied
+
+
+def test_token_strings_round_trip_through_the_extended_tokenizer(tiny_tokenizer):
+    model, text = tiny_llama(True), tiny_text_tokenizer()
+    add_sound_tokens(model, text, tiny_tokenizer)
+    codes = tiny_tokenizer.encode(DATA / "en_8k.wav")
+    string = tiny_tokenizer.to_string(codes)
+    ids = text(string, add_special_tokens=False)["input_ids"]
+    start = len(WORDS)
+    assert ids == [start, *(start + 2 + c for c in codes.tolist()), start + 1]
+    tokens = "".join(text.convert_ids_to_tokens(ids))  # the test tokenizer decodes words with spaces between
+    assert tokens == string
+    assert torch.equal(tiny_tokenizer.from_string(tokens), codes)
+
+
+@torch.no_grad()
+def test_text_only_logits_unchanged_by_the_extension(tiny_tokenizer):
+    model, text = tiny_llama(False), tiny_text_tokenizer()
+    ids = text("hello what is the cat ?", return_tensors="pt")["input_ids"]
+    before = model(ids).logits
+    add_sound_tokens(model, text, tiny_tokenizer)
+    after = model(ids).logits
+    # The same values up to float rounding: a wider output matmul may block its sums differently.
+    torch.testing.assert_close(after[..., : before.shape[-1]], before, atol=1e-6, rtol=0)
+    assert torch.equal(after.argmax(-1), before.argmax(-1))
+
+
+def test_an_extended_model_is_reused_and_its_hash_pins_the_speech_tokenizer(tiny_tokenizer):
+    model, text = tiny_llama(True), tiny_text_tokenizer()
+    add_sound_tokens(model, text, tiny_tokenizer)
+    size = model.get_input_embeddings().weight.shape[0]
+    assert add_sound_tokens(model, text, tiny_tokenizer) == 0  # already there: reused
+    assert model.get_input_embeddings().weight.shape[0] == size
+    assert model.config.sound_tokenizer_hash == tiny_tokenizer.tokenizer_hash and model.config.sound_codes == K
+    check_speech_tokenizer(model, tiny_tokenizer)
+    with torch.no_grad():
+        tiny_tokenizer.bottleneck.mlp[0].bias += 0.1  # another tokenizer now
+    with pytest.raises(SpeechTokenizerMismatch, match="trained on sound tokens of speech tokenizer"):
+        check_speech_tokenizer(model, tiny_tokenizer)
+    with pytest.raises(SpeechTokenizerMismatch):
+        SpeechChat(model, text, tiny_tokenizer)
+    check_speech_tokenizer(model, tiny_tokenizer, allow_mismatch=True)
+
+
+def test_a_codebook_of_another_size_is_refused(tiny_tokenizer):
+    model, text = tiny_llama(True), tiny_text_tokenizer()
+    text.add_tokens(["<|sound_start|>", "<|sound_end|>", "<|sound_0000|>"], special_tokens=True)
+    with pytest.raises(SpeechTokenizerMismatch, match="different codebook"):
+        add_sound_tokens(model, text, tiny_tokenizer)
+
+
+@pytest.fixture
+def chat(tiny_tokenizer):
+    model, text = tiny_llama(False), tiny_text_tokenizer()
+    add_sound_tokens(model, text, tiny_tokenizer)
+    return SpeechChat(model, text, tiny_tokenizer)
+
+
+def conversation(clip: str, question: str = "what is this sound ?"):
+    return [{"role": "user", "content": [{"type": "audio", "path": DATA / clip}, {"type": "text", "text": question}]}]
+
+
+def test_audio_parts_become_token_strings_in_the_prompt(chat, tiny_tokenizer):
+    (rendered,) = chat.render([conversation("en_8k.wav")])
+    expected = tiny_tokenizer.to_string(tiny_tokenizer.encode(DATA / "en_8k.wav"))
+    assert rendered == [{"role": "user", "content": f"{expected}\nwhat is this sound ?"}]
+    audio = load_audio(DATA / "en_8k.wav")
+    array_part = [{"role": "user", "content": [{"type": "audio", "array": audio.numpy(), "sampling_rate": 16000}]}]
+    assert chat.render([array_part])[0][0]["content"] == expected
+    ids = chat.prompt_ids(conversation("en_8k.wav"))
+    assert ids.count(chat.tokenizer.convert_tokens_to_ids("<|sound_start|>")) == 1
+
+
+def test_streaming_equals_generate_and_batched_equals_single(chat):
+    first, second = conversation("en_8k.wav"), conversation("en_16k.wav", "hello")
+    single = [chat.generate(first, max_new_tokens=12), chat.generate(second, max_new_tokens=12)]
+    assert chat.generate([first, second], max_new_tokens=12) == single
+    pieces = list(chat.stream(first, max_new_tokens=12))
+    assert "".join(pieces) == single[0] and len(pieces) > 1
+
+
+def test_stop_strings_end_the_reply_in_both_paths(chat):
+    reply = chat.generate(conversation("en_8k.wav"), max_new_tokens=12)
+    words = reply.split()
+    assert len(words) > 3
+    stop = words[2]
+    expected = reply[: reply.find(stop)]
+    assert chat.generate(conversation("en_8k.wav"), max_new_tokens=12, stop=[stop]) == expected
+    assert "".join(chat.stream(conversation("en_8k.wav"), max_new_tokens=12, stop=[stop])) == expected
+
+
+def test_chat_needs_the_sound_tokens(tiny_tokenizer):
+    with pytest.raises(SpeechTokenizerMismatch, match="add_sound_tokens first"):
+        SpeechChat(tiny_llama(True), tiny_text_tokenizer(), tiny_tokenizer)
