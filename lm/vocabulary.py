@@ -37,8 +37,9 @@ def add_sound_tokens(
     """
     n_codes = speech_tokenizer.config.n_codes
     vocabulary = sound_vocabulary(n_codes)
-    have = [t for t in vocabulary if t in tokenizer.get_vocab()]
-    if (have and len(have) != len(vocabulary)) or sound_token(n_codes) in tokenizer.get_vocab():
+    known = tokenizer.get_vocab()  # builds a dict each call: once
+    have = [t for t in vocabulary if t in known]
+    if (have and len(have) != len(vocabulary)) or sound_token(n_codes) in known:
         raise SpeechTokenizerMismatch(
             f"the LLM's tokenizer has sound tokens for a different codebook than this speech tokenizer's {n_codes} codes"
         )
