@@ -16,7 +16,9 @@ from typing import TextIO
 from tqdm import tqdm
 
 import auralm
+from auralm import chat_repl
 from auralm.checkpoints import WHISPER_MODELS, CheckpointError, load_whisper
+from auralm.lm import SpeechTokenizerMismatch
 from auralm.token_export import FORMATS, format_line, open_resumable
 from auralm.tokenizer import AudioError, SpeechTokenizer, load_audio, num_tokens, split_windows, transcribe
 from auralm.tokenizer.audio import SAMPLE_RATE
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (UsageError, AudioError, CheckpointError) as e:
+    except (UsageError, AudioError, CheckpointError, SpeechTokenizerMismatch) as e:
         print(f"auralm {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -79,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--language", help="language code such as 'de'; detected when omitted (multilingual backbones)"
     )
     to_text.set_defaults(run=_run_transcribe)
+
+    chat = commands.add_parser("chat", help="talk with the LLM about audio: one --prompt, or an interactive session")
+    chat_repl.add_arguments(chat)
+    chat.set_defaults(run=chat_repl.run_chat)
 
     models = commands.add_parser("models", help="list the Whisper weights auralm can load offline")
     models.set_defaults(run=_run_models)

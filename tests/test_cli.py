@@ -165,3 +165,40 @@ def test_tokenize_with_a_missing_checkpoint_is_exit_2(tmp_path):
         result.stderr.strip()
         == f"auralm tokenize: error: {tmp_path / 'nope'}: no such tokenizer folder or checkpoint file"
     )
+
+
+@pytest.mark.integration
+def test_chat_answers_one_prompt_with_audio(tokenizer_folder):
+    result = auralm(
+        "chat", "--prompt", "What is the capital of France?", "--audio", str(DATA / "en_8k.wav"),
+        "--checkpoint", str(tokenizer_folder), "--max-new-tokens", "40",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+    assert "sound tokens; they were added untrained" in result.stderr
+
+
+@pytest.mark.integration
+def test_chat_session_commands(tokenizer_folder, tmp_path):
+    session = "\n".join([
+        f"/audio {tmp_path / 'missing.wav'}",  # reported, the session goes on
+        f"/audio {DATA / 'en_8k.wav'}",
+        "What is the capital of France?",
+        "/reset",
+        "/nonsense",
+        "/exit",
+        "What is never asked?",
+    ])  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "auralm", "chat", "--checkpoint", str(tokenizer_folder), "--max-new-tokens", "40"],
+        input=session, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "missing.wav: no such file" in result.stderr
+    assert (
+        "attached" in result.stderr
+        and "conversation forgotten" in result.stderr
+        and "unknown command /nonsense" in result.stderr
+    )
+    assert "Paris" in result.stdout
+    assert result.stdout.count("\n") == 1  # one answer: nothing after /exit
