@@ -41,7 +41,9 @@ setup(
     ],
     extras_require={
         # ctranslate2 runs the original of the converted Whisper weights, to test the converter against.
-        "dev": ["pytest>=8", "ruff>=0.6", "ctranslate2>=4.4"],
+        # openai: the official client, to test the server against.
+        "dev": ["pytest>=8", "ruff>=0.6", "ctranslate2>=4.4", "openai>=1.40"],
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],
     },
     entry_points={"console_scripts": ["auralm = auralm.cli:main"]},
 )

@@ -22,13 +22,18 @@ HELP = "commands: /audio FILE (attach a clip to your next message), /reset, /exi
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", help="ask this once and exit; without it, an interactive session starts")
     parser.add_argument("--audio", type=Path, help="a clip to go with --prompt (or with the first message)")
+    add_model_arguments(parser)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 decodes greedily (default)")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The LLM and speech tokenizer a chat runs on (shared by `auralm chat` and `auralm serve`)."""
     parser.add_argument("--llm", help="Hugging Face folder or .gguf file (default: SmolLM2-135M-Instruct, packaged)")
     parser.add_argument(
         "--checkpoint", required=True, help="speech tokenizer: an auralm folder or Ichigo/WhisperSpeech file"
     )
     parser.add_argument("--whisper", help="Whisper backbone of the tokenizer (default: the checkpoint's)")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 decodes greedily (default)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--allow-mismatch", action="store_true", help="pair an LLM with a speech tokenizer it was not trained on"
@@ -36,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_chat(args: argparse.Namespace, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
-    chat = _load(args)
+    chat = load_chat(args)
     options = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
     if args.prompt is not None:
         _print_stream(chat.stream([_message(args.prompt, args.audio)], **options), stdout)
@@ -70,7 +75,7 @@ def run_chat(args: argparse.Namespace, stdin: TextIO = sys.stdin, stdout: TextIO
     return 0
 
 
-def _load(args: argparse.Namespace) -> SpeechChat:
+def load_chat(args: argparse.Namespace) -> SpeechChat:
     speech = SpeechTokenizer.from_pretrained(args.checkpoint, whisper=args.whisper, device=args.device)
     model, tokenizer = load_llm(args.llm, device=args.device)
     if add_sound_tokens(model, tokenizer, speech):

