@@ -179,6 +179,18 @@ class _FlashAttention(torch.autograd.Function):
 
 
 @triton.jit
+def _tile(ptr, b, tokens, head, stride_b, stride_t, stride_h, dims):
+    """Pointers to a (tokens × head dim) tile of one head of sequence b (see the module docstring)."""
+    return ptr + b * stride_b + tokens[:, None] * stride_t + head * stride_h + dims[None, :]
+
+
+@triton.jit
+def _row(ptr, b, tokens, head, stride_b, stride_t, stride_h):
+    """Pointers to one value per token (LSE, Δ) of one head of sequence b."""
+    return ptr + b * stride_b + tokens * stride_t + head * stride_h
+
+
+@triton.jit
 def _visible(rows, cols, q_len, k_len, CAUSAL: tl.constexpr):
     """(BLOCK_M, BLOCK_N) mask: the key exists and, if causal, is not after the query (end-aligned)."""
     mask = (rows[:, None] < q_len) & (cols[None, :] < k_len)
@@ -203,7 +215,7 @@ def _attention_forward(
     rows = m_start + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     row_mask = (rows < q_len)[:, None] & (dims < D)[None, :]
-    q = tl.load(q_ptr + b * sqb + (q_start + rows)[:, None] * sqt + h * sqh + dims[None, :], mask=row_mask, other=0.0)
+    q = tl.load(_tile(q_ptr, b, q_start + rows, h, sqb, sqt, sqh, dims), mask=row_mask, other=0.0)
 
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)  # running max, base-2 units
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)  # running sum of 2^(s − m)
@@ -214,12 +226,8 @@ def _attention_forward(
     for n_start in range(0, end, BLOCK_N):
         cols = n_start + tl.arange(0, BLOCK_N)
         col_mask = (cols < k_len)[:, None] & (dims < D)[None, :]
-        k = tl.load(
-            k_ptr + b * skb + (k_start + cols)[:, None] * skt + kv_h * skh + dims[None, :], mask=col_mask, other=0.0
-        )
-        v = tl.load(
-            v_ptr + b * svb + (k_start + cols)[:, None] * svt + kv_h * svh + dims[None, :], mask=col_mask, other=0.0
-        )
+        k = tl.load(_tile(k_ptr, b, k_start + cols, kv_h, skb, skt, skh, dims), mask=col_mask, other=0.0)
+        v = tl.load(_tile(v_ptr, b, k_start + cols, kv_h, svb, svt, svh, dims), mask=col_mask, other=0.0)
         s = tl.dot(q, tl.trans(k)) * scale_log2
         s = tl.where(_visible(rows, cols, q_len, k_len, CAUSAL), s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -233,13 +241,13 @@ def _attention_forward(
     seen = l_i > 0
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
     tl.store(
-        o_ptr + b * sob + (q_start + rows)[:, None] * sot + h * soh + dims[None, :],
+        _tile(o_ptr, b, q_start + rows, h, sob, sot, soh, dims),
         out.to(o_ptr.dtype.element_ty),
         mask=row_mask,
     )
     # natural-log LSE; +∞ for a row that sees nothing, so the backward pass's exp(s − LSE) is 0 there
     lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) / 1.4426950408889634, float("inf"))
-    tl.store(lse_ptr + b * slb + (q_start + rows) * slt + h * slh, lse, mask=rows < q_len)
+    tl.store(_row(lse_ptr, b, q_start + rows, h, slb, slt, slh), lse, mask=rows < q_len)
 
 
 @triton.jit
@@ -253,10 +261,10 @@ def _attention_delta(
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     mask = (rows < q_len)[:, None] & (dims < D)[None, :]
-    o = tl.load(o_ptr + b * sob + (q_start + rows)[:, None] * sot + h * soh + dims[None, :], mask=mask, other=0.0)
-    do = tl.load(do_ptr + b * sdob + (q_start + rows)[:, None] * sdot + h * sdoh + dims[None, :], mask=mask, other=0.0)
+    o = tl.load(_tile(o_ptr, b, q_start + rows, h, sob, sot, soh, dims), mask=mask, other=0.0)
+    do = tl.load(_tile(do_ptr, b, q_start + rows, h, sdob, sdot, sdoh, dims), mask=mask, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
-    tl.store(delta_ptr + b * slb + (q_start + rows) * slt + h * slh, delta, mask=rows < q_len)
+    tl.store(_row(delta_ptr, b, q_start + rows, h, slb, slt, slh), delta, mask=rows < q_len)
 
 
 @triton.jit
@@ -279,12 +287,8 @@ def _attention_backward_dkdv(
     cols = n_start + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, BLOCK_D)
     col_mask = (cols < k_len)[:, None] & (dims < D)[None, :]
-    k = tl.load(
-        k_ptr + b * skb + (k_start + cols)[:, None] * skt + kv_h * skh + dims[None, :], mask=col_mask, other=0.0
-    )
-    v = tl.load(
-        v_ptr + b * svb + (k_start + cols)[:, None] * svt + kv_h * svh + dims[None, :], mask=col_mask, other=0.0
-    )
+    k = tl.load(_tile(k_ptr, b, k_start + cols, kv_h, skb, skt, skh, dims), mask=col_mask, other=0.0)
+    v = tl.load(_tile(v_ptr, b, k_start + cols, kv_h, svb, svt, svh, dims), mask=col_mask, other=0.0)
     dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     first = 0
@@ -295,16 +299,14 @@ def _attention_backward_dkdv(
         for m_start in range(first, q_len, BLOCK_M):
             rows = m_start + tl.arange(0, BLOCK_M)
             row_mask = (rows < q_len)[:, None] & (dims < D)[None, :]
-            q = tl.load(
-                q_ptr + b * sqb + (q_start + rows)[:, None] * sqt + h * sqh + dims[None, :], mask=row_mask, other=0.0
-            )
+            q = tl.load(_tile(q_ptr, b, q_start + rows, h, sqb, sqt, sqh, dims), mask=row_mask, other=0.0)
             do = tl.load(
-                do_ptr + b * sdob + (q_start + rows)[:, None] * sdot + h * sdoh + dims[None, :],
+                _tile(do_ptr, b, q_start + rows, h, sdob, sdot, sdoh, dims),
                 mask=row_mask,
                 other=0.0,
             )
-            lse = tl.load(lse_ptr + b * slb + (q_start + rows) * slt + h * slh, mask=rows < q_len, other=float("inf"))
-            delta = tl.load(delta_ptr + b * slb + (q_start + rows) * slt + h * slh, mask=rows < q_len, other=0.0)
+            lse = tl.load(_row(lse_ptr, b, q_start + rows, h, slb, slt, slh), mask=rows < q_len, other=float("inf"))
+            delta = tl.load(_row(delta_ptr, b, q_start + rows, h, slb, slt, slh), mask=rows < q_len, other=0.0)
             s = tl.dot(q, tl.trans(k)) * scale_log2  # (BLOCK_M, BLOCK_N)
             p = tl.exp2(s - lse[:, None] * 1.4426950408889634)
             p = tl.where(_visible(rows, cols, q_len, k_len, CAUSAL), p, 0.0)
@@ -313,12 +315,12 @@ def _attention_backward_dkdv(
             ds = p * (dp - delta[:, None])
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
     tl.store(
-        dk_ptr + b * sdkb + (k_start + cols)[:, None] * sdkt + kv_h * sdkh + dims[None, :],
+        _tile(dk_ptr, b, k_start + cols, kv_h, sdkb, sdkt, sdkh, dims),
         (dk * scale).to(dk_ptr.dtype.element_ty),
         mask=col_mask,
     )
     tl.store(
-        dv_ptr + b * sdvb + (k_start + cols)[:, None] * sdvt + kv_h * sdvh + dims[None, :],
+        _tile(dv_ptr, b, k_start + cols, kv_h, sdvb, sdvt, sdvh, dims),
         dv.to(dv_ptr.dtype.element_ty),
         mask=col_mask,
     )
@@ -343,12 +345,10 @@ def _attention_backward_dq(
     rows = m_start + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
     row_mask = (rows < q_len)[:, None] & (dims < D)[None, :]
-    q = tl.load(q_ptr + b * sqb + (q_start + rows)[:, None] * sqt + h * sqh + dims[None, :], mask=row_mask, other=0.0)
-    do = tl.load(
-        do_ptr + b * sdob + (q_start + rows)[:, None] * sdot + h * sdoh + dims[None, :], mask=row_mask, other=0.0
-    )
-    lse = tl.load(lse_ptr + b * slb + (q_start + rows) * slt + h * slh, mask=rows < q_len, other=float("inf"))
-    delta = tl.load(delta_ptr + b * slb + (q_start + rows) * slt + h * slh, mask=rows < q_len, other=0.0)
+    q = tl.load(_tile(q_ptr, b, q_start + rows, h, sqb, sqt, sqh, dims), mask=row_mask, other=0.0)
+    do = tl.load(_tile(do_ptr, b, q_start + rows, h, sdob, sdot, sdoh, dims), mask=row_mask, other=0.0)
+    lse = tl.load(_row(lse_ptr, b, q_start + rows, h, slb, slt, slh), mask=rows < q_len, other=float("inf"))
+    delta = tl.load(_row(delta_ptr, b, q_start + rows, h, slb, slt, slh), mask=rows < q_len, other=0.0)
     dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     end = k_len
     if CAUSAL:
@@ -356,19 +356,15 @@ def _attention_backward_dq(
     for n_start in range(0, end, BLOCK_N):
         cols = n_start + tl.arange(0, BLOCK_N)
         col_mask = (cols < k_len)[:, None] & (dims < D)[None, :]
-        k = tl.load(
-            k_ptr + b * skb + (k_start + cols)[:, None] * skt + kv_h * skh + dims[None, :], mask=col_mask, other=0.0
-        )
-        v = tl.load(
-            v_ptr + b * svb + (k_start + cols)[:, None] * svt + kv_h * svh + dims[None, :], mask=col_mask, other=0.0
-        )
+        k = tl.load(_tile(k_ptr, b, k_start + cols, kv_h, skb, skt, skh, dims), mask=col_mask, other=0.0)
+        v = tl.load(_tile(v_ptr, b, k_start + cols, kv_h, svb, svt, svh, dims), mask=col_mask, other=0.0)
         s = tl.dot(q, tl.trans(k)) * scale_log2
         p = tl.exp2(s - lse[:, None] * 1.4426950408889634)
         p = tl.where(_visible(rows, cols, q_len, k_len, CAUSAL), p, 0.0)
         dp = tl.dot(do, tl.trans(v))
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k)
-    tl.store(dq_ptr + b * sdqb + (q_start + rows)[:, None] * sdqt + h * sdqh + dims[None, :], dq * scale, mask=row_mask)
+    tl.store(_tile(dq_ptr, b, q_start + rows, h, sdqb, sdqt, sdqh, dims), dq * scale, mask=row_mask)
 
 
 # ---- helpers -------------------------------------------------------------------------------
