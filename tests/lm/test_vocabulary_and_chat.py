@@ -124,3 +124,26 @@ def test_stop_strings_end_the_reply_in_both_paths(chat):
 def test_chat_needs_the_sound_tokens(tiny_tokenizer):
     with pytest.raises(SpeechTokenizerMismatch, match="add_sound_tokens first"):
         SpeechChat(tiny_llama(True), tiny_text_tokenizer(), tiny_tokenizer)
+
+
+def test_a_lora_adapter_loads_on_top(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from auralm.checkpoints import CheckpointError
+    from auralm.lm import load_llm
+
+    base = tiny_llama(False)
+    base.save_pretrained(tmp_path / "base")
+    tiny_text_tokenizer().save_pretrained(tmp_path / "base")
+    lora = get_peft_model(
+        tiny_llama(False), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    lora.save_pretrained(tmp_path / "adapter")
+    ids = torch.tensor([[4, 5, 6, 7]])
+    with torch.no_grad():
+        expected = lora(ids).logits
+        model, _ = load_llm(tmp_path / "base", adapter=tmp_path / "adapter")
+        torch.testing.assert_close(model(ids).logits, expected, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(base(ids).logits, expected)
+    with pytest.raises(CheckpointError, match="not a LoRA adapter folder"):
+        load_llm(tmp_path / "base", adapter=tmp_path)
