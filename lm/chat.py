@@ -13,6 +13,7 @@ parts are joined in order into the message text, then the model's own chat templ
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -49,14 +50,27 @@ class SpeechChat:
                 f"the LLM's tokenizer lacks {len(missing)} sound tokens; call add_sound_tokens first"
             )
         self.model, self.tokenizer, self.speech_tokenizer = model, tokenizer, speech_tokenizer
+        self._encoded: dict[tuple, str] = {}  # token strings of audio files, by _file_key
 
     # ---- prompts ---------------------------------------------------------------------------
 
     def render(self, conversations: Sequence[Sequence[Message]]) -> list[list[dict[str, str]]]:
-        """Every audio part replaced by its sound-token string (all clips encoded in one batch)."""
-        clips = [part for messages in conversations for m in messages for part in _parts(m) if _is_audio(part)]
-        codes = self.speech_tokenizer.encode([_audio_source(part) for part in clips]) if clips else []
-        token_strings = iter(self.speech_tokenizer.to_string(c) for c in codes)
+        """Every audio part replaced by its sound-token string. New clips are encoded in one batch;
+        a file already encoded (same path, size and time) is not encoded again, so the turns of a
+        long conversation cost only their new audio."""
+        parts = [part for messages in conversations for m in messages for part in _parts(m) if _is_audio(part)]
+        keys = [_file_key(part) for part in parts]
+        new = [part for part, key in zip(parts, keys, strict=True) if key is None or key not in self._encoded]
+        codes = iter(self.speech_tokenizer.encode([_audio_source(part) for part in new]) if new else [])
+        strings = []
+        for key in keys:
+            if key is not None and key in self._encoded:
+                strings.append(self._encoded[key])
+                continue
+            strings.append(self.speech_tokenizer.to_string(next(codes)))
+            if key is not None:
+                self._encoded[key] = strings[-1]
+        token_strings = iter(strings)
         rendered = []
         for messages in conversations:
             rendered.append([])
@@ -180,6 +194,15 @@ def _audio_source(part: dict[str, Any]) -> Any:
 
         return load_audio(part["array"], part.get("sampling_rate", 16000))
     raise ValueError("an audio part needs 'path' (a file, or its bytes), or 'array' with 'sampling_rate'")
+
+
+def _file_key(part: dict[str, Any]) -> tuple | None:
+    """(path, size, modification time) of an audio file part; None for anything else."""
+    path = part.get("path")
+    if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
+        return None
+    stat = os.stat(path)
+    return (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
 
 
 def _cut(text: str, stop: Sequence[str]) -> str:

@@ -147,3 +147,18 @@ def test_a_lora_adapter_loads_on_top(tmp_path):
         assert not torch.allclose(base(ids).logits, expected)
     with pytest.raises(CheckpointError, match="not a LoRA adapter folder"):
         load_llm(tmp_path / "base", adapter=tmp_path)
+
+
+def test_audio_files_are_encoded_once_across_turns(chat, monkeypatch):
+    calls = []
+    encode = chat.speech_tokenizer.encode
+    monkeypatch.setattr(chat.speech_tokenizer, "encode", lambda clips: calls.append(len(clips)) or encode(clips))
+    first = chat.render([conversation("en_8k.wav")])
+    turn_two = [
+        *conversation("en_8k.wav"),
+        {"role": "assistant", "content": "a cat"},
+        *conversation("en_16k.wav", "hello"),
+    ]
+    second = chat.render([turn_two])
+    assert calls == [1, 1]  # the second turn encoded only its new clip
+    assert second[0][0] == first[0][0]
