@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The LLM and speech tokenizer a chat runs on (shared by `auralm chat` and `auralm serve`)."""
     parser.add_argument("--llm", help="Hugging Face folder or .gguf file (default: SmolLM2-135M-Instruct, packaged)")
+    parser.add_argument("--adapter", help="a LoRA adapter folder to apply to the LLM")
     parser.add_argument(
         "--checkpoint", required=True, help="speech tokenizer: an auralm folder or Ichigo/WhisperSpeech file"
     )

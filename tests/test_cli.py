@@ -187,3 +187,19 @@ def test_chat_session_commands(tokenizer_folder, tmp_path):
     )
     assert "Paris" in result.stdout
     assert result.stdout.count("\n") == 1  # one answer: nothing after /exit
+
+
+@pytest.mark.parametrize("command", ["chat", "serve"])
+def test_chat_and_serve_take_every_model_argument(command):
+    from auralm.cli import build_parser
+
+    args = build_parser().parse_args(
+        [command, "--checkpoint", "tok", "--llm", "m.gguf", "--adapter", "lora", "--whisper", "base"]
+    )
+    assert (args.checkpoint, args.llm, args.adapter, args.whisper, args.device) == (
+        "tok",
+        "m.gguf",
+        "lora",
+        "base",
+        "cpu",
+    )
