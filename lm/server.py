@@ -58,6 +58,13 @@ def create_app(chat: SpeechChat, model_name: str, limits: ServerLimits = ServerL
     async def limit_body(request: Request, call_next):
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
+            # Read and drop what the client is sending (up to a bound) so it hears the 413
+            # instead of a broken pipe; nothing of it is kept.
+            dropped = 0
+            async for chunk in request.stream():
+                dropped += len(chunk)
+                if dropped > 4 * limits.max_body_bytes:
+                    break
             return await request_error(request, RequestError(413, f"request body over {limits.max_body_bytes} bytes"))
         return await call_next(request)
 
