@@ -18,7 +18,7 @@ from tqdm import tqdm
 import auralm
 from auralm import chat_repl
 from auralm.checkpoints import WHISPER_MODELS, CheckpointError, load_whisper
-from auralm.lm import SpeechTokenizerMismatch
+from auralm.lm import DEFAULT_LLM, SpeechTokenizerMismatch
 from auralm.token_export import FORMATS, format_line, open_resumable
 from auralm.tokenizer import AudioError, SpeechTokenizer, load_audio, num_tokens, split_windows, transcribe
 from auralm.tokenizer.audio import SAMPLE_RATE
@@ -267,7 +267,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         max_waiting=args.max_waiting,
     )
     app = create_app(
-        chat_repl.load_chat(args), model_name=Path(args.llm).stem if args.llm else "smollm2", limits=limits
+        chat_repl.load_chat(args), model_name=Path(args.llm).stem if args.llm else DEFAULT_LLM, limits=limits
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -133,13 +133,14 @@ class _FlashAttention(torch.autograd.Function):
         # The interpreter computes bf16/fp16 tl.dot wrongly: there everything runs in float32.
         qc, kc, vc = (t.float() if interpreted else t for t in (q, k, v))
         o = torch.zeros_like(qc)  # rows past a sequence's length stay 0
-        lse = torch.empty(_lse_shape(q, axes), dtype=torch.float32, device=q.device)
+        # LSE and Δ share q's layout without the head dim: dense (B, H, L), packed (T, H)
+        lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
         B, Hq, Hkv, max_q, max_k, D = _dims(q, k, q_len, k_len, axes)
         block_m, block_n = _blocks(interpreted, max_q, max_k)
         grid = (triton.cdiv(max_q, block_m), B * Hq)
         _attention_forward[grid](
             qc, kc, vc, o, lse, q_start, q_len, k_start, k_len,
-            *_strides(qc, axes), *_strides(kc, axes), *_strides(vc, axes), *_strides(o, axes), *_lse_strides(lse, axes),
+            *_strides(qc, axes), *_strides(kc, axes), *_strides(vc, axes), *_strides(o, axes), *_strides(lse, axes),
             Hq, Hq // Hkv, D, scale * LOG2E,
             CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(D)),
         )  # fmt: skip
@@ -158,9 +159,9 @@ class _FlashAttention(torch.autograd.Function):
         block_m, block_n = _blocks(interpreted, max_q, max_k)
         block_d = max(16, triton.next_power_of_2(D))
         common = (q_start, q_len, k_start, k_len, *_strides(q, axes), *_strides(k, axes), *_strides(v, axes))
-        common += (*_strides(do, axes), *_lse_strides(lse, axes), Hq, Hq // Hkv, D, ctx.scale, ctx.scale * LOG2E)
+        common += (*_strides(do, axes), *_strides(lse, axes), Hq, Hq // Hkv, D, ctx.scale, ctx.scale * LOG2E)
         _attention_delta[(triton.cdiv(max_q, block_m), B * Hq)](
-            o, do, delta, q_start, q_len, *_strides(o, axes), *_strides(do, axes), *_lse_strides(delta, axes), Hq, D,
+            o, do, delta, q_start, q_len, *_strides(o, axes), *_strides(do, axes), *_strides(delta, axes), Hq, D,
             BLOCK_M=block_m, BLOCK_D=block_d,
         )  # fmt: skip
         _attention_backward_dkdv[(triton.cdiv(max_k, block_n), B * Hkv)](
@@ -395,17 +396,8 @@ def _lengths(lengths: torch.Tensor | None, batch: int, full: int, device: torch.
 
 
 def _strides(t: torch.Tensor, axes: tuple[int | None, int, int]) -> tuple[int, int, int]:
-    """(batch, token, head) strides; a packed layout has no batch stride."""
+    """(batch, token, head) strides of q, k, v, O, … or of LSE/Δ; a packed layout has no batch stride."""
     return tuple(0 if axis is None else t.stride(axis) for axis in axes)
-
-
-def _lse_shape(q: torch.Tensor, axes: tuple[int | None, int, int]) -> tuple[int, ...]:
-    """LSE and Δ share q's layout without the head dim: dense (B, H, L), packed (T, H)."""
-    return q.shape[:-1]
-
-
-def _lse_strides(lse: torch.Tensor, axes: tuple[int | None, int, int]) -> tuple[int, int, int]:
-    return tuple(0 if axis is None else lse.stride(axis) for axis in axes)
 
 
 def _dims(q, k, q_len, k_len, axes) -> tuple[int, int, int, int, int, int]:
