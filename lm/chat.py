@@ -124,7 +124,8 @@ class SpeechChat:
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         options = self._generation_options(max_new_tokens, temperature, top_p, stop, inputs["input_ids"].shape[1])
         worker = threading.Thread(
-            target=_no_grad(self.model.generate), kwargs={**inputs, **options, "streamer": streamer}
+            target=self.model.generate,  # generate runs under no_grad itself
+            kwargs={**inputs, **options, "streamer": streamer},
         )
         worker.start()
         yield from _until_stop(streamer, stop)
@@ -229,11 +230,3 @@ def _until_stop(pieces: Iterator[str], stop: Sequence[str]) -> Iterator[str]:
             sent = len(text) - hold
     if len(text) > sent:
         yield text[sent:]
-
-
-def _no_grad(fn):
-    def run(**kwargs):
-        with torch.no_grad():
-            return fn(**kwargs)
-
-    return run
