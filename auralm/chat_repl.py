@@ -56,6 +56,7 @@ def run_chat(args: argparse.Namespace, stdin: TextIO = sys.stdin, stdout: TextIO
             break
         if line == "/reset":
             history, audio = [], None
+            chat.forget()
             print("(conversation forgotten)", file=sys.stderr)
         elif line.startswith("/audio"):
             path = Path(line.removeprefix("/audio").strip())

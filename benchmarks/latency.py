@@ -5,7 +5,10 @@
         # random weights shaped like Ichigo: Llama-3.1-8B + a Whisper-medium tokenizer (bf16, GPU)
 
 Time to first token counts everything after the audio arrives: decoding, tokenizing the audio,
-the prompt's prefill and the first new token. Weights need not be trained for timing.
+the prompt's prefill and the first new token. A follow-up turn (a text question about the same
+clip) is timed reusing what the first turn left behind (its KV cache and the clip's tokens) and
+computing everything again. Weights need not be trained
+for timing.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from auralm.tokenizer import SpeechTokenizer, TokenizerConfig, load_audio
 
 DATA = Path(__file__).parents[1] / "tests" / "data"
 QUESTION = "What is said in this recording?"
+FOLLOW_UP = "Say it again in fewer words."
 LLAMA_31_8B = LlamaConfig(
     vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
     num_key_value_heads=8, max_position_embeddings=8192, rope_theta=500000.0,
@@ -50,6 +54,24 @@ def build(shape: str, device: torch.device) -> SpeechChat:
     return SpeechChat(model, tokenizer, speech)
 
 
+def time_reply(chat: SpeechChat, conversation: list, new_tokens: int, device: torch.device) -> tuple[float, float]:
+    """(seconds to the first piece of text, new tokens per second after it) of one streamed reply."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    pieces = chat.stream(conversation, max_new_tokens=new_tokens)
+    next(pieces)
+    first = time.perf_counter()
+    reply = "".join(pieces)
+    done = time.perf_counter()
+    count = max(1, len(chat.tokenizer(reply, add_special_tokens=False)["input_ids"]))
+    return first - started, count / max(done - first, 1e-9)
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=["default", "ichigo"], default="default")
@@ -65,23 +87,26 @@ def main() -> None:
     conversation = [{"role": "user", "content": [{"type": "text", "text": QUESTION}, wav]}]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.machine()}"
 
-    chat.generate(conversation, max_new_tokens=4)  # warm-up
-    first_token, rates = [], []
+    reply = chat.generate(conversation, max_new_tokens=args.new_tokens)  # warm-up, and turn one's reply
+    follow_up = [*conversation, {"role": "assistant", "content": reply}, {"role": "user", "content": FOLLOW_UP}]
+    first_turn, from_scratch, reusing = [], [], []
     for _ in range(args.repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        pieces = chat.stream(conversation, max_new_tokens=args.new_tokens)
-        next(pieces)
-        first = time.perf_counter()
-        reply = "".join(pieces)
-        done = time.perf_counter()
-        new_tokens = max(1, len(chat.tokenizer(reply, add_special_tokens=False)["input_ids"]))
-        first_token.append(first - started)
-        rates.append(new_tokens / max(done - first, 1e-9))
+        chat.forget()  # a new conversation: its clip and prompt are computed
+        first_turn.append(time_reply(chat, conversation, args.new_tokens, device))
+        chat.forget()
+        from_scratch.append(time_reply(chat, follow_up, args.new_tokens, device)[0])
+        chat.forget()
+        chat.generate(conversation, max_new_tokens=args.new_tokens)  # turn one leaves its caches behind
+        reusing.append(time_reply(chat, follow_up, args.new_tokens, device)[0])
+
     print(f"device: {name}; shape: {args.shape}; 10 s clip + question, {args.repeats} runs, median")
-    print(f"time to first token: {sorted(first_token)[len(first_token) // 2] * 1e3:.0f} ms")
-    print(f"decode: {sorted(rates)[len(rates) // 2]:.1f} tokens/s")
+    print(f"time to first token: {median([t for t, _ in first_turn]) * 1e3:.0f} ms")
+    print(f"decode: {median([r for _, r in first_turn]):.1f} tokens/s")
+    print(
+        f"follow-up turn, time to first token: {median(reusing) * 1e3:.0f} ms reusing turn one's KV cache and "
+        f"clip tokens, {median(from_scratch) * 1e3:.0f} ms computing them again "
+        f"({median(from_scratch) / median(reusing):.1f}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -9,17 +9,25 @@
 Messages follow the transformers chat format. A content part `{"type": "audio", "path": …}` or
 `{"type": "audio", "array": …, "sampling_rate": …}` becomes the speech tokenizer's token string;
 parts are joined in order into the message text, then the model's own chat template applies.
+
+A conversation that goes on where the last one stopped costs only its new tokens: the KV cache of the
+last single-conversation generation is kept, and the next prompt reuses it up to the first token where
+the two differ. One `SpeechChat` serves one generation at a time (the server holds a lock for that).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import (
+    Cache,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     StoppingCriteria,
@@ -32,6 +40,7 @@ from auralm.tokenizer import SpeechTokenizer
 
 Message = dict[str, Any]
 TRANSCRIBE_PROMPT = "Transcribe the speech."
+ENCODED_CLIPS_KEPT = 256  # token strings of recent clips kept for later turns (about 10 KB each)
 
 
 class SpeechChat:
@@ -41,6 +50,7 @@ class SpeechChat:
         tokenizer: PreTrainedTokenizerBase,
         speech_tokenizer: SpeechTokenizer,
         allow_mismatch: bool = False,
+        reuse_cache: bool = True,
     ):
         check_speech_tokenizer(model, speech_tokenizer, allow_mismatch)
         known = tokenizer.get_vocab()  # builds a dict each call: once
@@ -50,26 +60,34 @@ class SpeechChat:
                 f"the LLM's tokenizer lacks {len(missing)} sound tokens; call add_sound_tokens first"
             )
         self.model, self.tokenizer, self.speech_tokenizer = model, tokenizer, speech_tokenizer
-        self._encoded: dict[tuple, str] = {}  # token strings of audio files, by _file_key
+        self.reuse_cache = reuse_cache
+        self._encoded: OrderedDict[tuple, str] = OrderedDict()  # token strings of recent clips, by _audio_key
+        self._last_turn: tuple[Cache, list[int]] | None = None  # the last single-conversation KV cache, its ids
+
+    def forget(self) -> None:
+        """Drop what is kept between calls: the last turn's KV cache and the token strings of recent clips."""
+        self._last_turn = None
+        self._encoded.clear()
 
     # ---- prompts ---------------------------------------------------------------------------
 
     def render(self, conversations: Sequence[Sequence[Message]]) -> list[list[dict[str, str]]]:
-        """Every audio part replaced by its sound-token string. New clips are encoded in one batch;
-        a file already encoded (same path, size and time) is not encoded again, so the turns of a
-        long conversation cost only their new audio."""
+        """Every audio part replaced by its sound-token string. New clips are encoded in one batch; a
+        clip seen lately (the same file, bytes or array) is not encoded again, so each turn of a
+        conversation, even one whose client resends the whole history, costs only its new audio."""
         parts = [part for messages in conversations for m in messages for part in _parts(m) if _is_audio(part)]
-        keys = [_file_key(part) for part in parts]
-        new = [part for part, key in zip(parts, keys, strict=True) if key is None or key not in self._encoded]
-        codes = iter(self.speech_tokenizer.encode([_audio_source(part) for part in new]) if new else [])
-        strings = []
-        for key in keys:
-            if key is not None and key in self._encoded:
-                strings.append(self._encoded[key])
-                continue
-            strings.append(self.speech_tokenizer.to_string(next(codes)))
-            if key is not None:
-                self._encoded[key] = strings[-1]
+        keys = [_audio_key(part) for part in parts]
+        strings = [self._encoded.get(key) if key is not None else None for key in keys]
+        missing = [i for i, string in enumerate(strings) if string is None]
+        codes = self.speech_tokenizer.encode([_audio_source(parts[i]) for i in missing]) if missing else []
+        for i, clip_codes in zip(missing, codes, strict=True):
+            strings[i] = self.speech_tokenizer.to_string(clip_codes)
+        for key, string in zip(keys, strings, strict=True):
+            if key is not None:  # most recently used last; the oldest beyond the bound are forgotten
+                self._encoded[key] = string
+                self._encoded.move_to_end(key)
+        while len(self._encoded) > ENCODED_CLIPS_KEPT:
+            self._encoded.popitem(last=False)
         token_strings = iter(strings)
         rendered = []
         for messages in conversations:
@@ -105,7 +123,7 @@ class SpeechChat:
         batch = [conversations] if single else list(conversations)
         inputs = self._inputs(batch)
         options = self._generation_options(max_new_tokens, temperature, top_p, stop, inputs["input_ids"].shape[1])
-        output = self.model.generate(**inputs, **options)
+        output = self._generate_ids(inputs, options)
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         replies = [_cut(text, stop) for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
         return replies[0] if single else replies
@@ -122,14 +140,17 @@ class SpeechChat:
         `generate` with the same options (greedy: exactly)."""
         inputs = self._inputs([messages])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        options = self._generation_options(max_new_tokens, temperature, top_p, stop, inputs["input_ids"].shape[1])
-        worker = threading.Thread(
-            target=self.model.generate,  # generate runs under no_grad itself
-            kwargs={**inputs, **options, "streamer": streamer},
+        cancel = threading.Event()
+        options = self._generation_options(
+            max_new_tokens, temperature, top_p, stop, inputs["input_ids"].shape[1], cancel
         )
+        worker = threading.Thread(target=self._generate_ids, args=(inputs, options | {"streamer": streamer}))
         worker.start()
-        yield from _until_stop(streamer, stop)
-        worker.join()
+        try:
+            yield from _until_stop(streamer, stop)
+        finally:  # a reader that leaves early (a client that hung up) ends the generation too
+            cancel.set()
+            worker.join()
 
     def transcribe(self, audio: Any, prompt: str = TRANSCRIBE_PROMPT, max_new_tokens: int = 256) -> str:
         """What the LLM hears in a clip, asked with `prompt`."""
@@ -137,6 +158,31 @@ class SpeechChat:
         return self.generate([{"role": "user", "content": [part, {"type": "text", "text": prompt}]}], max_new_tokens)
 
     # ---- helpers ---------------------------------------------------------------------------
+
+    def _generate_ids(self, inputs: dict[str, torch.Tensor], options: dict[str, Any]) -> torch.Tensor:
+        """`model.generate`'s sequences [B, prompt + new]; a single conversation starts from, and leaves
+        behind, the cache of the turn before."""
+        if not self.reuse_cache or inputs["input_ids"].shape[0] != 1:
+            return self.model.generate(**inputs, **options)
+        prompt = inputs["input_ids"][0].tolist()
+        cache = self._reusable_cache(prompt)
+        output = self.model.generate(**inputs, **options, past_key_values=cache, return_dict_in_generate=True)
+        cache = output.past_key_values
+        self._last_turn = cache, output.sequences[0, : cache.get_seq_length()].tolist()
+        return output.sequences
+
+    def _reusable_cache(self, prompt: list[int]) -> Cache | None:
+        """The last turn's cache cut to the prefix it shares with `prompt`, leaving at least the last
+        prompt token to compute (generation needs its logits); None when nothing is shared."""
+        if self._last_turn is None:
+            return None
+        (cache, ids), self._last_turn = self._last_turn, None  # generation mutates it: a failed one leaves none
+        keep = min(_shared_prefix_length(ids, prompt), len(prompt) - 1)
+        if keep == 0:
+            return None
+        if keep < cache.get_seq_length():
+            cache.crop(keep - cache.get_seq_length())  # a negative count removes tokens, in every transformers 5
+        return cache
 
     def _inputs(self, conversations: list[Sequence[Message]]) -> dict[str, torch.Tensor]:
         texts = [
@@ -147,15 +193,24 @@ class SpeechChat:
         return {k: v.to(self.model.device) for k, v in inputs.items()}
 
     def _generation_options(
-        self, max_new_tokens: int, temperature: float, top_p: float, stop: Sequence[str], prompt_length: int
+        self,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        stop: Sequence[str],
+        prompt_length: int,
+        cancel: threading.Event | None = None,
     ) -> dict:
         options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
         if temperature > 0:
             options |= {"do_sample": True, "temperature": temperature, "top_p": top_p}
         else:
             options |= {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        if stop:
-            options["stopping_criteria"] = StoppingCriteriaList([_StopStrings(self.tokenizer, stop, prompt_length)])
+        criteria = [_StopStrings(self.tokenizer, stop, prompt_length)] if stop else []
+        if cancel is not None:
+            criteria.append(_Cancelled(cancel))
+        if criteria:
+            options["stopping_criteria"] = StoppingCriteriaList(criteria)
         return options
 
 
@@ -168,6 +223,16 @@ class _StopStrings(StoppingCriteria):
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
         replies = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
         return torch.tensor([any(s in r for s in self.stop) for r in replies], device=input_ids.device)
+
+
+class _Cancelled(StoppingCriteria):
+    """Ends every sequence once `event` is set."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 def _parts(message: Message) -> list[Any]:
@@ -197,13 +262,26 @@ def _audio_source(part: dict[str, Any]) -> Any:
     raise ValueError("an audio part needs 'path' (a file, or its bytes), or 'array' with 'sampling_rate'")
 
 
-def _file_key(part: dict[str, Any]) -> tuple | None:
-    """(path, size, modification time) of an audio file part; None for anything else."""
-    path = part.get("path")
-    if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
-        return None
-    stat = os.stat(path)
-    return (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+def _audio_key(part: dict[str, Any]) -> tuple | None:
+    """What identifies an audio part's sound: a file by (path, size, modification time), bytes and
+    arrays by a digest of their content; None for what cannot be told apart (a file object)."""
+    source = part.get("path", part.get("array"))
+    if isinstance(source, (str, os.PathLike)):
+        if not os.path.isfile(source):
+            return None
+        stat = os.stat(source)
+        return ("file", os.path.abspath(source), stat.st_size, stat.st_mtime_ns)
+    if isinstance(source, (bytes, bytearray)):
+        return ("bytes", hashlib.sha256(source).hexdigest())
+    if isinstance(source, (np.ndarray, torch.Tensor)) and "path" not in part:
+        array = np.ascontiguousarray(source.detach().cpu().numpy() if isinstance(source, torch.Tensor) else source)
+        digest = hashlib.sha256(array.tobytes()).hexdigest()
+        return ("array", part.get("sampling_rate", 16000), array.dtype.str, array.shape, digest)
+    return None
+
+
+def _shared_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 def _cut(text: str, stop: Sequence[str]) -> str:

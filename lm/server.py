@@ -17,10 +17,11 @@ import binascii
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
@@ -101,11 +102,8 @@ def create_app(chat: SpeechChat, model_name: str, limits: ServerLimits = ServerL
         options = _options(body, limits)
         created, completion_id = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
         if body.get("stream"):
-            await take_model()  # held until the stream ends; released by _sse
-            pieces = iterate_in_threadpool(chat.stream(messages, **options))
-            return StreamingResponse(
-                _sse(pieces, model_lock, completion_id, created, model_name), media_type="text/event-stream"
-            )
+            await take_model()  # held until the stream ends; released by _StreamedReply
+            return _StreamedReply(chat.stream(messages, **options), model_lock, completion_id, created, model_name)
         reply = await with_model(lambda: chat.generate(messages, **options))
         return {
             "id": completion_id,
@@ -203,8 +201,27 @@ def _options(body: dict[str, Any], limits: ServerLimits) -> dict[str, Any]:
     return {"max_new_tokens": max_new, "temperature": float(temperature), "top_p": float(top_p), "stop": stop}
 
 
-async def _sse(pieces, lock: asyncio.Lock, completion_id: str, created: int, model: str) -> Iterator[str]:
-    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`; frees the model at the end."""
+class _StreamedReply(StreamingResponse):
+    """One generation as server-sent events. However the response ends (finished, or the client hung
+    up mid-stream), the generation is stopped and then the model freed for the next request: the
+    cleanup belongs to the response, since a hang-up can leave the event generator suspended, unclosed."""
+
+    def __init__(self, pieces: Generator[str], lock: asyncio.Lock, completion_id: str, created: int, model: str):
+        super().__init__(_sse(pieces, completion_id, created, model), media_type="text/event-stream")
+        self.pieces, self.lock = pieces, lock
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):  # a hang-up cancels this task; cleaning up must not be
+                await self.body_iterator.aclose()
+                await run_in_threadpool(self.pieces.close)  # ends the generation (SpeechChat.stream)
+            self.lock.release()
+
+
+async def _sse(pieces: Generator[str], completion_id: str, created: int, model: str) -> AsyncIterator[str]:
+    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`."""
 
     def chunk(delta: dict, finish: str | None = None) -> str:
         body = {
@@ -216,11 +233,8 @@ async def _sse(pieces, lock: asyncio.Lock, completion_id: str, created: int, mod
         }
         return f"data: {json.dumps(body)}\n\n"
 
-    try:
-        yield chunk({"role": "assistant", "content": ""})
-        async for piece in pieces:
-            yield chunk({"content": piece})
-        yield chunk({}, "stop")
-        yield "data: [DONE]\n\n"
-    finally:
-        lock.release()
+    yield chunk({"role": "assistant", "content": ""})
+    async for piece in iterate_in_threadpool(pieces):
+        yield chunk({"content": piece})
+    yield chunk({}, "stop")
+    yield "data: [DONE]\n\n"

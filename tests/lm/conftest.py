@@ -38,10 +38,13 @@ def tiny_text_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def tiny_llama(tied: bool) -> LlamaForCausalLM:
+def tiny_llama(tied: bool, initializer_range: float = 0.02) -> LlamaForCausalLM:
+    """A random 2-layer Llama over WORDS. The default init gives replies that hardly depend on the prompt;
+    initializer_range=1 gives sharp attention, so a wrong context changes the reply."""
     config = LlamaConfig(
         vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=tied, eos_token_id=1, pad_token_id=1,
+        initializer_range=initializer_range,
     )  # fmt: skip
     torch.manual_seed(0)
     return LlamaForCausalLM(config).eval()

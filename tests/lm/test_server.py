@@ -85,6 +85,14 @@ def test_streaming_gives_the_same_text(client):
     assert "".join(pieces) == whole and len(pieces) > 2
 
 
+def test_a_client_that_hangs_up_mid_stream_frees_the_model(client):
+    stream = client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=64, stream=True)
+    next(iter(stream))
+    stream.close()  # the server ends that generation and takes the next request
+    reply = client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=8, timeout=60)
+    assert reply.choices[0].message.content
+
+
 def test_transcription_endpoint(client):
     with open(DATA / "en_8k.wav", "rb") as f:
         result = client.audio.transcriptions.create(model="smollm2", file=f)

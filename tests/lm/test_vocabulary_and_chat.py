@@ -149,16 +149,62 @@ def test_a_lora_adapter_loads_on_top(tmp_path):
         load_llm(tmp_path / "base", adapter=tmp_path)
 
 
-def test_audio_files_are_encoded_once_across_turns(chat, monkeypatch):
+def test_audio_is_encoded_once_across_turns(chat, monkeypatch):
     calls = []
     encode = chat.speech_tokenizer.encode
     monkeypatch.setattr(chat.speech_tokenizer, "encode", lambda clips: calls.append(len(clips)) or encode(clips))
-    first = chat.render([conversation("en_8k.wav")])
+    array = {"type": "audio", "array": load_audio(DATA / "en_16k.wav").numpy(), "sampling_rate": 16000}
+    turn_one = [{"role": "user", "content": [{"type": "audio", "path": DATA / "en_8k.wav"}, array]}]
+    first = chat.render([turn_one])
+    resent = {**array, "array": array["array"].copy()}  # a client sending the whole history again
+    other = {**array, "array": array["array"][::-1].copy()}
     turn_two = [
-        *conversation("en_8k.wav"),
+        {"role": "user", "content": [{"type": "audio", "path": DATA / "en_8k.wav"}, resent]},
         {"role": "assistant", "content": "a cat"},
-        *conversation("en_16k.wav", "hello"),
+        {"role": "user", "content": [other, {"type": "audio", "path": DATA / "en_fast_24k.ogg"}]},
     ]
     second = chat.render([turn_two])
-    assert calls == [1, 1]  # the second turn encoded only its new clip
+    assert calls == [2, 2]  # the second turn encoded only its two new clips
     assert second[0][0] == first[0][0]
+    assert second[0][2]["content"].split("\n")[1] == chat.speech_tokenizer.to_string(encode(DATA / "en_fast_24k.ogg"))
+
+
+def record_prefills(model) -> list[int]:
+    """Token counts of the model's forward passes, in order (the first of a generation is its prefill)."""
+    seen: list[int] = []
+    model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    return seen
+
+
+def test_a_follow_up_turn_reuses_the_kv_cache_and_answers_the_same(tiny_tokenizer):
+    model, text = tiny_llama(False, initializer_range=1.0), tiny_text_tokenizer()
+    add_sound_tokens(model, text, tiny_tokenizer)
+    chat, fresh = (SpeechChat(model, text, tiny_tokenizer, reuse_cache=reuse) for reuse in (True, False))
+    first = conversation("en_8k.wav")
+    reply = chat.generate(first, max_new_tokens=8)
+    follow_up = [*first, {"role": "assistant", "content": reply}, *conversation("en_16k.wav", "hello")]
+    edited = [*conversation("en_8k.wav", "hello"), *follow_up[1:]]  # the first question changed
+    expected = [fresh.generate(c, max_new_tokens=8) for c in (follow_up, edited)]
+    assert expected[0] != expected[1]  # the model listens to its context, so a stale cache would show
+    prefills = record_prefills(chat.model)
+
+    assert chat.generate(follow_up, max_new_tokens=8) == expected[0]
+    new_tokens = len(chat.prompt_ids(follow_up)) - len(chat.prompt_ids(first))
+    assert 0 < prefills[0] <= new_tokens  # the whole first turn came from the cache
+    del prefills[:]
+    assert "".join(chat.stream(edited, max_new_tokens=8)) == expected[1]  # cut back to the shared prefix
+    assert len(chat.prompt_ids(first)) < prefills[0] < len(chat.prompt_ids(edited))
+    chat.forget()
+    del prefills[:]
+    assert chat.generate(edited, max_new_tokens=8) == expected[1]
+    assert prefills[0] == len(chat.prompt_ids(edited))  # nothing kept: the whole prompt again
+
+
+def test_closing_a_stream_early_ends_its_generation(chat):
+    chat.model.generation_config.eos_token_id = None  # only max_new_tokens or the reader can end it
+    forwards = record_prefills(chat.model)
+    pieces = chat.stream(conversation("en_8k.wav"), max_new_tokens=400)
+    next(pieces)
+    pieces.close()
+    assert len(forwards) < 100
+    assert len(chat.generate(conversation("en_8k.wav"), max_new_tokens=8)) > 0  # the chat goes on working
