@@ -28,6 +28,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from auralm.kernels.launch import autotuned, configs, launch
+
 LOG2E = 1.4426950408889634
 
 
@@ -136,13 +138,12 @@ class _FlashAttention(torch.autograd.Function):
         # LSE and Δ share q's layout without the head dim: dense (B, H, L), packed (T, H)
         lse = torch.empty(q.shape[:-1], dtype=torch.float32, device=q.device)
         B, Hq, Hkv, max_q, max_k, D = _dims(q, k, q_len, k_len, axes)
-        block_m, block_n = _blocks(interpreted, max_q, max_k)
-        grid = (triton.cdiv(max_q, block_m), B * Hq)
-        _attention_forward[grid](
-            qc, kc, vc, o, lse, q_start, q_len, k_start, k_len,
-            *_strides(qc, axes), *_strides(kc, axes), *_strides(vc, axes), *_strides(o, axes), *_strides(lse, axes),
-            Hq, Hq // Hkv, D, scale * LOG2E,
-            CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=max(16, triton.next_power_of_2(D)),
+        launch(
+            _attention_forward, lambda blocks: (triton.cdiv(max_q, blocks["BLOCK_M"]), B * Hq),
+            (qc, kc, vc, o, lse, q_start, q_len, k_start, k_len,
+             *_strides(qc, axes), *_strides(kc, axes), *_strides(vc, axes), *_strides(o, axes), *_strides(lse, axes),
+             Hq, Hq // Hkv, scale * LOG2E),
+            _interpreter_blocks(interpreted, max_q, max_k), CAUSAL=causal, **_head_dims(D),
         )  # fmt: skip
         ctx.save_for_backward(qc, kc, vc, o, lse, q_start, q_len, k_start, k_len)
         ctx.causal, ctx.scale, ctx.axes, ctx.dtypes = causal, scale, axes, (q.dtype, k.dtype, v.dtype)
@@ -156,27 +157,40 @@ class _FlashAttention(torch.autograd.Function):
         delta = torch.empty_like(lse)
         dq, dk, dv = torch.zeros_like(q, dtype=torch.float32), torch.zeros_like(k), torch.zeros_like(v)
         B, Hq, Hkv, max_q, max_k, D = _dims(q, k, q_len, k_len, axes)
-        block_m, block_n = _blocks(interpreted, max_q, max_k)
-        block_d = max(16, triton.next_power_of_2(D))
+        blocks, head_dims = _interpreter_blocks(interpreted, max_q, max_k), _head_dims(D)
         common = (q_start, q_len, k_start, k_len, *_strides(q, axes), *_strides(k, axes), *_strides(v, axes))
-        common += (*_strides(do, axes), *_strides(lse, axes), Hq, Hq // Hkv, D, ctx.scale, ctx.scale * LOG2E)
-        _attention_delta[(triton.cdiv(max_q, block_m), B * Hq)](
-            o, do, delta, q_start, q_len, *_strides(o, axes), *_strides(do, axes), *_strides(delta, axes), Hq, D,
-            BLOCK_M=block_m, BLOCK_D=block_d,
+        common += (*_strides(do, axes), *_strides(lse, axes), Hq, Hq // Hkv, ctx.scale, ctx.scale * LOG2E)
+        block_rows = blocks["BLOCK_M"] if blocks else 64  # Δ is a row sum: nothing to tune
+        _attention_delta[(triton.cdiv(max_q, block_rows), B * Hq)](
+            o, do, delta, q_start, q_len, *_strides(o, axes), *_strides(do, axes), *_strides(delta, axes), Hq,
+            BLOCK_M=block_rows, **head_dims,
         )  # fmt: skip
-        _attention_backward_dkdv[(triton.cdiv(max_k, block_n), B * Hkv)](
-            q, k, v, do, lse, delta, dk, dv, *common, *_strides(dk, axes), *_strides(dv, axes),
-            CAUSAL=ctx.causal, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        launch(
+            _attention_backward_dkdv, lambda blocks: (triton.cdiv(max_k, blocks["BLOCK_N"]), B * Hkv),
+            (q, k, v, do, lse, delta, dk, dv, *common, *_strides(dk, axes), *_strides(dv, axes)),
+            blocks, CAUSAL=ctx.causal, **head_dims,
         )  # fmt: skip
-        _attention_backward_dq[(triton.cdiv(max_q, block_m), B * Hq)](
-            q, k, v, do, lse, delta, dq, *common, *_strides(dq, axes),
-            CAUSAL=ctx.causal, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        launch(
+            _attention_backward_dq, lambda blocks: (triton.cdiv(max_q, blocks["BLOCK_M"]), B * Hq),
+            (q, k, v, do, lse, delta, dq, *common, *_strides(dq, axes)),
+            blocks, CAUSAL=ctx.causal, **head_dims,
         )  # fmt: skip
         q_dtype, k_dtype, v_dtype = ctx.dtypes
         return dq.to(q_dtype), dk.to(k_dtype), dv.to(v_dtype), None, None, None, None, None, None, None
 
 
 # ---- kernels -------------------------------------------------------------------------------
+
+
+# GPU configurations (BLOCK_M, BLOCK_N, warps, pipeline stages), timed on the first call for each
+# head dim, causal flag and dtype. Chosen from Hopper (sm_90) builds, `python benchmarks/hopper_compile.py`:
+# all use warpgroup matrix instructions, fit shared memory, and each kernel has one that spills no
+# register at head dim 128 (the others spill a little there but may still win at 64).
+BLOCKS = ("BLOCK_M", "BLOCK_N")
+FORWARD_CONFIGS = configs([(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4)], BLOCKS)
+BACKWARD_DKDV_CONFIGS = configs([(64, 64, 8, 2), (32, 64, 8, 3), (128, 64, 8, 2), (64, 32, 4, 3)], BLOCKS)
+BACKWARD_DQ_CONFIGS = configs([(128, 32, 4, 3), (64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 4)], BLOCKS)
+TUNING_KEY = ["HEAD_DIM", "CAUSAL"]
 
 
 @triton.jit
@@ -192,6 +206,58 @@ def _row(ptr, b, tokens, head, stride_b, stride_t, stride_h):
 
 
 @triton.jit
+def _load_tile(ptrs, tokens, limit, dims, CHECK_TOKENS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A (tokens × BLOCK_D) tile, 0 at tokens ≥ limit (when CHECK_TOKENS) and at dims ≥ HEAD_DIM; a mask
+    that cannot hide anything (a full tile, a power-of-two head dim) is not computed at all."""
+    if CHECK_TOKENS:
+        if HEAD_DIM == BLOCK_D:
+            tile = tl.load(ptrs, mask=(tokens < limit)[:, None], other=0.0)
+        else:
+            tile = tl.load(ptrs, mask=(tokens < limit)[:, None] & (dims < HEAD_DIM)[None, :], other=0.0)
+    else:
+        if HEAD_DIM == BLOCK_D:
+            tile = tl.load(ptrs)
+        else:
+            tile = tl.load(ptrs, mask=(dims < HEAD_DIM)[None, :], other=0.0)
+    return tile
+
+
+@triton.jit
+def _block(ptr, b, start, head, stride_b, stride_t, stride_h, length, first, HEAD_DIM: tl.constexpr,
+           BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
+    """A block pointer over the (length × HEAD_DIM) rows of one head of sequence b, at token `first`:
+    no per-element address registers, and bounds checked only where asked."""
+    return tl.make_block_ptr(
+        ptr + b * stride_b + start * stride_t + head * stride_h, shape=(length, HEAD_DIM), strides=(stride_t, 1),
+        offsets=(first, 0), block_shape=(BLOCK_T, BLOCK_D), order=(1, 0),
+    )  # fmt: skip
+
+
+@triton.jit
+def _load_block(block, CHECK_TOKENS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The tile under a block pointer, 0 past its sequence (when CHECK_TOKENS) and past HEAD_DIM."""
+    if CHECK_TOKENS:
+        if HEAD_DIM == BLOCK_D:
+            tile = tl.load(block, boundary_check=(0,), padding_option="zero")
+        else:
+            tile = tl.load(block, boundary_check=(0, 1), padding_option="zero")
+    else:
+        if HEAD_DIM == BLOCK_D:
+            tile = tl.load(block)
+        else:
+            tile = tl.load(block, boundary_check=(1,), padding_option="zero")
+    return tile
+
+
+@triton.jit
+def _store_tile(ptrs, value, tokens, limit, dims, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    mask = (tokens < limit)[:, None]
+    if HEAD_DIM != BLOCK_D:
+        mask = mask & (dims < HEAD_DIM)[None, :]
+    tl.store(ptrs, value.to(ptrs.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _visible(rows, cols, q_len, k_len, CAUSAL: tl.constexpr):
     """(BLOCK_M, BLOCK_N) mask: the key exists and, if causal, is not after the query (end-aligned)."""
     mask = (rows[:, None] < q_len) & (cols[None, :] < k_len)
@@ -201,11 +267,43 @@ def _visible(rows, cols, q_len, k_len, CAUSAL: tl.constexpr):
 
 
 @triton.jit
+def _forward_tiles(
+    q, m_i, l_i, acc, k_ptr, v_ptr, b, k_start, kv_h, skb, skt, skh, svb, svt, svh,
+    rows, q_len, k_len, scale_log2, lo, hi,
+    CAUSAL: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """Key tiles [lo, hi) folded into the running softmax (m_i, l_i, acc). MASKED for tiles where some
+    key is hidden from some row (past k_len, or after the row when causal); the others skip all masks."""
+    k_block = _block(k_ptr, b, k_start, kv_h, skb, skt, skh, k_len, lo, HEAD_DIM, BLOCK_N, BLOCK_D)
+    v_block = _block(v_ptr, b, k_start, kv_h, svb, svt, svh, k_len, lo, HEAD_DIM, BLOCK_N, BLOCK_D)
+    for n_start in range(lo, hi, BLOCK_N):
+        cols = n_start + tl.arange(0, BLOCK_N)
+        k = _load_block(k_block, MASKED, HEAD_DIM, BLOCK_D)
+        v = _load_block(v_block, MASKED, HEAD_DIM, BLOCK_D)
+        k_block = tl.advance(k_block, (BLOCK_N, 0))
+        v_block = tl.advance(v_block, (BLOCK_N, 0))
+        s = tl.dot(q, tl.trans(k)) * scale_log2
+        if MASKED:
+            s = tl.where(_visible(rows, cols, q_len, k_len, CAUSAL), s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_safe = m_new
+        if MASKED:  # a row that has seen no key yet keeps m = −∞; subtract 0 instead
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    return m_i, l_i, acc
+
+
+@autotuned(FORWARD_CONFIGS, TUNING_KEY)
+@triton.jit
 def _attention_forward(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, q_start_ptr, q_len_ptr, k_start_ptr, k_len_ptr,
     sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sob, sot, soh, slb, slt, slh,
-    H, GROUP, D, scale_log2,
-    CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    H, GROUP, scale_log2,
+    CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     b, h = tl.program_id(1) // H, tl.program_id(1) % H
     q_len, k_len = tl.load(q_len_ptr + b), tl.load(k_len_ptr + b)
@@ -215,37 +313,26 @@ def _attention_forward(
     q_start, k_start, kv_h = tl.load(q_start_ptr + b), tl.load(k_start_ptr + b), h // GROUP
     rows = m_start + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
-    row_mask = (rows < q_len)[:, None] & (dims < D)[None, :]
-    q = tl.load(_tile(q_ptr, b, q_start + rows, h, sqb, sqt, sqh, dims), mask=row_mask, other=0.0)
+    q_ptrs = _tile(q_ptr, b, q_start + rows, h, sqb, sqt, sqh, dims)
+    q = _load_tile(q_ptrs, rows, q_len, dims, True, HEAD_DIM, BLOCK_D)
 
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)  # running max, base-2 units
     l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)  # running sum of 2^(s − m)
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    end = k_len
-    if CAUSAL:  # keys after the block's last query are never seen
+    # Keys [0, full) are seen by every row of the block: whole tiles without masks. [full, end) are masked.
+    if CAUSAL:  # row r sees keys ≤ r + k_len − q_len; keys after the block's last row are never seen
         end = tl.minimum(k_len, m_start + BLOCK_M + k_len - q_len)
-    for n_start in range(0, end, BLOCK_N):
-        cols = n_start + tl.arange(0, BLOCK_N)
-        col_mask = (cols < k_len)[:, None] & (dims < D)[None, :]
-        k = tl.load(_tile(k_ptr, b, k_start + cols, kv_h, skb, skt, skh, dims), mask=col_mask, other=0.0)
-        v = tl.load(_tile(v_ptr, b, k_start + cols, kv_h, svb, svt, svh, dims), mask=col_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k)) * scale_log2
-        s = tl.where(_visible(rows, cols, q_len, k_len, CAUSAL), s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that has seen nothing yet
-        p = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        full = tl.maximum(tl.minimum(k_len, m_start + 1 + k_len - q_len), 0) // BLOCK_N * BLOCK_N
+    else:
+        end = k_len
+        full = k_len // BLOCK_N * BLOCK_N
+    kv = (k_ptr, v_ptr, b, k_start, kv_h, skb, skt, skh, svb, svt, svh, rows, q_len, k_len, scale_log2)
+    m_i, l_i, acc = _forward_tiles(q, m_i, l_i, acc, *kv, 0, full, CAUSAL, False, BLOCK_N, HEAD_DIM, BLOCK_D)
+    m_i, l_i, acc = _forward_tiles(q, m_i, l_i, acc, *kv, full, end, CAUSAL, True, BLOCK_N, HEAD_DIM, BLOCK_D)
 
     seen = l_i > 0
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
-    tl.store(
-        _tile(o_ptr, b, q_start + rows, h, sob, sot, soh, dims),
-        out.to(o_ptr.dtype.element_ty),
-        mask=row_mask,
-    )
+    _store_tile(_tile(o_ptr, b, q_start + rows, h, sob, sot, soh, dims), out, rows, q_len, dims, HEAD_DIM, BLOCK_D)
     # natural-log LSE; +∞ for a row that sees nothing, so the backward pass's exp(s − LSE) is 0 there
     lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) / 1.4426950408889634, float("inf"))
     tl.store(_row(lse_ptr, b, q_start + rows, h, slb, slt, slh), lse, mask=rows < q_len)
@@ -253,29 +340,30 @@ def _attention_forward(
 
 @triton.jit
 def _attention_delta(
-    o_ptr, do_ptr, delta_ptr, q_start_ptr, q_len_ptr, sob, sot, soh, sdob, sdot, sdoh, slb, slt, slh, H, D,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    o_ptr, do_ptr, delta_ptr, q_start_ptr, q_len_ptr, sob, sot, soh, sdob, sdot, sdoh, slb, slt, slh, H,
+    BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """Δ = rowsum(dO ∘ O), once per query row."""
     b, h = tl.program_id(1) // H, tl.program_id(1) % H
     q_len, q_start = tl.load(q_len_ptr + b), tl.load(q_start_ptr + b)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
-    mask = (rows < q_len)[:, None] & (dims < D)[None, :]
-    o = tl.load(_tile(o_ptr, b, q_start + rows, h, sob, sot, soh, dims), mask=mask, other=0.0)
-    do = tl.load(_tile(do_ptr, b, q_start + rows, h, sdob, sdot, sdoh, dims), mask=mask, other=0.0)
+    o = _load_tile(_tile(o_ptr, b, q_start + rows, h, sob, sot, soh, dims), rows, q_len, dims, True, HEAD_DIM, BLOCK_D)
+    do_ptrs = _tile(do_ptr, b, q_start + rows, h, sdob, sdot, sdoh, dims)
+    do = _load_tile(do_ptrs, rows, q_len, dims, True, HEAD_DIM, BLOCK_D)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
     tl.store(_row(delta_ptr, b, q_start + rows, h, slb, slt, slh), delta, mask=rows < q_len)
 
 
+@autotuned(BACKWARD_DKDV_CONFIGS, TUNING_KEY)
 @triton.jit
 def _attention_backward_dkdv(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
     q_start_ptr, q_len_ptr, k_start_ptr, k_len_ptr,
     sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sdob, sdot, sdoh, slb, slt, slh,
-    H, GROUP, D, scale, scale_log2,
+    H, GROUP, scale, scale_log2,
     sdkb, sdkt, sdkh, sdvb, sdvt, sdvh,
-    CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """One K/V tile of one K/V head: dV = Σ Pᵀ dO, dK = scale · Σ dSᵀ Q over its group's query heads."""
     H_KV = H // GROUP
@@ -287,9 +375,12 @@ def _attention_backward_dkdv(
     q_start, k_start = tl.load(q_start_ptr + b), tl.load(k_start_ptr + b)
     cols = n_start + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, BLOCK_D)
-    col_mask = (cols < k_len)[:, None] & (dims < D)[None, :]
-    k = tl.load(_tile(k_ptr, b, k_start + cols, kv_h, skb, skt, skh, dims), mask=col_mask, other=0.0)
-    v = tl.load(_tile(v_ptr, b, k_start + cols, kv_h, svb, svt, svh, dims), mask=col_mask, other=0.0)
+    k = _load_tile(
+        _tile(k_ptr, b, k_start + cols, kv_h, skb, skt, skh, dims), cols, k_len, dims, True, HEAD_DIM, BLOCK_D
+    )
+    v = _load_tile(
+        _tile(v_ptr, b, k_start + cols, kv_h, svb, svt, svh, dims), cols, k_len, dims, True, HEAD_DIM, BLOCK_D
+    )
     dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     first = 0
@@ -299,13 +390,10 @@ def _attention_backward_dkdv(
         h = kv_h * GROUP + g
         for m_start in range(first, q_len, BLOCK_M):
             rows = m_start + tl.arange(0, BLOCK_M)
-            row_mask = (rows < q_len)[:, None] & (dims < D)[None, :]
-            q = tl.load(_tile(q_ptr, b, q_start + rows, h, sqb, sqt, sqh, dims), mask=row_mask, other=0.0)
-            do = tl.load(
-                _tile(do_ptr, b, q_start + rows, h, sdob, sdot, sdoh, dims),
-                mask=row_mask,
-                other=0.0,
-            )
+            q_ptrs = _tile(q_ptr, b, q_start + rows, h, sqb, sqt, sqh, dims)
+            do_ptrs = _tile(do_ptr, b, q_start + rows, h, sdob, sdot, sdoh, dims)
+            q = _load_tile(q_ptrs, rows, q_len, dims, True, HEAD_DIM, BLOCK_D)
+            do = _load_tile(do_ptrs, rows, q_len, dims, True, HEAD_DIM, BLOCK_D)
             lse = tl.load(_row(lse_ptr, b, q_start + rows, h, slb, slt, slh), mask=rows < q_len, other=float("inf"))
             delta = tl.load(_row(delta_ptr, b, q_start + rows, h, slb, slt, slh), mask=rows < q_len, other=0.0)
             s = tl.dot(q, tl.trans(k)) * scale_log2  # (BLOCK_M, BLOCK_N)
@@ -315,26 +403,22 @@ def _attention_backward_dkdv(
             dp = tl.dot(do, tl.trans(v))
             ds = p * (dp - delta[:, None])
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
-    tl.store(
-        _tile(dk_ptr, b, k_start + cols, kv_h, sdkb, sdkt, sdkh, dims),
-        (dk * scale).to(dk_ptr.dtype.element_ty),
-        mask=col_mask,
-    )
-    tl.store(
-        _tile(dv_ptr, b, k_start + cols, kv_h, sdvb, sdvt, sdvh, dims),
-        dv.to(dv_ptr.dtype.element_ty),
-        mask=col_mask,
+    dk_ptrs = _tile(dk_ptr, b, k_start + cols, kv_h, sdkb, sdkt, sdkh, dims)
+    _store_tile(dk_ptrs, dk * scale, cols, k_len, dims, HEAD_DIM, BLOCK_D)
+    _store_tile(
+        _tile(dv_ptr, b, k_start + cols, kv_h, sdvb, sdvt, sdvh, dims), dv, cols, k_len, dims, HEAD_DIM, BLOCK_D
     )
 
 
+@autotuned(BACKWARD_DQ_CONFIGS, TUNING_KEY)
 @triton.jit
 def _attention_backward_dq(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
     q_start_ptr, q_len_ptr, k_start_ptr, k_len_ptr,
     sqb, sqt, sqh, skb, skt, skh, svb, svt, svh, sdob, sdot, sdoh, slb, slt, slh,
-    H, GROUP, D, scale, scale_log2,
+    H, GROUP, scale, scale_log2,
     sdqb, sdqt, sdqh,
-    CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """One Q tile of one query head: dQ = scale · Σ dS K over the key tiles it sees."""
     b, h = tl.program_id(1) // H, tl.program_id(1) % H
@@ -345,9 +429,9 @@ def _attention_backward_dq(
     q_start, k_start, kv_h = tl.load(q_start_ptr + b), tl.load(k_start_ptr + b), h // GROUP
     rows = m_start + tl.arange(0, BLOCK_M)
     dims = tl.arange(0, BLOCK_D)
-    row_mask = (rows < q_len)[:, None] & (dims < D)[None, :]
-    q = tl.load(_tile(q_ptr, b, q_start + rows, h, sqb, sqt, sqh, dims), mask=row_mask, other=0.0)
-    do = tl.load(_tile(do_ptr, b, q_start + rows, h, sdob, sdot, sdoh, dims), mask=row_mask, other=0.0)
+    q = _load_tile(_tile(q_ptr, b, q_start + rows, h, sqb, sqt, sqh, dims), rows, q_len, dims, True, HEAD_DIM, BLOCK_D)
+    do_ptrs = _tile(do_ptr, b, q_start + rows, h, sdob, sdot, sdoh, dims)
+    do = _load_tile(do_ptrs, rows, q_len, dims, True, HEAD_DIM, BLOCK_D)
     lse = tl.load(_row(lse_ptr, b, q_start + rows, h, slb, slt, slh), mask=rows < q_len, other=float("inf"))
     delta = tl.load(_row(delta_ptr, b, q_start + rows, h, slb, slt, slh), mask=rows < q_len, other=0.0)
     dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
@@ -356,16 +440,19 @@ def _attention_backward_dq(
         end = tl.minimum(k_len, m_start + BLOCK_M + k_len - q_len)
     for n_start in range(0, end, BLOCK_N):
         cols = n_start + tl.arange(0, BLOCK_N)
-        col_mask = (cols < k_len)[:, None] & (dims < D)[None, :]
-        k = tl.load(_tile(k_ptr, b, k_start + cols, kv_h, skb, skt, skh, dims), mask=col_mask, other=0.0)
-        v = tl.load(_tile(v_ptr, b, k_start + cols, kv_h, svb, svt, svh, dims), mask=col_mask, other=0.0)
+        k_ptrs = _tile(k_ptr, b, k_start + cols, kv_h, skb, skt, skh, dims)
+        v_ptrs = _tile(v_ptr, b, k_start + cols, kv_h, svb, svt, svh, dims)
+        k = _load_tile(k_ptrs, cols, k_len, dims, True, HEAD_DIM, BLOCK_D)
+        v = _load_tile(v_ptrs, cols, k_len, dims, True, HEAD_DIM, BLOCK_D)
         s = tl.dot(q, tl.trans(k)) * scale_log2
         p = tl.exp2(s - lse[:, None] * 1.4426950408889634)
         p = tl.where(_visible(rows, cols, q_len, k_len, CAUSAL), p, 0.0)
         dp = tl.dot(do, tl.trans(v))
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k)
-    tl.store(_tile(dq_ptr, b, q_start + rows, h, sdqb, sdqt, sdqh, dims), dq * scale, mask=row_mask)
+    _store_tile(
+        _tile(dq_ptr, b, q_start + rows, h, sdqb, sdqt, sdqh, dims), dq * scale, rows, q_len, dims, HEAD_DIM, BLOCK_D
+    )
 
 
 # ---- helpers -------------------------------------------------------------------------------
@@ -406,7 +493,17 @@ def _dims(q, k, q_len, k_len, axes) -> tuple[int, int, int, int, int, int]:
     return (len(q_len), q.shape[head_axis], k.shape[head_axis], int(q_len.max()), int(k_len.max()), q.shape[-1])
 
 
-def _blocks(interpreted: bool, max_q: int, max_k: int) -> tuple[int, int]:
-    if interpreted:  # few, large tiles: each interpreted step costs the same whatever its size
-        return max(16, min(128, triton.next_power_of_2(max_q))), max(16, min(128, triton.next_power_of_2(max_k)))
-    return 64, 64
+def _head_dims(head_dim: int) -> dict[str, int]:
+    """HEAD_DIM, and the power-of-two tile width (≥ 16, what tl.dot needs) it is padded to."""
+    return {"HEAD_DIM": head_dim, "BLOCK_D": max(16, triton.next_power_of_2(head_dim))}
+
+
+def _interpreter_blocks(interpreted: bool, max_q: int, max_k: int) -> dict[str, int] | None:
+    """Blocks for the interpreter, which cannot time configurations: few large tiles, since each
+    interpreted step costs the same whatever its size. None on a GPU: the autotuner picks there."""
+    if not interpreted:
+        return None
+    return {
+        "BLOCK_M": max(16, min(128, triton.next_power_of_2(max_q))),
+        "BLOCK_N": max(16, min(128, triton.next_power_of_2(max_k))),
+    }

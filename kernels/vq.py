@@ -24,6 +24,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from auralm.kernels.launch import autotuned, configs, launch
+
 Metric = Literal["euclidean", "cosine"]
 ROWS_PER_BLOCK = 4096
 
@@ -72,24 +74,33 @@ def nearest_code_triton(x: torch.Tensor, codebook: torch.Tensor, metric: Metric)
     x_in = x.float() if interpreted else x.contiguous()
     indices = torch.empty(N, dtype=torch.int64, device=x.device)
     best = torch.empty(N, dtype=torch.float32, device=x.device)
-    # Large tiles: registers on a GPU, and far fewer interpreted steps on CPU.
-    block_k = 64 if not interpreted else max(16, min(2048, triton.next_power_of_2(codebook.shape[0])))
-    block_n = 64 if not interpreted else max(16, min(triton.next_power_of_2(N), 2**19 // block_k))
-    grid = (triton.cdiv(N, block_n),)
-    _nearest_code_kernel[grid](
-        x_in, codebook_in, code_norms, indices, best, N, codebook.shape[0], d,
-        x_in.stride(0), codebook_in.stride(0),
-        COSINE=metric == "cosine", BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=max(16, triton.next_power_of_2(d)),
+    interpreter_blocks = None
+    if interpreted:  # whole codebooks of a few thousand codes in one step
+        block_k = max(16, min(2048, triton.next_power_of_2(codebook.shape[0])))
+        interpreter_blocks = {"BLOCK_N": max(16, min(triton.next_power_of_2(N), 2**19 // block_k)), "BLOCK_K": block_k}
+    launch(
+        _nearest_code_kernel, lambda blocks: (triton.cdiv(N, blocks["BLOCK_N"]),),
+        (x_in, codebook_in, code_norms, indices, best, N, codebook.shape[0], x_in.stride(0), codebook_in.stride(0)),
+        interpreter_blocks, COSINE=metric == "cosine", D=d, BLOCK_D=max(16, triton.next_power_of_2(d)),
+        PRECISION="ieee" if interpreted else "tf32x3",
     )  # fmt: skip
     rows = F.normalize(x.float(), dim=-1) if metric == "cosine" else x.float()
     return indices, _distance(best, rows, metric)
 
 
+# GPU configurations (BLOCK_N rows, BLOCK_K codes, warps, pipeline stages), timed on the first call
+# for each codebook size, dim, metric and dtype.
+NEAREST_CODE_CONFIGS = configs(
+    [(64, 64, 4, 3), (128, 64, 4, 3), (128, 128, 8, 3), (64, 128, 4, 3), (256, 64, 8, 3)], ("BLOCK_N", "BLOCK_K")
+)
+
+
+@autotuned(NEAREST_CODE_CONFIGS, ["K", "D", "COSINE"])
 @triton.jit
 def _nearest_code_kernel(
-    x_ptr, codebook_ptr, code_norms_ptr, indices_ptr, best_ptr, N, K, D,
-    stride_x, stride_code,
-    COSINE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    x_ptr, codebook_ptr, code_norms_ptr, indices_ptr, best_ptr, N, K, stride_x, stride_code,
+    COSINE: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, BLOCK_D)
@@ -112,8 +123,9 @@ def _nearest_code_kernel(
             other=0.0,
         )
         c_norm = tl.load(code_norms_ptr + codes, mask=code_mask, other=float("inf"))  # padding never wins
-        # ieee: float32 inputs stay exact (no TF32), so ties and near-ties agree with the reference
-        scores = c_norm[None, :] - 2.0 * tl.dot(x, tl.trans(c), input_precision="ieee")  # (BLOCK_N, BLOCK_K)
+        # float32 inputs: "tf32x3" on a GPU, three TF32 tensor-core products that keep about float32's
+        # accuracy (plain FMA "ieee" spills registers at these tiles); exact "ieee" in the interpreter
+        scores = c_norm[None, :] - 2.0 * tl.dot(x, tl.trans(c), input_precision=PRECISION)  # (BLOCK_N, BLOCK_K)
         tile_best, tile_index = tl.min(scores, axis=1, return_indices=True, return_indices_tie_break_left=True)
         better = tile_best < best  # strict: an earlier tile keeps a tie, so the lowest index wins
         best = tl.where(better, tile_best, best)

@@ -38,6 +38,9 @@ CASES = [
     (1, 2, 2, 5, 70, 64, True),  # q_len < k_len
     (1, 2, 1, 20, 9, 64, True),  # q_len > k_len: the first rows see no key and output 0
     (2, 2, 2, 130, 70, 64, False),  # more than one tile on each side
+    # longer than a key tile (128 in the interpreter): the forward pass's unmasked whole tiles run too
+    (1, 2, 2, 150, 300, 64, False),
+    (1, 4, 2, 300, 300, 80, True),
 ]
 
 
