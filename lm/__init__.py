@@ -1,7 +1,7 @@
 """Speech tokens in Hugging Face causal LMs: vocabulary, loading, chat over audio, attention."""
 
 from auralm.lm.attention import ATTENTION_NAME, register_attention
-from auralm.lm.chat import SpeechChat
+from auralm.lm.chat import SpeechChat, tokens_to_prompt
 from auralm.lm.loading import DEFAULT_LLM, load_llm
 from auralm.lm.vocabulary import SpeechTokenizerMismatch, add_sound_tokens, check_speech_tokenizer
 
@@ -14,4 +14,5 @@ __all__ = [
     "check_speech_tokenizer",
     "load_llm",
     "register_attention",
+    "tokens_to_prompt",
 ]

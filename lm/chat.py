@@ -36,7 +36,7 @@ from transformers import (
 )
 
 from auralm.lm.vocabulary import SpeechTokenizerMismatch, check_speech_tokenizer, sound_vocabulary
-from auralm.tokenizer import SpeechTokenizer
+from auralm.tokenizer import SpeechTokenizer, codes_to_string
 
 Message = dict[str, Any]
 TRANSCRIBE_PROMPT = "Transcribe the speech."
@@ -94,7 +94,7 @@ class SpeechChat:
             rendered.append([])
             for message in messages:
                 pieces = [next(token_strings) if _is_audio(p) else _text(p) for p in _parts(message)]
-                rendered[-1].append({"role": message["role"], "content": "\n".join(pieces)})
+                rendered[-1].append({"role": message["role"], "content": _message_text(pieces)})
         return rendered
 
     def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
@@ -214,6 +214,27 @@ class SpeechChat:
         return options
 
 
+def tokens_to_prompt(
+    codes: Sequence[int] | torch.Tensor,
+    text: str = "",
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    system: str | None = None,
+) -> str:
+    """One clip's sound codes (T,) and an optional question after them, as a user turn for any LLM.
+
+    With an LLM tokenizer: the whole prompt through its chat template, ready for the assistant's
+    reply (the text SpeechChat gives the model for the same message). Without one: the message text
+    alone, `<|sound_start|>…<|sound_end|>` then a newline and the question, for your own template or
+    a training set.
+    """
+    pieces = [codes_to_string(codes)] + ([text] if text else [])
+    content = _message_text(pieces)
+    if tokenizer is None:
+        return content
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
 class _StopStrings(StoppingCriteria):
     """Ends a sequence once its reply so far contains a stop string (any tokenizer, any split)."""
 
@@ -233,6 +254,11 @@ class _Cancelled(StoppingCriteria):
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def _message_text(pieces: Sequence[str]) -> str:
+    """A message's parts (sound-token strings, text) joined into its content."""
+    return "\n".join(pieces)
 
 
 def _parts(message: Message) -> list[Any]:

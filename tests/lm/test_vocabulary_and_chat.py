@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from auralm.lm import SpeechChat, SpeechTokenizerMismatch, add_sound_tokens, check_speech_tokenizer
+from auralm.lm import SpeechChat, SpeechTokenizerMismatch, add_sound_tokens, check_speech_tokenizer, tokens_to_prompt
 from auralm.tokenizer import load_audio
 from tests.conftest import DATA, TINY_CONFIG
 from tests.lm.conftest import WORDS, tiny_llama, tiny_text_tokenizer
@@ -119,6 +119,18 @@ def test_stop_strings_end_the_reply_in_both_paths(chat):
     expected = reply[: reply.find(stop)]
     assert chat.generate(conversation("en_8k.wav"), max_new_tokens=12, stop=[stop]) == expected
     assert "".join(chat.stream(conversation("en_8k.wav"), max_new_tokens=12, stop=[stop])) == expected
+
+
+def test_tokens_to_prompt_is_what_the_chat_feeds_the_model(chat, tiny_tokenizer):
+    codes = tiny_tokenizer.encode(DATA / "en_8k.wav")
+    message = tokens_to_prompt(codes, "what is this sound ?")
+    assert message == tiny_tokenizer.to_string(codes) + "\nwhat is this sound ?"
+    assert tiny_tokenizer.from_string(message.split("\n")[0]).tolist() == codes.tolist()
+    (rendered,) = chat.render([conversation("en_8k.wav")])
+    expected = chat.tokenizer.apply_chat_template(rendered, add_generation_prompt=True, tokenize=False)
+    assert tokens_to_prompt(codes, "what is this sound ?", chat.tokenizer) == expected
+    with_system = tokens_to_prompt(codes, tokenizer=chat.tokenizer, system="hello")
+    assert with_system.startswith("<|system|> hello <eos>") and with_system.endswith("<|assistant|>")
 
 
 def test_chat_needs_the_sound_tokens(tiny_tokenizer):
