@@ -34,6 +34,7 @@ from transformers import (
     StoppingCriteriaList,
     TextIteratorStreamer,
 )
+from transformers.cache_utils import DynamicLayer
 
 from auralm.lm.vocabulary import SpeechTokenizerMismatch, check_speech_tokenizer, sound_vocabulary
 from auralm.tokenizer import SpeechTokenizer, codes_to_string
@@ -168,7 +169,8 @@ class SpeechChat:
         cache = self._reusable_cache(prompt)
         output = self.model.generate(**inputs, **options, past_key_values=cache, return_dict_in_generate=True)
         cache = output.past_key_values
-        self._last_turn = cache, output.sequences[0, : cache.get_seq_length()].tolist()
+        if all(type(layer) is DynamicLayer for layer in cache.layers):  # sliding windows forget: not reusable
+            self._last_turn = cache, output.sequences[0, : cache.get_seq_length()].tolist()
         return output.sequences
 
     def _reusable_cache(self, prompt: list[int]) -> Cache | None:
