@@ -7,8 +7,7 @@
 Time to first token counts everything after the audio arrives: decoding, tokenizing the audio,
 the prompt's prefill and the first new token. A follow-up turn (a text question about the same
 clip) is timed reusing what the first turn left behind (its KV cache and the clip's tokens) and
-computing everything again. Weights need not be trained
-for timing.
+computing everything again. Weights need not be trained for timing.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from benchmarks.hopper_compile import HOPPER_SHARED_MEMORY
+
 ROOT = Path(__file__).parents[2]
-HOPPER_SHARED_MEMORY = 227 * 1024
 
 
 def test_every_configuration_builds_for_hopper_on_tensor_cores():
