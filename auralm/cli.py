@@ -17,8 +17,9 @@ from tqdm import tqdm
 
 import auralm
 from auralm import chat_repl
-from auralm.checkpoints import WHISPER_MODELS, CheckpointError, load_whisper
-from auralm.lm import DEFAULT_LLM, SpeechTokenizerMismatch
+from auralm.checkpoints import WHISPER_MODELS, load_whisper
+from auralm.errors import AuralmError
+from auralm.lm import DEFAULT_LLM
 from auralm.token_export import FORMATS, format_line, open_resumable
 from auralm.tokenizer import AudioError, SpeechTokenizer, load_audio, num_tokens, split_windows, transcribe
 from auralm.tokenizer.audio import SAMPLE_RATE
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (UsageError, AudioError, CheckpointError, SpeechTokenizerMismatch) as e:
+    except (UsageError, AuralmError) as e:
         print(f"auralm {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

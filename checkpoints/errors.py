@@ -1,5 +1,7 @@
 """The one error type of `auralm.checkpoints`."""
 
+from auralm.errors import AuralmError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(AuralmError):
     """A weights file, folder or name that cannot be loaded; the message names it and says what to do."""

@@ -3,13 +3,13 @@
 from auralm.lm.attention import ATTENTION_NAME, register_attention
 from auralm.lm.chat import SpeechChat, tokens_to_prompt
 from auralm.lm.loading import DEFAULT_LLM, load_llm
-from auralm.lm.vocabulary import SpeechTokenizerMismatch, add_sound_tokens, check_speech_tokenizer
+from auralm.lm.vocabulary import SpeechTokenizerMismatchError, add_sound_tokens, check_speech_tokenizer
 
 __all__ = [
     "ATTENTION_NAME",
     "DEFAULT_LLM",
     "SpeechChat",
-    "SpeechTokenizerMismatch",
+    "SpeechTokenizerMismatchError",
     "add_sound_tokens",
     "check_speech_tokenizer",
     "load_llm",

@@ -36,7 +36,7 @@ from transformers import (
 )
 from transformers.cache_utils import DynamicLayer
 
-from auralm.lm.vocabulary import SpeechTokenizerMismatch, check_speech_tokenizer, sound_vocabulary
+from auralm.lm.vocabulary import SpeechTokenizerMismatchError, check_speech_tokenizer, sound_vocabulary
 from auralm.tokenizer import SpeechTokenizer, codes_to_string
 
 Message = dict[str, Any]
@@ -57,7 +57,7 @@ class SpeechChat:
         known = tokenizer.get_vocab()  # builds a dict each call: once
         missing = [t for t in sound_vocabulary(speech_tokenizer.config.n_codes) if t not in known]
         if missing:
-            raise SpeechTokenizerMismatch(
+            raise SpeechTokenizerMismatchError(
                 f"the LLM's tokenizer lacks {len(missing)} sound tokens; call add_sound_tokens first"
             )
         self.model, self.tokenizer, self.speech_tokenizer = model, tokenizer, speech_tokenizer

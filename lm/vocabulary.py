@@ -13,13 +13,14 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from auralm.errors import AuralmError
 from auralm.tokenizer import SpeechTokenizer
 from auralm.tokenizer.token_format import SOUND_END, SOUND_START, sound_token
 
 HASH_KEY, CODES_KEY = "sound_tokenizer_hash", "sound_codes"
 
 
-class SpeechTokenizerMismatch(ValueError):
+class SpeechTokenizerMismatchError(AuralmError):
     """An LLM trained on one speech tokenizer's codes, paired with another."""
 
 
@@ -40,7 +41,7 @@ def add_sound_tokens(
     known = tokenizer.get_vocab()  # builds a dict each call: once
     have = [t for t in vocabulary if t in known]
     if (have and len(have) != len(vocabulary)) or sound_token(n_codes) in known:
-        raise SpeechTokenizerMismatch(
+        raise SpeechTokenizerMismatchError(
             f"the LLM's tokenizer has sound tokens for a different codebook than this speech tokenizer's {n_codes} codes"
         )
     added = 0
@@ -55,12 +56,12 @@ def add_sound_tokens(
 def check_speech_tokenizer(
     model: PreTrainedModel, speech_tokenizer: SpeechTokenizer, allow_mismatch: bool = False
 ) -> None:
-    """Raise SpeechTokenizerMismatch unless the model was trained on this speech tokenizer's codes."""
+    """Raise SpeechTokenizerMismatchError unless the model was trained on this speech tokenizer's codes."""
     recorded = getattr(model.config, HASH_KEY, None)
     if recorded is None or allow_mismatch:
         return
     if recorded != speech_tokenizer.tokenizer_hash:
-        raise SpeechTokenizerMismatch(
+        raise SpeechTokenizerMismatchError(
             f"this LLM was trained on sound tokens of speech tokenizer {recorded[:12]}…, not of the one given "
             f"({speech_tokenizer.tokenizer_hash[:12]}…); load the tokenizer it was trained with, "
             "or pass allow_mismatch=True to pair them anyway"

@@ -1,12 +1,13 @@
 """Speech → sound tokens: audio input, the frozen Whisper backbone, the quantizer bottleneck."""
 
-from auralm.tokenizer.audio import AudioError, Window, load_audio, num_tokens, split_windows
+from auralm.tokenizer.audio import SAMPLE_RATE, AudioError, Window, load_audio, num_tokens, split_windows
 from auralm.tokenizer.backbone import Transcript, detect_language, log_mel, transcribe, word_error_rate
 from auralm.tokenizer.config import TokenizerConfig
 from auralm.tokenizer.speech_tokenizer import SpeechTokenizer
 from auralm.tokenizer.token_format import TokenFormatError, codes_to_string, string_to_codes
 
 __all__ = [
+    "SAMPLE_RATE",
     "AudioError",
     "SpeechTokenizer",
     "TokenFormatError",

@@ -18,6 +18,8 @@ import soundfile
 import torch
 import torchaudio.functional
 
+from auralm.errors import AuralmError
+
 SAMPLE_RATE = 16_000  # Whisper's input rate
 TOKENS_PER_SECOND = 25  # Whisper's 50 Hz encoder frames, mean-pooled ×2
 SAMPLES_PER_TOKEN = SAMPLE_RATE // TOKENS_PER_SECOND  # 640: window cuts land on token boundaries
@@ -34,7 +36,7 @@ UNKNOWN_WAV_SIZE = 0x7FFF0000  # WAV data sizes from here up mean "streamed, len
 AudioSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | np.ndarray | torch.Tensor
 
 
-class AudioError(ValueError):
+class AudioError(AuralmError):
     """Audio that cannot be used; the message names the input and the problem."""
 
 

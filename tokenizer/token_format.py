@@ -11,12 +11,14 @@ from collections.abc import Sequence
 
 import torch
 
+from auralm.errors import AuralmError
+
 SOUND_START = "<|sound_start|>"
 SOUND_END = "<|sound_end|>"
 _SOUND_TOKEN = re.compile(r"<\|sound_(\d{4,})\|>")
 
 
-class TokenFormatError(ValueError):
+class TokenFormatError(AuralmError):
     """A sound-token string that is malformed or holds codes the tokenizer does not have."""
 
 

@@ -3,7 +3,13 @@
 import pytest
 import torch
 
-from auralm.lm import SpeechChat, SpeechTokenizerMismatch, add_sound_tokens, check_speech_tokenizer, tokens_to_prompt
+from auralm.lm import (
+    SpeechChat,
+    SpeechTokenizerMismatchError,
+    add_sound_tokens,
+    check_speech_tokenizer,
+    tokens_to_prompt,
+)
 from auralm.tokenizer import load_audio
 from tests.conftest import DATA, TINY_CONFIG
 from tests.lm.conftest import WORDS, tiny_llama, tiny_text_tokenizer
@@ -67,9 +73,9 @@ def test_an_extended_model_is_reused_and_its_hash_pins_the_speech_tokenizer(tiny
     check_speech_tokenizer(model, tiny_tokenizer)
     with torch.no_grad():
         tiny_tokenizer.bottleneck.mlp[0].bias += 0.1  # another tokenizer now
-    with pytest.raises(SpeechTokenizerMismatch, match="trained on sound tokens of speech tokenizer"):
+    with pytest.raises(SpeechTokenizerMismatchError, match="trained on sound tokens of speech tokenizer"):
         check_speech_tokenizer(model, tiny_tokenizer)
-    with pytest.raises(SpeechTokenizerMismatch):
+    with pytest.raises(SpeechTokenizerMismatchError):
         SpeechChat(model, text, tiny_tokenizer)
     check_speech_tokenizer(model, tiny_tokenizer, allow_mismatch=True)
 
@@ -77,7 +83,7 @@ def test_an_extended_model_is_reused_and_its_hash_pins_the_speech_tokenizer(tiny
 def test_a_codebook_of_another_size_is_refused(tiny_tokenizer):
     model, text = tiny_llama(True), tiny_text_tokenizer()
     text.add_tokens(["<|sound_start|>", "<|sound_end|>", "<|sound_0000|>"], special_tokens=True)
-    with pytest.raises(SpeechTokenizerMismatch, match="different codebook"):
+    with pytest.raises(SpeechTokenizerMismatchError, match="different codebook"):
         add_sound_tokens(model, text, tiny_tokenizer)
 
 
@@ -134,7 +140,7 @@ def test_tokens_to_prompt_is_what_the_chat_feeds_the_model(chat, tiny_tokenizer)
 
 
 def test_chat_needs_the_sound_tokens(tiny_tokenizer):
-    with pytest.raises(SpeechTokenizerMismatch, match="add_sound_tokens first"):
+    with pytest.raises(SpeechTokenizerMismatchError, match="add_sound_tokens first"):
         SpeechChat(tiny_llama(True), tiny_text_tokenizer(), tiny_tokenizer)
 
 
