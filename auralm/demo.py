@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from auralm.checkpoints import WHISPER_MODELS, load_whisper
-from auralm.tokenizer import load_audio, num_tokens, split_windows, transcribe, word_error_rate
+from auralm.tokenizer import TokenizerConfig, load_audio, split_windows, transcribe, word_error_rate
 from auralm.tokenizer.audio import SAMPLE_RATE
 
 SAMPLES = Path(__file__).parent / "samples"
@@ -29,7 +29,11 @@ def run_demo() -> int:
     audio = load_audio(SAMPLE)
     seconds = len(audio) / SAMPLE_RATE
     print(f"[1/4] audio    {SAMPLE.name}: {seconds:.1f} s → {len(audio)} samples, 16 kHz mono float32")
-    print(f"               {num_tokens(len(audio))} sound tokens at 25 per second once a tokenizer is trained")
+    geometry = TokenizerConfig()
+    print(
+        f"               {geometry.num_codes(len(audio))} sound tokens at {geometry.codes_per_second:g} per second "
+        "once a tokenizer is trained"
+    )
 
     started = time.perf_counter()
     model = load_whisper(WHISPER)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from auralm.checkpoints import load_whisper
-from auralm.tokenizer import SpeechTokenizer, TokenizerConfig, load_audio, num_tokens
+from auralm.tokenizer import SpeechTokenizer, TokenizerConfig, load_audio
 from auralm.tokenizer.audio import SAMPLE_RATE
 from auralm.tokenizer.backbone import log_mel_for_tokens
 
@@ -31,7 +31,7 @@ def per_file_loop(tokenizer: SpeechTokenizer, clips: list[torch.Tensor]) -> list
     codes = []
     for clip in clips:
         mel = log_mel_for_tokens(clip, tokenizer.config.n_mels)[None]
-        codes.append(tokenizer.encode_windows(mel)[0, : num_tokens(len(clip))].cpu())
+        codes.append(tokenizer.encode_windows(mel)[0, : tokenizer.num_codes(len(clip))].cpu())
     return codes
 
 
@@ -72,7 +72,7 @@ def main() -> None:
     fixtures = [load_audio(DATA / name) for name in names]
     clips = [fixtures[i % len(fixtures)] for i in range(args.clips)]
     seconds = sum(len(c) for c in clips) / SAMPLE_RATE
-    tokens = sum(num_tokens(len(c)) for c in clips)
+    tokens = sum(tokenizer.num_codes(len(c)) for c in clips)
 
     per_file_loop(tokenizer, clips[:2])  # warm-up
     loop_time, reference = timed(lambda: per_file_loop(tokenizer, clips), device)

@@ -21,16 +21,15 @@ Both layouts address token t of sequence b, head h, as  base + b·stride_b + (st
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from auralm.kernels.launch import autotuned, configs, launch
+from auralm.kernels.launch import LOG2E, MAX_HEAD_DIM, autotuned, backend, configs, launch
 
-LOG2E = 1.4426950408889634
+_LOG2E = tl.constexpr(LOG2E)  # as the kernels see it
 
 
 # ---- public API ----------------------------------------------------------------------------
@@ -40,8 +39,8 @@ def dot_product_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False, scale: float | None = None
 ) -> torch.Tensor:
     """q: (B, Hq, Lq, D); k, v: (B, Hkv, Lk, D). The Triton kernel for CUDA tensors, torch SDPA otherwise
-    (CPU, or head dims over 256); causal aligned to the end of the keys either way."""
-    if _prefer_triton(q) and q.shape[-1] <= 256:
+    (CPU, or head dims over MAX_HEAD_DIM); causal aligned to the end of the keys either way."""
+    if backend(q) == "gpu" and q.shape[-1] <= MAX_HEAD_DIM:
         return flash_attention(q, k, v, causal=causal, scale=scale)
     Lq, Lk = q.shape[2], k.shape[2]
     end_aligned = None
@@ -50,10 +49,6 @@ def dot_product_attention(
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=end_aligned, is_causal=causal and Lq == Lk, scale=scale, enable_gqa=k.shape[1] != q.shape[1]
     )
-
-
-def _prefer_triton(t: torch.Tensor) -> bool:
-    return t.is_cuda
 
 
 def flash_attention(
@@ -131,7 +126,7 @@ def attention_reference(
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, q_start, q_len, k_start, k_len, causal, scale, axes):
-        interpreted = _interpreted(q)
+        interpreted = backend(q) == "interpreter"
         # The interpreter computes bf16/fp16 tl.dot wrongly: there everything runs in float32.
         qc, kc, vc = (t.float() if interpreted else t for t in (q, k, v))
         o = torch.zeros_like(qc)  # rows past a sequence's length stay 0
@@ -152,7 +147,7 @@ class _FlashAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse, q_start, q_len, k_start, k_len = ctx.saved_tensors
-        axes, interpreted = ctx.axes, _interpreted(q)
+        axes, interpreted = ctx.axes, backend(q) == "interpreter"
         do = do.to(q.dtype).contiguous()
         delta = torch.empty_like(lse)
         dq, dk, dv = torch.zeros_like(q, dtype=torch.float32), torch.zeros_like(k), torch.zeros_like(v)
@@ -334,7 +329,7 @@ def _attention_forward(
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
     _store_tile(_tile(o_ptr, b, q_start + rows, h, sob, sot, soh, dims), out, rows, q_len, dims, HEAD_DIM, BLOCK_D)
     # natural-log LSE; +∞ for a row that sees nothing, so the backward pass's exp(s − LSE) is 0 there
-    lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) / 1.4426950408889634, float("inf"))
+    lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) / _LOG2E, float("inf"))
     tl.store(_row(lse_ptr, b, q_start + rows, h, slb, slt, slh), lse, mask=rows < q_len)
 
 
@@ -464,12 +459,10 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     heads_q, heads_kv = q.shape[-3] if q.dim() == 4 else q.shape[-2], k.shape[-3] if k.dim() == 4 else k.shape[-2]
     if heads_q % heads_kv:
         raise ValueError(f"{heads_q} query heads are not a multiple of {heads_kv} key/value heads")
-    if not (q.is_cuda or _interpreted(q)):
+    if backend(q) == "torch":
         raise RuntimeError("flash_attention needs CUDA tensors (or TRITON_INTERPRET=1 to run on CPU)")
-
-
-def _interpreted(t: torch.Tensor) -> bool:
-    return not t.is_cuda and os.environ.get("TRITON_INTERPRET") == "1"
+    if q.shape[-1] > MAX_HEAD_DIM:
+        raise ValueError(f"head dim {q.shape[-1]} is over the kernels' {MAX_HEAD_DIM}")
 
 
 def _scale(scale: float | None, head_dim: int) -> float:

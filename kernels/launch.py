@@ -1,4 +1,7 @@
-"""Autotuned Triton kernels, launched the same way on a GPU and in the interpreter.
+"""Where a kernel runs, and autotuned Triton kernels launched the same way on a GPU and in the interpreter.
+
+`backend(t)` is the one place that decides: compiled Triton for CUDA tensors, Triton's interpreter for
+CPU tensors under TRITON_INTERPRET=1 (the CPU tests), else the kernel's plain-torch reference.
 
 On a GPU, `triton.autotune` times each configuration on the first call for a new key (say, a head
 dim and dtype) and keeps the fastest, on disk too. The interpreter (TRITON_INTERPRET=1, the CPU
@@ -8,9 +11,26 @@ step costs the same whatever its size.
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable
+from typing import Literal
 
+import torch
 import triton
+
+LOG2E = math.log2(math.e)  # the kernels' softmax runs in base 2: exp(x) = 2^(x·log₂e)
+MAX_HEAD_DIM = 256  # the attention kernels' widest head: a tile of it per operand stays on chip
+
+Backend = Literal["gpu", "interpreter", "torch"]
+
+
+def backend(t: torch.Tensor) -> Backend:
+    """Where a Triton kernel over tensor t runs: "gpu" (compiled), "interpreter" (CPU tensors with
+    TRITON_INTERPRET=1, read when kernels are defined, so set it before importing auralm) or "torch"."""
+    if t.is_cuda:
+        return "gpu"
+    return "interpreter" if os.environ.get("TRITON_INTERPRET") == "1" else "torch"
 
 
 def configs(shapes: list[tuple[int, int, int, int]], names: tuple[str, str]) -> list[triton.Config]:

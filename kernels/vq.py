@@ -3,6 +3,9 @@
 For x ∈ R^{N×d} and a codebook C ∈ R^{K×d}:
     euclidean: argmin_k ‖x_n − c_k‖² = argmin_k (‖c_k‖² − 2 x_n·c_k)   (‖x_n‖² is the same for every k)
     cosine:    argmax_k  x̂_n·ĉ_k = argmin_k (−2 x̂_n·ĉ_k)            with x̂ = x / ‖x‖
+    dot:       argmax_k  x_n·c_k  = argmin_k (−2 x_n·c_k)             (maximum inner product)
+"dot" on l2-normalised inputs is vector-quantize-pytorch's cosine codebook exactly, as Ichigo
+searches it: its EMA keeps unit rows, but the rows a checkpoint holds are not normalised again.
 Ties go to the lowest index, as torch.argmin does.
 
 Two implementations of the same maths:
@@ -16,7 +19,6 @@ Two implementations of the same maths:
 
 from __future__ import annotations
 
-import os
 from typing import Literal
 
 import torch
@@ -24,9 +26,9 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from auralm.kernels.launch import autotuned, configs, launch
+from auralm.kernels.launch import autotuned, backend, configs, launch
 
-Metric = Literal["euclidean", "cosine"]
+Metric = Literal["euclidean", "cosine", "dot"]
 ROWS_PER_BLOCK = 4096
 
 
@@ -36,10 +38,10 @@ def nearest_code(
     """Index of the nearest codebook row for each row of x.
 
     x: (N, d); codebook: (K, d); float32, float16 or bfloat16. Returns int64 (N,), and with
-    return_distances the float32 (N,) distance to that code: squared euclidean, or 1 − cosine.
+    return_distances the float32 (N,) distance to that code: squared euclidean, 1 − cosine, or −x·c.
     """
     _check(x, codebook, metric)
-    implementation = nearest_code_triton if x.is_cuda else nearest_code_torch
+    implementation = nearest_code_triton if backend(x) == "gpu" else nearest_code_torch
     indices, distances = implementation(x, codebook, metric)
     return (indices, distances) if return_distances else indices
 
@@ -63,8 +65,8 @@ def nearest_code_torch(x: torch.Tensor, codebook: torch.Tensor, metric: Metric) 
 def nearest_code_triton(x: torch.Tensor, codebook: torch.Tensor, metric: Metric) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused kernel: (indices int64 (N,), distances float32 (N,)); CUDA, or CPU under TRITON_INTERPRET=1."""
     _check(x, codebook, metric)
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
-    if not x.is_cuda and not interpreted:
+    interpreted = backend(x) == "interpreter"
+    if backend(x) == "torch":
         raise RuntimeError("nearest_code_triton needs CUDA tensors (or TRITON_INTERPRET=1 to run on CPU)")
     N, d = x.shape
     prepared, code_norms = _prepared_codebook(codebook, metric)
@@ -137,8 +139,8 @@ def _nearest_code_kernel(
 def _check(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> None:
     if x.dim() != 2 or codebook.dim() != 2 or x.shape[1] != codebook.shape[1]:
         raise ValueError(f"need x (N, d) and codebook (K, d), got {tuple(x.shape)} and {tuple(codebook.shape)}")
-    if metric not in ("euclidean", "cosine"):
-        raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+    if metric not in ("euclidean", "cosine", "dot"):
+        raise ValueError(f"metric must be 'euclidean', 'cosine' or 'dot', got {metric!r}")
     if codebook.shape[0] == 0:
         raise ValueError("the codebook is empty")
 
@@ -146,14 +148,17 @@ def _check(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> None:
 def _prepared_codebook(codebook: torch.Tensor, metric: Metric) -> tuple[torch.Tensor, torch.Tensor]:
     """float32 codebook (unit rows for cosine) and the per-code term of the score (‖c‖², or 0)."""
     codebook = codebook.float()
+    if metric == "euclidean":
+        return codebook.contiguous(), codebook.square().sum(-1)
     if metric == "cosine":
         codebook = F.normalize(codebook, dim=-1)
-        return codebook.contiguous(), torch.zeros(codebook.shape[0], device=codebook.device)
-    return codebook.contiguous(), codebook.square().sum(-1)
+    return codebook.contiguous(), torch.zeros(codebook.shape[0], device=codebook.device)
 
 
 def _distance(best_score: torch.Tensor, rows: torch.Tensor, metric: Metric) -> torch.Tensor:
-    """Turn the minimal score back into a distance: ‖x‖² + score, or 1 + score / 2 (= 1 − cos)."""
+    """Turn the minimal score back into a distance: ‖x‖² + score, 1 + score / 2 (= 1 − cos), or score / 2."""
     if metric == "cosine":
         return 1 + best_score / 2
+    if metric == "dot":
+        return best_score / 2
     return (rows.square().sum(-1) + best_score).clamp(min=0)

@@ -18,7 +18,6 @@ one-line warning.
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import torch
@@ -27,9 +26,9 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, flash_attention_mask
 
 from auralm.kernels.attention import flash_attention, flash_attention_varlen
+from auralm.kernels.launch import MAX_HEAD_DIM, backend
 
 ATTENTION_NAME = "auralm"
-MAX_HEAD_DIM = 256
 _warned: set[str] = set()
 
 
@@ -63,7 +62,7 @@ def auralm_attention_forward(
 
 
 def _unsupported(query: torch.Tensor, dropout: float, kwargs: dict) -> str | None:
-    if not query.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+    if backend(query) == "torch":
         return "the Triton kernel needs a CUDA device"
     if dropout > 0:
         return "attention dropout is not implemented"

@@ -1,7 +1,8 @@
 """Sound tokens in an LLM's vocabulary, in Ichigo's order, pinned to the speech tokenizer that made them.
 
-`<|sound_start|>`, `<|sound_end|>`, then `<|sound_0000|>` … `<|sound_{K−1}|>` are added as special
-tokens (so on Llama 3.1, vocab 128256: start = 128256, end = 128257, sound_i = 128258 + i). New
+`<|sound_start|>`, `<|sound_end|>`, then `<|sound_0000|>` … `<|sound_{K}|>` are added as special
+tokens (so on Llama 3.1, vocab 128256: start = 128256, end = 128257, sound_i = 128258 + i): K speech
+codes and the mask code K, which the tokenizer emits where a frame is nearest to it, as Ichigo's does. New
 embedding rows start at the mean of the old ones (input and output embeddings, tied or not); old
 rows are untouched. The model's config records the speech tokenizer's hash and K, and
 `check_speech_tokenizer` refuses a pairing whose hash differs (a model trained on one
@@ -24,8 +25,9 @@ class SpeechTokenizerMismatchError(AuralmError):
     """An LLM trained on one speech tokenizer's codes, paired with another."""
 
 
-def sound_vocabulary(n_codes: int) -> list[str]:
-    return [SOUND_START, SOUND_END, *(sound_token(i) for i in range(n_codes))]
+def sound_vocabulary(vocab_size: int) -> list[str]:
+    """The tokens an LLM needs for a speech tokenizer emitting codes 0 … vocab_size − 1, in Ichigo's order."""
+    return [SOUND_START, SOUND_END, *(sound_token(i) for i in range(vocab_size))]
 
 
 def add_sound_tokens(
@@ -34,22 +36,23 @@ def add_sound_tokens(
     """Extend tokenizer and model with the sound tokens (once); record the speech tokenizer in the config.
 
     Returns how many tokens were added: 0 when the model already has them (an Ichigo checkpoint),
-    which then must hold exactly this tokenizer's K codes.
+    which then must hold exactly the codes this tokenizer emits.
     """
-    n_codes = speech_tokenizer.config.n_codes
-    vocabulary = sound_vocabulary(n_codes)
+    vocab_size = speech_tokenizer.config.vocab_size
+    vocabulary = sound_vocabulary(vocab_size)
     known = tokenizer.get_vocab()  # builds a dict each call: once
     have = [t for t in vocabulary if t in known]
-    if (have and len(have) != len(vocabulary)) or sound_token(n_codes) in known:
+    if (have and len(have) != len(vocabulary)) or sound_token(vocab_size) in known:
         raise SpeechTokenizerMismatchError(
-            f"the LLM's tokenizer has sound tokens for a different codebook than this speech tokenizer's {n_codes} codes"
+            f"the LLM's tokenizer has sound tokens for a different codebook than this speech tokenizer's "
+            f"{vocab_size} codes (0 … {vocab_size - 1}, the mask code included)"
         )
     added = 0
     if not have:
         added = tokenizer.add_tokens(vocabulary, special_tokens=True)
         _grow_embeddings(model, len(tokenizer))
     setattr(model.config, HASH_KEY, speech_tokenizer.tokenizer_hash)
-    setattr(model.config, CODES_KEY, n_codes)
+    setattr(model.config, CODES_KEY, vocab_size)
     return added
 
 

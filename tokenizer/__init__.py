@@ -1,6 +1,6 @@
 """Speech → sound tokens: audio input, the frozen Whisper backbone, the quantizer bottleneck."""
 
-from auralm.tokenizer.audio import SAMPLE_RATE, AudioError, Window, load_audio, num_tokens, split_windows
+from auralm.tokenizer.audio import SAMPLE_RATE, AudioError, Window, load_audio, split_windows
 from auralm.tokenizer.backbone import Transcript, detect_language, log_mel, transcribe, word_error_rate
 from auralm.tokenizer.config import TokenizerConfig
 from auralm.tokenizer.speech_tokenizer import SpeechTokenizer
@@ -18,7 +18,6 @@ __all__ = [
     "detect_language",
     "load_audio",
     "log_mel",
-    "num_tokens",
     "split_windows",
     "string_to_codes",
     "transcribe",

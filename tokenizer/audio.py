@@ -21,8 +21,6 @@ import torchaudio.functional
 from auralm.errors import AuralmError
 
 SAMPLE_RATE = 16_000  # Whisper's input rate
-TOKENS_PER_SECOND = 25  # Whisper's 50 Hz encoder frames, mean-pooled ×2
-SAMPLES_PER_TOKEN = SAMPLE_RATE // TOKENS_PER_SECOND  # 640: window cuts land on token boundaries
 WINDOW_SECONDS = 30.0  # Whisper's receptive field
 MIN_WINDOW_SECONDS = 20.0  # cuts are searched for in the last 10 s of a window
 QUIET_SECONDS = 0.1  # the span whose energy decides where to cut
@@ -81,19 +79,19 @@ def split_windows(
     max_seconds: float = WINDOW_SECONDS,
     min_seconds: float = MIN_WINDOW_SECONDS,
     quiet_seconds: float = QUIET_SECONDS,
+    step: int = 1,
 ) -> list[Window]:
     """Cut a 16 kHz clip into windows of at most `max_seconds`, covering it end to end.
 
     Each cut lands at the quietest `quiet_seconds` span between `min_seconds` and
-    `max_seconds` into the window (so no word is cut in half), on a multiple of
-    SAMPLES_PER_TOKEN from the clip's start, so the windows' tokens concatenate
-    to exactly the clip's ⌈n / 640⌉ tokens. Among equally quiet cuts the latest
-    wins, which makes fewer windows.
+    `max_seconds` into the window (so no word is cut in half), on a multiple of `step`
+    samples from the clip's start: a tokenizer passes its samples per code, so the
+    windows' codes concatenate to exactly the clip's ⌈n / step⌉ codes. Among equally
+    quiet cuts the latest wins, which makes fewer windows.
 
     audio: (samples,). Returns the windows in order; none for an empty clip.
     """
     n = audio.shape[-1]
-    step = SAMPLES_PER_TOKEN
     max_len = int(max_seconds * SAMPLE_RATE) // step * step
     min_len = int(min_seconds * SAMPLE_RATE) // step * step
     if not 0 < min_len <= max_len:
@@ -115,11 +113,6 @@ def split_windows(
     if n > start:
         windows.append(Window(start, n))
     return windows
-
-
-def num_tokens(num_samples: int) -> int:
-    """Sound tokens for a 16 kHz clip: one per started 40 ms (⌈n / 640⌉)."""
-    return -(-num_samples // SAMPLES_PER_TOKEN)
 
 
 def _describe(source: AudioSource) -> str:

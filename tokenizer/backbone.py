@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -18,11 +19,18 @@ import whisper
 from whisper.audio import N_FFT, N_FRAMES, N_SAMPLES
 from whisper.model import Whisper
 from whisper.normalizers import EnglishTextNormalizer
+from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE, get_tokenizer
 
+from auralm.errors import AuralmError
 from auralm.kernels import dot_product_attention
 from auralm.tokenizer.audio import SAMPLE_RATE, split_windows
 
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+# A decoded window may hold at most this much text, so a model that loops (or an untrained tokenizer's
+# noise) stops early instead of filling Whisper's whole 224-token budget at every fallback temperature.
+# Fast speech is about 4 words (≈ 6 tokens) a second.
+TEXT_TOKENS_PER_SECOND = 10
+MIN_TEXT_TOKENS = 16
 # Ichigo and WhisperSpeech pad a clip's mel (not its audio) to 30 s with this value;
 # their quantizers were trained on encoder output of such padding.
 TOKENIZER_MEL_PAD = -1.5
@@ -86,17 +94,42 @@ def transcribe(model: Whisper, audio: torch.Tensor, language: str | None = None,
     rising temperatures, as openai-whisper's `transcribe` does.
     audio: (samples,). language: e.g. "en"; None detects it on multilingual models.
     """
+    language = resolve_language(model, language)
     parameter = next(model.parameters())
     windows = split_windows(audio)
     results: list[whisper.DecodingResult] = []
     for first in range(0, len(windows), batch_size):
-        mels = torch.stack(
-            [log_mel(audio[w.start : w.end], model.dims.n_mels) for w in windows[first : first + batch_size]]
-        )
-        results += decode_with_fallback(model, mels.to(parameter.device, parameter.dtype), language)
+        batch = windows[first : first + batch_size]
+        mels = torch.stack([log_mel(audio[w.start : w.end], model.dims.n_mels) for w in batch])
+        seconds = max(w.end - w.start for w in batch) / SAMPLE_RATE
+        results += decode_with_fallback(model, mels.to(parameter.device, parameter.dtype), language, seconds=seconds)
     languages = [r.language for r in results]
     text = " ".join(r.text.strip() for r in results if r.text.strip())
     return Transcript(text, language or max(set(languages), key=languages.count), len(windows))
+
+
+def resolve_language(model: Whisper, language: str | None) -> str | None:
+    """The language code to decode in: a code or name ("de", "german") → "de"; None → detect on
+    multilingual models, "en" on English-only ones. Raises AuralmError for an unknown language, or for
+    another language on an English-only model (it would only invent English)."""
+    if language is not None:
+        code = language.lower() if language.lower() in LANGUAGES else TO_LANGUAGE_CODE.get(language.lower())
+        if code is None:
+            raise AuralmError(f"unknown language {language!r}: use a code such as 'en', 'de', 'vi' or a name")
+        language = code
+    if model.is_multilingual:
+        return language
+    if language not in (None, "en"):
+        raise AuralmError(
+            f"this Whisper model is English-only and cannot transcribe {LANGUAGES[language].title()} ({language!r}); "
+            "use a multilingual one such as 'base'"
+        )
+    return "en"
+
+
+def text_token_budget(model: Whisper, seconds: float) -> int:
+    """The most text tokens worth decoding from `seconds` of speech (Whisper's own cap: half its context)."""
+    return min(model.dims.n_text_ctx // 2, MIN_TEXT_TOKENS + math.ceil(seconds * TEXT_TOKENS_PER_SECOND))
 
 
 def decode_with_fallback(
@@ -105,20 +138,28 @@ def decode_with_fallback(
     language: str | None,
     prompt: str | None = None,
     temperatures: Sequence[float] = FALLBACK_TEMPERATURES,
+    seconds: float = N_SAMPLES / SAMPLE_RATE,
 ) -> list[whisper.DecodingResult]:
     """Batched Whisper decoding, greedy first, sampling again where greedy looped or scored low.
 
     inputs: mels (B, n_mels, 3000) or encoder-shaped features (B, 1500, d), in the model's dtype.
-    temperatures: the schedule; (0.0,) decodes greedily only, which is deterministic.
+    language: as `resolve_language` gives it. temperatures: the schedule; (0.0,) decodes greedily only,
+    which is deterministic. seconds: the longest input's speech, which bounds the text decoded.
     openai-whisper's thresholds: a gzip ratio over 2.4 means a loop, a mean log-prob under −1 a guess.
+    Texts hold words only: special tokens a confused model emits (<|notimestamps|>, …) are dropped.
     """
     fp16 = inputs.dtype == torch.float16
-    language = language if model.is_multilingual else "en"
+    sample_len = text_token_budget(model, seconds)
     results: list[whisper.DecodingResult | None] = [None] * len(inputs)
     pending = list(range(len(inputs)))
     for temperature in temperatures:
         options = whisper.DecodingOptions(
-            language=language, prompt=prompt, without_timestamps=True, fp16=fp16, temperature=temperature
+            language=language,
+            prompt=prompt,
+            without_timestamps=True,
+            fp16=fp16,
+            temperature=temperature,
+            sample_len=sample_len,
         )
         if temperature == 0:
             decoded = whisper.decode(model, inputs[pending], options)
@@ -130,7 +171,17 @@ def decode_with_fallback(
         pending = [i for i in pending if results[i].compression_ratio > 2.4 or results[i].avg_logprob < -1.0]
         if not pending:
             break
-    return results
+    return [_without_special_tokens(model, result) for result in results]
+
+
+def _without_special_tokens(model: Whisper, result: whisper.DecodingResult) -> whisper.DecodingResult:
+    """openai-whisper's text keeps every token below the timestamps, <|notimestamps|> and the other
+    special tokens (all numbered from end-of-text up) included; keep words only."""
+    tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages)
+    words = [t for t in result.tokens if t < tokenizer.eot]
+    if len(words) == len(result.tokens):
+        return result
+    return dataclasses.replace(result, text=tokenizer.decode(words))
 
 
 def detect_language(model: Whisper, audio: torch.Tensor) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """The quantizer bottleneck between Whisper's encoder and decoder (Ichigo / WhisperSpeech "WhisperVQ").
 
 encode: encoder frames (B, 1500, d) → mean-pool ×2 (or stride) → x + mlp(mlp_ln(x)) → project_in
-        → nearest of the K speech codes by cosine → codes (B, 750)
+        → l2-normalise → the codebook row with the largest dot product, all K + 1 rows → codes (B, 750)
 decode: codes → codebook rows → project_out → repeat ×2 → + learned positions
         → attention block(s) with RoPE → ln_post → features for Whisper's decoder (B, 1500, d)
 
@@ -14,6 +14,7 @@ dead-code expiry); inference reads its public `codebooks` and projections only.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from vector_quantize_pytorch import ResidualVQ
 from whisper.model import LayerNorm
@@ -21,6 +22,8 @@ from whisper.model import LayerNorm
 from auralm.kernels import nearest_code
 from auralm.tokenizer.attention_block import ResidualAttentionBlock
 from auralm.tokenizer.config import WHISPER_FRAMES, TokenizerConfig
+
+L2NORM_EPS = 1e-6  # vector-quantize-pytorch's l2norm
 
 
 class QuantizerBottleneck(nn.Module):
@@ -57,14 +60,16 @@ class QuantizerBottleneck(nn.Module):
     def quantize(self, frames: torch.Tensor) -> torch.Tensor:
         """frames: Whisper encoder output (B, 1500, d). Returns codes (B, 1500 / downsample), int64.
 
-        Only the n_codes speech codes are searched: the mask code is never emitted.
+        Searched and scored as vector-quantize-pytorch's cosine codebook does (Ichigo's codes):
+        the l2-normalised input against the stored rows as they are, the mask code included.
         """
         B, T, d = frames.shape
         groups = frames.view(B, T // self.config.downsample, self.config.downsample, d)
         x = groups.mean(dim=2) if self.config.pooling == "mean" else groups[:, :, 0]  # (B, 750, d)
         x = x + self.mlp(self.mlp_ln(x))
         z = self.rq.project_in(x)  # (B, 750, codebook_dim)
-        codes = nearest_code(z.flatten(0, 1), self.codebook[: self.config.n_codes], metric="cosine")
+        z = F.normalize(z, dim=-1, eps=L2NORM_EPS)
+        codes = nearest_code(z.flatten(0, 1), self.codebook, metric="dot")
         return codes.view(B, -1)
 
     def dequantize(self, codes: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-WHISPER_FRAMES = 1500  # Whisper encoder frames per 30 s window (50 Hz)
+from whisper.audio import N_SAMPLES, SAMPLE_RATE
+
+WHISPER_FRAMES = 1500  # Whisper encoder frames per 30 s window
+SAMPLES_PER_FRAME = N_SAMPLES // WHISPER_FRAMES  # 320: the mel hop (160) × the encoder's stride-2 conv → 50 Hz
 
 
 @dataclass(frozen=True)
@@ -14,7 +17,10 @@ class TokenizerConfig:
     """Shape of the Whisper-encoder + VQ bottleneck ("WhisperVQ") of Ichigo and WhisperSpeech.
 
     n_state must equal the Whisper encoder's width (384 tiny, 512 base, 1024 medium).
-    The codebook holds n_codes speech codes plus one mask code (index n_codes) for padding.
+    The codebook holds n_codes speech codes plus one mask code (index n_codes) for padding. Encoding
+    searches all n_codes + 1 rows, as Ichigo does, so a frame nearest the mask row gets code n_codes:
+    the sound-token vocabulary has `vocab_size` = n_codes + 1 tokens. Every rate and count derives
+    from `downsample`: codes come at 50 Hz / downsample (25 per second for Ichigo's 2).
     """
 
     whisper: str = "tiny.en"  # the backbone: a name, .pt file or CTranslate2 folder (see load_whisper)
@@ -43,12 +49,30 @@ class TokenizerConfig:
         return self.n_codes
 
     @property
+    def vocab_size(self) -> int:
+        """Codes the tokenizer can emit, the mask code included: the sound tokens an LLM needs."""
+        return self.n_codes + 1
+
+    @property
     def head_width(self) -> int:
         return self.n_state // self.n_head
 
     @property
+    def samples_per_code(self) -> int:
+        """16 kHz samples per code: 640 (40 ms) for downsample 2."""
+        return SAMPLES_PER_FRAME * self.downsample
+
+    @property
+    def codes_per_second(self) -> float:
+        return SAMPLE_RATE / self.samples_per_code
+
+    @property
     def codes_per_window(self) -> int:
         return WHISPER_FRAMES // self.downsample
+
+    def num_codes(self, num_samples: int) -> int:
+        """Codes for a 16 kHz clip: one per started code span (⌈n / samples_per_code⌉), none for padding."""
+        return -(-num_samples // self.samples_per_code)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,4 +1,4 @@
-"""`SpeechTokenizer`: audio → sound tokens (25 per second) → text, batched, Ichigo/WhisperSpeech compatible.
+"""`SpeechTokenizer`: audio → sound tokens (25 per second by default) → text, batched, Ichigo/WhisperSpeech compatible.
 
 tokenizer = SpeechTokenizer.from_pretrained("my-tokenizer/")   # or an Ichigo .pth / WhisperSpeech .model
 codes = tokenizer.encode(["a.wav", "b.flac"])                  # [tensor (T_a,), tensor (T_b,)]
@@ -23,11 +23,12 @@ from whisper.model import Whisper
 
 from auralm.checkpoints import CheckpointError, load_whisper
 from auralm.checkpoints.whisper_vq import read_whisper_vq
-from auralm.tokenizer.audio import SAMPLE_RATE, AudioSource, load_audio, num_tokens, split_windows
+from auralm.tokenizer.audio import SAMPLE_RATE, AudioSource, load_audio, split_windows
 from auralm.tokenizer.backbone import (
     FALLBACK_TEMPERATURES,
     decode_with_fallback,
     log_mel_for_tokens,
+    resolve_language,
     use_flash_attention,
 )
 from auralm.tokenizer.bottleneck import QuantizerBottleneck
@@ -71,7 +72,7 @@ class SpeechTokenizer(nn.Module):
         batch_size: int = 16,
         progress: bool = False,
     ) -> torch.Tensor | list[torch.Tensor]:
-        """Sound codes for one clip or a list of clips, ⌈samples / 640⌉ codes each (int64, on CPU).
+        """Sound codes for one clip or a list of clips, `num_codes(samples)` each (int64, on CPU).
 
         audio: a path, bytes, file object or array (at `sample_rate`, 16 kHz by default), or a list of them.
         Clips longer than 30 s are split at quiet points; their windows' codes are concatenated.
@@ -79,16 +80,21 @@ class SpeechTokenizer(nn.Module):
         """
         single = not isinstance(audio, (list, tuple))
         clips = [self._load(item, sample_rate) for item in ([audio] if single else audio)]
-        windows = [(i, clip[w.start : w.end]) for i, clip in enumerate(clips) for w in split_windows(clip)]
+        step = self.config.samples_per_code
+        windows = [(i, clip[w.start : w.end]) for i, clip in enumerate(clips) for w in split_windows(clip, step=step)]
         pieces: list[list[torch.Tensor]] = [[] for _ in clips]
         batches = range(0, len(windows), batch_size)
         for first in tqdm(batches, desc="encode", unit="batch", disable=not progress or len(batches) < 2):
             batch = windows[first : first + batch_size]
             codes = self.encode_windows(torch.stack([log_mel_for_tokens(w, self.config.n_mels) for _, w in batch]))
             for (clip_index, window), window_codes in zip(batch, codes, strict=True):
-                pieces[clip_index].append(window_codes[: num_tokens(len(window))].cpu())
+                pieces[clip_index].append(window_codes[: self.num_codes(len(window))].cpu())
         results = [torch.cat(parts) for parts in pieces]
         return results[0] if single else results
+
+    def num_codes(self, num_samples: int) -> int:
+        """Codes `encode` gives a 16 kHz clip of num_samples: ⌈n / 640⌉ at Ichigo's 25 per second."""
+        return self.config.num_codes(num_samples)
 
     @torch.no_grad()
     def encode_windows(self, mels: torch.Tensor) -> torch.Tensor:
@@ -127,15 +133,16 @@ class SpeechTokenizer(nn.Module):
         ]
         texts: list[list[str]] = [[] for _ in sequences]
         dtype = next(self.whisper.parameters()).dtype
+        language = resolve_language(self.whisper, language)
         for first in range(0, len(pieces), batch_size):
             batch = pieces[first : first + batch_size]
             padded = nn.utils.rnn.pad_sequence(
                 [p for _, p in batch], batch_first=True, padding_value=self.config.mask_code
             )
             features = self.bottleneck.dequantize(padded.to(self.device)).to(dtype)  # (B, 1500, d)
-            for (seq_index, _), result in zip(
-                batch, decode_with_fallback(self.whisper, features, language, prompt, temperatures), strict=True
-            ):
+            seconds = padded.shape[1] / self.config.codes_per_second
+            results = decode_with_fallback(self.whisper, features, language, prompt, temperatures, seconds)
+            for (seq_index, _), result in zip(batch, results, strict=True):
                 texts[seq_index].append(result.text.strip())
         results = [" ".join(t for t in parts if t) for parts in texts]
         return results[0] if single else results
@@ -148,7 +155,7 @@ class SpeechTokenizer(nn.Module):
 
     def from_string(self, text: str) -> torch.Tensor:
         """Codes (T,) from one token string; a malformed string or out-of-range code raises TokenFormatError."""
-        return string_to_codes(text, self.config.n_codes)
+        return string_to_codes(text, self.config.vocab_size)
 
     # ---- identity ------------------------------------------------------------------------
 
@@ -159,7 +166,7 @@ class SpeechTokenizer(nn.Module):
         Values are hashed as float32, so moving the tokenizer between devices keeps its hash."""
         decisive = {f"whisper.encoder.{k}": v for k, v in self.whisper.encoder.state_dict().items()}
         decisive |= {k: v for k, v in self.bottleneck.state_dict().items() if k.startswith(("mlp", "rq.project_in"))}
-        decisive["codebook"] = self.bottleneck.codebook[: self.config.n_codes]
+        decisive["codebook"] = self.bottleneck.codebook  # every row is searched, the mask code's too
         settings = {k: getattr(self.config, k) for k in ("n_codes", "downsample", "pooling", "n_mels")}
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
         for name in sorted(decisive):
@@ -222,6 +229,8 @@ class SpeechTokenizer(nn.Module):
     # ---- helpers -------------------------------------------------------------------------
 
     def _load(self, item: AudioSource, sample_rate: int) -> torch.Tensor:
+        if _is_loaded(item, sample_rate):  # load_audio would return it unchanged: skip the copies
+            return item
         is_array = isinstance(item, torch.Tensor) or hasattr(item, "__array_interface__")
         return load_audio(item, sample_rate if is_array else None)
 
@@ -229,9 +238,23 @@ class SpeechTokenizer(nn.Module):
         codes = torch.as_tensor(codes, dtype=torch.long).cpu()
         if codes.dim() != 1:
             raise ValueError(f"codes must be one sequence (T,), got shape {tuple(codes.shape)}")
-        if len(codes) and (codes.min() < 0 or codes.max() >= self.config.n_codes):
-            raise ValueError(f"codes must lie in 0 … {self.config.n_codes - 1}, got {codes.min()} … {codes.max()}")
+        if len(codes) and (codes.min() < 0 or codes.max() >= self.config.vocab_size):
+            raise ValueError(f"codes must lie in 0 … {self.config.vocab_size - 1}, got {codes.min()} … {codes.max()}")
         return codes
+
+
+def _is_loaded(item: AudioSource, sample_rate: int) -> bool:
+    """Whether `item` is already what load_audio makes: a non-empty (samples,) float32 CPU tensor at
+    16 kHz within [-1, 1] (NaN fails the comparison), such as a server's decoded upload."""
+    return (
+        isinstance(item, torch.Tensor)
+        and sample_rate == SAMPLE_RATE
+        and item.dtype == torch.float32
+        and item.dim() == 1
+        and item.device.type == "cpu"
+        and len(item) > 0
+        and bool(item.abs().max() <= 1)
+    )
 
 
 def _read_auralm_folder(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -32,11 +32,11 @@ def codes_to_string(codes: Sequence[int] | torch.Tensor) -> str:
     return SOUND_START + "".join(sound_token(int(code)) for code in values) + SOUND_END
 
 
-def string_to_codes(text: str, n_codes: int) -> torch.Tensor:
+def string_to_codes(text: str, vocab_size: int) -> torch.Tensor:
     """Parse one token string (surrounding white space allowed) into codes (T,) int64.
 
     Raises TokenFormatError naming the offending position for anything else: missing
-    start/end markers, text between tokens, or a code outside 0 … n_codes − 1.
+    start/end markers, text between tokens, or a code outside 0 … vocab_size − 1.
     """
     body = text.strip()
     if not body.startswith(SOUND_START):
@@ -52,9 +52,9 @@ def string_to_codes(text: str, n_codes: int) -> torch.Tensor:
                 f"expected <|sound_NNNN|> at character {position}, got {body[position : position + 30]!r}"
             )
         code = int(match[1])
-        if code >= n_codes:
+        if code >= vocab_size:
             raise TokenFormatError(
-                f"code {code} at character {position} is out of range: this tokenizer has {n_codes} codes"
+                f"code {code} at character {position} is out of range: this tokenizer emits codes 0 … {vocab_size - 1}"
             )
         codes.append(code)
         position = match.end()

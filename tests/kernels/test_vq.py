@@ -13,23 +13,26 @@ def assert_nearest(x, codebook, metric, indices, distances, tolerance):
     """Each chosen code is a nearest one: its distance is the reference minimum, within `tolerance`
     (rounding decides between codes closer than that), and the reported distance is its distance."""
     ref_indices, ref_distances = nearest_code_torch(x, codebook, metric)
-    rows = x.float() if metric == "euclidean" else torch.nn.functional.normalize(x.float(), dim=-1)
+    rows = torch.nn.functional.normalize(x.float(), dim=-1) if metric == "cosine" else x.float()
     codes = codebook.float()[indices]
     if metric == "euclidean":
         chosen = (rows - codes).square().sum(-1)
-    else:
+    elif metric == "cosine":
         chosen = 1 - (rows * torch.nn.functional.normalize(codes, dim=-1)).sum(-1)
+    else:
+        chosen = -(rows * codes).sum(-1)
     assert indices.dtype == torch.int64 and indices.shape == (x.shape[0],)
     torch.testing.assert_close(chosen, ref_distances, atol=tolerance, rtol=tolerance)
     torch.testing.assert_close(distances, ref_distances, atol=tolerance, rtol=tolerance)
     return (indices == ref_indices).float().mean().item()
 
 
+METRICS = ["euclidean", "cosine", "dot"]
 # Odd sizes on purpose: rows and codes not multiples of any tile, d not a power of two.
 SHAPES = [(1, 1, 32), (17, 5, 48), (300, 513, 64), (1000, 17, 256), (64, 2049, 40)]
 
 
-@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize(("n", "k", "d"), SHAPES)
 def test_float32_indices_match_the_reference(n, k, d, metric):
     generator = torch.Generator().manual_seed(n * k + d)
@@ -41,7 +44,7 @@ def test_float32_indices_match_the_reference(n, k, d, metric):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("metric", METRICS)
 def test_half_precision_picks_a_nearest_code(dtype, metric):
     generator = torch.Generator().manual_seed(7)
     x = torch.randn(500, 64, generator=generator).to(dtype)
@@ -52,10 +55,10 @@ def test_half_precision_picks_a_nearest_code(dtype, metric):
     assert_nearest(x, codebook, metric, indices.cpu(), distances.cpu(), tolerance=1e-3)
 
 
-@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("metric", METRICS)
 def test_exact_ties_go_to_the_lowest_index(metric):
     # Every score must be exact in floating point for a tie to be exact: small integers for
-    # euclidean, signed one-hot rows (unit norm already) for cosine.
+    # euclidean, signed one-hot rows (unit norm already) for cosine and dot.
     generator = torch.Generator().manual_seed(0)
     if metric == "euclidean":
         codebook = torch.randint(-4, 5, (40, 32), generator=generator).float()
@@ -68,6 +71,16 @@ def test_exact_ties_go_to_the_lowest_index(metric):
     expected, _ = nearest_code_torch(x, codebook, metric)
     assert torch.equal(indices.cpu(), expected)
     assert indices.max() < 40
+
+
+def test_dot_scores_rows_as_stored():
+    # Ichigo's search: the input is normalised, the codebook rows are not. A long row far off the
+    # input's direction beats a short one right on it, which cosine (rows normalised) would not pick.
+    x = torch.tensor([[1.0, 0.0]])
+    codebook = torch.tensor([[0.5, 0.0], [3.0, 4.0]])  # x·c: 0.5 vs 3.0; cos: 1.0 vs 0.6
+    for run in (nearest_code_torch, nearest_code_triton):
+        assert run(x.to(DEVICE), codebook.to(DEVICE), "dot")[0].item() == 1
+        assert run(x.to(DEVICE), codebook.to(DEVICE), "cosine")[0].item() == 0
 
 
 def test_padding_codes_of_a_partial_tile_never_win():
@@ -94,7 +107,7 @@ def test_dispatch_and_argument_checks():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("k", [513, 2049, 16385, 65536])
 def test_full_grid_on_gpu(k, metric, dtype):
     generator = torch.Generator().manual_seed(k)

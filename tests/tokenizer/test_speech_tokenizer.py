@@ -8,7 +8,7 @@ import whisper
 from vector_quantize_pytorch import ResidualVQ
 
 from auralm.checkpoints import CheckpointError
-from auralm.tokenizer import SpeechTokenizer, TokenFormatError, load_audio, num_tokens, split_windows
+from auralm.tokenizer import SpeechTokenizer, TokenFormatError, load_audio, split_windows
 from tests.conftest import DATA, ENGLISH_CLIPS, TINY_CONFIG
 
 GREEDY = (0.0,)  # random weights always "fail" the fallback thresholds; sampling would not be repeatable
@@ -21,12 +21,14 @@ def noise(seconds: float, seed: int = 0) -> torch.Tensor:
 
 def reference_codes(tokenizer: SpeechTokenizer, audio: torch.Tensor) -> torch.Tensor:
     """Ichigo's `quantize` rebuilt from its parts: openai-whisper's mel and encoder, mean-pool ×2,
-    the residual MLP, and vector-quantize-pytorch's own ResidualVQ over the K speech codes."""
+    the residual MLP, and vector-quantize-pytorch's own ResidualVQ over all K + 1 codes."""
     b = tokenizer.bottleneck
-    rq = ResidualVQ(dim=64, codebook_size=TINY_CONFIG.n_codes, codebook_dim=16, num_quantizers=1, use_cosine_sim=True)
+    rq = ResidualVQ(
+        dim=64, codebook_size=TINY_CONFIG.vocab_size, codebook_dim=16, num_quantizers=1, use_cosine_sim=True
+    )
     rq.project_in.load_state_dict(b.rq.project_in.state_dict())
     rq.project_out.load_state_dict(b.rq.project_out.state_dict())
-    rq.layers[0]._codebook.embed.copy_(b.codebook[None, : TINY_CONFIG.n_codes])
+    rq.layers[0]._codebook.embed.copy_(b.codebook[None])
     rq.eval()
     mel = whisper.log_mel_spectrogram(audio, 80)
     frames = tokenizer.whisper.encoder(torch.nn.functional.pad(mel, (0, 3000 - mel.shape[-1]), value=-1.5)[None])
@@ -43,7 +45,7 @@ def test_codes_match_vector_quantize_pytorch_reference(tiny_tokenizer):
         audio = load_audio(DATA / name)
         ours = tiny_tokenizer.encode(audio)
         theirs = reference_codes(tiny_tokenizer, audio)
-        assert len(ours) == num_tokens(len(audio)) == len(theirs) + (len(audio) % 640 > 0)
+        assert len(ours) == tiny_tokenizer.num_codes(len(audio)) == len(theirs) + (len(audio) % 640 > 0)
         same += int((ours[: len(theirs)] == theirs).sum())
         total += len(theirs)
     assert same / total >= 0.999, f"{same} of {total} codes agree"
@@ -59,17 +61,17 @@ def test_batched_codes_equal_one_at_a_time(tiny_tokenizer):
 @pytest.mark.parametrize("samples", [1, 639, 640, 641, 16000, 480_000, 480_001])
 def test_code_count_is_the_ceiling_of_samples_over_640(tiny_tokenizer, samples):
     codes = tiny_tokenizer.encode(noise(samples / 16000))
-    assert codes.shape == (num_tokens(samples),) and codes.dtype == torch.long
-    assert 0 <= codes.min() and codes.max() < TINY_CONFIG.n_codes
+    assert codes.shape == (tiny_tokenizer.num_codes(samples),) and codes.dtype == torch.long
+    assert 0 <= codes.min() and codes.max() <= TINY_CONFIG.mask_code
 
 
 def test_95_second_clip_is_encoded_in_four_or_five_windows(tiny_tokenizer):
     audio = noise(95.0)
-    assert 4 <= len(split_windows(audio)) <= 5
-    assert len(tiny_tokenizer.encode(audio)) == num_tokens(len(audio)) == 2375
+    assert 4 <= len(split_windows(audio, step=640)) <= 5
+    assert len(tiny_tokenizer.encode(audio)) == tiny_tokenizer.num_codes(len(audio)) == 2375
 
 
-def test_the_mask_code_is_never_emitted_even_when_nearest(tiny_tokenizer):
+def test_the_mask_code_is_emitted_where_nearest_and_round_trips(tiny_tokenizer):
     audio = noise(2.0)
     frames = tiny_tokenizer.whisper.encoder(
         torch.stack([torch.nn.functional.pad(whisper.log_mel_spectrogram(audio), (0, 2800), value=-1.5)])
@@ -77,9 +79,14 @@ def test_the_mask_code_is_never_emitted_even_when_nearest(tiny_tokenizer):
     b = tiny_tokenizer.bottleneck
     x = frames.view(1, 750, 2, 64).mean(2)
     z = b.rq.project_in(x + b.mlp(b.mlp_ln(x)))
+    embed = b.state_dict()["rq.layers.0._codebook.embed"]  # (1, K + 1, dim), shares the module's storage
     with torch.no_grad():  # the mask code now points where most frames point
-        b.rq.codebooks[0, TINY_CONFIG.mask_code] = torch.nn.functional.normalize(z[0, :50].mean(0), dim=-1)
-    assert tiny_tokenizer.encode(audio).max() < TINY_CONFIG.mask_code
+        embed[0, TINY_CONFIG.mask_code] = 100 * torch.nn.functional.normalize(z[0, :50].mean(0), dim=-1)
+    codes = tiny_tokenizer.encode(audio)
+    assert (codes == TINY_CONFIG.mask_code).sum() >= 10  # as Ichigo's search gives it
+    string = tiny_tokenizer.to_string(codes)
+    assert f"<|sound_{TINY_CONFIG.mask_code:04d}|>" in string
+    assert torch.equal(tiny_tokenizer.from_string(string), codes)
 
 
 def test_inputs_of_every_kind(tiny_tokenizer):
@@ -116,7 +123,7 @@ def test_token_strings_round_trip(tiny_tokenizer):
         ("<|sound_start|><|sound_0001|>", "must end with"),
         ("<|sound_start|><|sound_0001|> hello <|sound_end|>", "at character 29"),
         ("<|sound_start|><|sound_001|><|sound_end|>", "at character 15"),
-        ("<|sound_start|><|sound_0064|><|sound_end|>", "code 64 .* out of range"),
+        ("<|sound_start|><|sound_0065|><|sound_end|>", "code 65 .* out of range"),
         ("<|sound_start|><|sound_-001|><|sound_end|>", "expected"),
     ],
 )
@@ -126,9 +133,9 @@ def test_malformed_token_strings_are_rejected(tiny_tokenizer, text, message):
 
 
 def test_out_of_range_codes_are_rejected(tiny_tokenizer):
-    with pytest.raises(ValueError, match="0 … 63"):
-        tiny_tokenizer.to_string([0, 64])
-    with pytest.raises(ValueError, match="0 … 63"):
+    with pytest.raises(ValueError, match="0 … 64"):
+        tiny_tokenizer.to_string([0, 65])
+    with pytest.raises(ValueError, match="0 … 64"):
         tiny_tokenizer.decode_text([-1])
 
 

@@ -5,28 +5,31 @@ import itertools
 import pytest
 import torch
 
-from auralm.tokenizer import num_tokens, split_windows
-from auralm.tokenizer.audio import SAMPLE_RATE, SAMPLES_PER_TOKEN
+from auralm.tokenizer import TokenizerConfig, split_windows
+from auralm.tokenizer.audio import SAMPLE_RATE
+
+ICHIGO = TokenizerConfig()  # 640 samples per code
+STEP = ICHIGO.samples_per_code
 
 
 def noise(seconds: float, seed: int = 0) -> torch.Tensor:
     return 0.3 * torch.randn(int(seconds * SAMPLE_RATE), generator=torch.Generator().manual_seed(seed))
 
 
-def assert_valid(windows, n: int, max_seconds: float = 30.0):
+def assert_valid(windows, n: int, max_seconds: float = 30.0, config: TokenizerConfig = ICHIGO):
     assert windows[0].start == 0 and windows[-1].end == n
     for before, after in itertools.pairwise(windows):
         assert before.end == after.start
     for w in windows:
         assert 0 < w.end - w.start <= max_seconds * SAMPLE_RATE
-        assert w.start % SAMPLES_PER_TOKEN == 0
-    assert sum(num_tokens(w.end - w.start) for w in windows) == num_tokens(n)
+        assert w.start % config.samples_per_code == 0
+    assert sum(config.num_codes(w.end - w.start) for w in windows) == config.num_codes(n)
 
 
 @pytest.mark.parametrize("seconds", [0.001, 1.0, 29.99, 30.0, 30.04, 61.3, 95.0, 600.0])
 def test_windows_cover_the_clip_within_limits(seconds):
     audio = noise(seconds)
-    windows = split_windows(audio)
+    windows = split_windows(audio, step=STEP)
     assert_valid(windows, len(audio))
     if seconds <= 30:
         assert len(windows) == 1
@@ -44,7 +47,7 @@ def test_cuts_land_in_the_quiet_gaps():
     gaps = [(24.0, 24.15), (47.5, 47.65)]
     for start, end in gaps:
         audio[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)] = 0
-    windows = split_windows(audio)
+    windows = split_windows(audio, step=STEP)
     assert_valid(windows, len(audio))
     cuts = [w.end / SAMPLE_RATE for w in windows[:-1]]
     assert len(cuts) == len(gaps)
@@ -72,5 +75,14 @@ def test_empty_clip_has_no_windows_and_bad_limits_are_refused():
 
 
 @pytest.mark.parametrize("n", [0, 1, 639, 640, 641, 480_000, 480_001])
-def test_token_count_is_the_ceiling(n):
-    assert num_tokens(n) == -(-n // 640) == (n + 639) // 640
+def test_code_count_is_the_ceiling(n):
+    assert ICHIGO.num_codes(n) == -(-n // 640) == (n + 639) // 640
+
+
+@pytest.mark.parametrize("downsample", [1, 2, 3])
+def test_the_code_rate_follows_downsample(downsample):
+    config = TokenizerConfig(downsample=downsample)
+    assert config.codes_per_second == 50 / downsample and config.codes_per_window == 1500 // downsample
+    assert config.num_codes(SAMPLE_RATE) == round(50 / downsample)  # 1 s: 50, 25 or 17 (16.7 started)
+    audio = noise(61.3)
+    assert_valid(split_windows(audio, step=config.samples_per_code), len(audio), config=config)
