@@ -3,6 +3,7 @@
 In the session, a line is a message to the model; commands start with a slash:
     /audio FILE   attach a clip to the next message     /reset   forget the conversation
     /exit         leave (so does end of input)
+Ctrl-C during a reply stops that reply and returns to the prompt; at the prompt it ends the session.
 """
 
 from __future__ import annotations
@@ -11,55 +12,47 @@ import argparse
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from auralm.lm import SpeechChat, add_sound_tokens, load_llm
-from auralm.tokenizer import AudioError, SpeechTokenizer, load_audio
+from auralm.lm import SpeechChat
+from auralm.tokenizer import AudioError, load_audio
+
+if TYPE_CHECKING:
+    from auralm.lm.chat import ReplyStream
 
 HELP = "commands: /audio FILE (attach a clip to your next message), /reset, /exit"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--prompt", help="ask this once and exit; without it, an interactive session starts")
-    parser.add_argument("--audio", type=Path, help="a clip to go with --prompt (or with the first message)")
-    add_model_arguments(parser)
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 decodes greedily (default)")
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The LLM and speech tokenizer a chat runs on (shared by `auralm chat` and `auralm serve`)."""
-    parser.add_argument("--llm", help="Hugging Face folder or .gguf file (default: SmolLM2-135M-Instruct, packaged)")
-    parser.add_argument("--adapter", help="a LoRA adapter folder to apply to the LLM")
-    parser.add_argument(
-        "--checkpoint", required=True, help="speech tokenizer: an auralm folder or Ichigo/WhisperSpeech file"
-    )
-    parser.add_argument("--whisper", help="Whisper backbone of the tokenizer (default: the checkpoint's)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument(
-        "--allow-mismatch", action="store_true", help="pair an LLM with a speech tokenizer it was not trained on"
-    )
-
-
-def run_chat(args: argparse.Namespace, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
+def run_chat(args: argparse.Namespace) -> int:
     chat = load_chat(args)
     options = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
     if args.prompt is not None:
-        _print_stream(chat.stream([_message(args.prompt, args.audio)], **options), stdout)
-        return 0
+        _, stopped = _print_stream(chat.stream([_message(args.prompt, args.audio)], **options), sys.stdout)
+        return 130 if stopped else 0
+    return session(chat, sys.stdin, sys.stdout, args.audio, **options)
 
+
+def session(chat: SpeechChat, stdin: TextIO, stdout: TextIO, audio: Path | None = None, **options: Any) -> int:
+    """Talk until /exit or end of input: lines from stdin, replies streamed to stdout, notes on stderr.
+
+    audio: a clip for the first message. options: for `SpeechChat.stream` (max_new_tokens, temperature).
+    A reply stopped by Ctrl-C stays in the conversation as far as it was printed.
+    """
     print(HELP, file=sys.stderr)
     history: list[dict] = []
-    audio = args.audio
     for line in _lines(stdin):
-        if line in ("/exit", "/quit"):
+        command, _, argument = line.partition(" ")
+        if command in ("/exit", "/quit"):
             break
-        if line == "/reset":
+        if command == "/reset":
             history, audio = [], None
             chat.forget()
             print("(conversation forgotten)", file=sys.stderr)
-        elif line.startswith("/audio"):
-            path = Path(line.removeprefix("/audio").strip())
+        elif command == "/audio":
+            if not argument.strip():
+                print("usage: /audio FILE (a clip to attach to your next message)", file=sys.stderr)
+                continue
+            path = Path(argument.strip())
             try:
                 load_audio(path)  # a bad file is reported now, not after the next message
             except AudioError as e:
@@ -67,25 +60,22 @@ def run_chat(args: argparse.Namespace, stdin: TextIO = sys.stdin, stdout: TextIO
                 continue
             audio = path
             print(f"(attached {path} to your next message)", file=sys.stderr)
-        elif line.startswith("/"):
-            print(f"unknown command {line.split()[0]}; {HELP}", file=sys.stderr)
+        elif command.startswith("/"):
+            print(f"unknown command {command}; {HELP}", file=sys.stderr)
         elif line:
             history.append(_message(line, audio))
             audio = None
-            reply = _print_stream(chat.stream(history, **options), stdout)
+            reply, _ = _print_stream(chat.stream(history, **options), stdout)
             history.append({"role": "assistant", "content": reply})
     return 0
 
 
 def load_chat(args: argparse.Namespace) -> SpeechChat:
-    speech = SpeechTokenizer.from_pretrained(args.checkpoint, whisper=args.whisper, device=args.device)
-    model, tokenizer = load_llm(args.llm, device=args.device, adapter=args.adapter)
-    if add_sound_tokens(model, tokenizer, speech):
-        print(
-            "note: this LLM had no sound tokens; they were added untrained, so it cannot understand audio yet",
-            file=sys.stderr,
-        )
-    return SpeechChat(model, tokenizer, speech, allow_mismatch=args.allow_mismatch)
+    """The chat the model arguments name; its warnings (an LLM without sound tokens) go to stderr."""
+    return SpeechChat.from_pretrained(
+        args.llm, args.checkpoint, adapter=args.adapter, whisper=args.whisper, device=args.device,
+        allow_mismatch=args.allow_mismatch,
+    )  # fmt: skip
 
 
 def _message(text: str, audio: Path | None) -> dict:
@@ -105,10 +95,18 @@ def _lines(stdin: TextIO) -> Iterator[str]:
         yield line.strip()
 
 
-def _print_stream(pieces: Iterator[str], stdout: TextIO) -> str:
+def _print_stream(pieces: ReplyStream, stdout: TextIO) -> tuple[str, bool]:
+    """Print a reply as it is generated. Returns it and whether Ctrl-C stopped it: stopping closes the
+    stream, which ends the generation, so the model is free at once."""
     reply = ""
-    for piece in pieces:
-        reply += piece
-        print(piece, end="", file=stdout, flush=True)
+    try:
+        for piece in pieces:
+            reply += piece
+            print(piece, end="", file=stdout, flush=True)
+    except KeyboardInterrupt:
+        pieces.close()
+        print(file=stdout, flush=True)
+        print("(reply stopped)", file=sys.stderr)
+        return reply, True
     print(file=stdout, flush=True)
-    return reply
+    return reply, False

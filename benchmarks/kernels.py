@@ -1,6 +1,7 @@
 """Kernel speed, each figure a ratio to references measured in the same run.
 
     python benchmarks/kernels.py              # on a GPU: the Triton kernels; on CPU: the torch paths only
+    python benchmarks/kernels.py --codebook-sizes 513 --repeats 2   # a quick pass
 
 Nearest code (N = 32 × 750 frames, d = 64, K ∈ {513, 2049, 16385}, fp32 and bf16) against
 `torch.cdist` + `argmin` and against vector-quantize-pytorch's own quantize path, and next to the
@@ -51,6 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--codebook-sizes", default="513,2049,16385", help="values of K for nearest code, commas")
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.machine()}"
@@ -59,7 +61,7 @@ def main() -> None:
     print(
         f"{'K':>6} {'dtype':>9} {'ours ms':>9} {'cdist ms':>9} {'vs cdist':>9} {'vq-pt ms':>9} {'vs vq-pt':>9} {'bound ms':>9}"
     )
-    for k in (513, 2049, 16385):
+    for k in map(int, args.codebook_sizes.split(",")):
         for dtype in (torch.float32, torch.bfloat16):
             print(nearest_code_row(k, dtype, device, bandwidth, args.repeats))
 

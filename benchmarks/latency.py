@@ -1,19 +1,22 @@
 """Speech-LLM latency: time to first token and tokens per second for a 10 s clip + a question.
 
     python benchmarks/latency.py                          # the default: SmolLM2-135M + Whisper tiny.en tokenizer
+    python benchmarks/latency.py --checkpoint my-tokenizer/   # SmolLM2-135M + that speech tokenizer
     python benchmarks/latency.py --shape ichigo --device cuda
         # random weights shaped like Ichigo: Llama-3.1-8B + a Whisper-medium tokenizer (bf16, GPU)
 
 Time to first token counts everything after the audio arrives: decoding, tokenizing the audio,
 the prompt's prefill and the first new token. A follow-up turn (a text question about the same
 clip) is timed reusing what the first turn left behind (its KV cache and the clip's tokens) and
-computing everything again. Weights need not be trained for timing.
+computing everything again. Weights need not be trained for timing. The default shape is built as
+users build it (`SpeechChat.from_pretrained`: on CUDA, auralm's flash attention).
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +26,7 @@ from whisper.model import ModelDimensions, Whisper
 
 from auralm.checkpoints import load_whisper
 from auralm.lm import SpeechChat, add_sound_tokens, load_llm
-from auralm.tokenizer import SpeechTokenizer, TokenizerConfig, load_audio
+from auralm.tokenizer import SAMPLE_RATE, SpeechTokenizer, TokenizerConfig, load_audio
 
 DATA = Path(__file__).parents[1] / "tests" / "data"
 QUESTION = "What is said in this recording?"
@@ -35,21 +38,26 @@ LLAMA_31_8B = LlamaConfig(
 WHISPER_MEDIUM = ModelDimensions(80, 1500, 1024, 16, 24, 51865, 448, 1024, 16, 24)
 
 
-def build(shape: str, device: torch.device) -> SpeechChat:
+def build(
+    shape: str, device: torch.device, checkpoint: str | None = None, llm: str | None = None, whisper: str = "tiny.en"
+) -> SpeechChat:
     torch.manual_seed(0)
     if shape == "default":
-        model, tokenizer = load_llm(device=device)
-        whisper = load_whisper("tiny.en")
-        config = TokenizerConfig(whisper="tiny.en", n_state=384, n_head=6, n_codes=512)
-    else:  # Ichigo: Llama-3.1-8B with a Whisper-medium tokenizer of 512 codes, random weights
-        model = LlamaForCausalLM(LLAMA_31_8B).to(device, torch.bfloat16).eval()
-        _, tokenizer = load_llm()  # SmolLM2's chat template and byte-level tokenizer drive it
-        whisper = Whisper(WHISPER_MEDIUM)
-        config = TokenizerConfig(whisper="medium", n_state=1024, n_head=16, n_codes=512)
-    speech = SpeechTokenizer(config, whisper).to(device).eval()
+        if checkpoint is not None:
+            return SpeechChat.from_pretrained(llm, checkpoint=checkpoint, device=device)
+        # No speech tokenizer ships yet: a random bottleneck on Whisper tiny.en costs the same time.
+        config = TokenizerConfig(whisper=whisper, n_state=384, n_head=6, n_codes=512)
+        with tempfile.TemporaryDirectory() as folder:
+            SpeechTokenizer(config, load_whisper(whisper)).save_pretrained(folder)
+            return SpeechChat.from_pretrained(llm, checkpoint=folder, device=device)
+    # Ichigo: Llama-3.1-8B with a Whisper-medium tokenizer of 512 codes, random weights
+    model = LlamaForCausalLM(LLAMA_31_8B).to(device, torch.bfloat16).eval()
+    _, tokenizer = load_llm(llm)  # SmolLM2's chat template and byte-level tokenizer drive it
+    config = TokenizerConfig(whisper="medium", n_state=1024, n_head=16, n_codes=512)
+    speech = SpeechTokenizer(config, Whisper(WHISPER_MEDIUM)).to(device).eval()
     add_sound_tokens(model, tokenizer, speech)
-    if shape == "ichigo":  # keep Llama 3.1's vocabulary (+ sound tokens), not SmolLM2's smaller one
-        model.resize_token_embeddings(LLAMA_31_8B.vocab_size + 2 + config.n_codes)
+    # keep Llama 3.1's vocabulary (+ sound tokens), not SmolLM2's smaller one
+    model.resize_token_embeddings(LLAMA_31_8B.vocab_size + 2 + config.vocab_size)
     return SpeechChat(model, tokenizer, speech)
 
 
@@ -61,10 +69,10 @@ def time_reply(chat: SpeechChat, conversation: list, new_tokens: int, device: to
     pieces = chat.stream(conversation, max_new_tokens=new_tokens)
     next(pieces)
     first = time.perf_counter()
-    reply = "".join(pieces)
+    for _ in pieces:
+        pass
     done = time.perf_counter()
-    count = max(1, len(chat.tokenizer(reply, add_special_tokens=False)["input_ids"]))
-    return first - started, count / max(done - first, 1e-9)
+    return first - started, pieces.reply.completion_tokens / max(done - first, 1e-9)
 
 
 def median(values: list[float]) -> float:
@@ -75,14 +83,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=["default", "ichigo"], default="default")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--checkpoint", help="a speech tokenizer for the default shape (default: random, tiny.en)")
+    parser.add_argument("--llm", help="LLM folder or .gguf (default: packaged SmolLM2); ichigo uses its tokenizer")
+    parser.add_argument("--whisper", default="tiny.en", help="the default shape's tiny.en backbone: a name or .pt file")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     device = torch.device(args.device)
-    chat = build(args.shape, device)
+    chat = build(args.shape, device, args.checkpoint, args.llm, args.whisper)
     clip = load_audio(DATA / "en_slow_22k.flac")
-    clip = torch.cat([clip, clip])[: 10 * 16000]  # 10 s
-    wav = {"type": "audio", "array": clip.numpy(), "sampling_rate": 16000}
+    clip = torch.cat([clip, clip])[: 10 * SAMPLE_RATE]  # 10 s
+    wav = {"type": "audio", "array": clip.numpy(), "sampling_rate": SAMPLE_RATE}
     conversation = [{"role": "user", "content": [{"type": "text", "text": QUESTION}, wav]}]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.machine()}"
 

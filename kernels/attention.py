@@ -40,7 +40,7 @@ def dot_product_attention(
 ) -> torch.Tensor:
     """q: (B, Hq, Lq, D); k, v: (B, Hkv, Lk, D). The Triton kernel for CUDA tensors, torch SDPA otherwise
     (CPU, or head dims over MAX_HEAD_DIM); causal aligned to the end of the keys either way."""
-    if backend(q) == "gpu" and q.shape[-1] <= MAX_HEAD_DIM:
+    if _use_kernel(q):
         return flash_attention(q, k, v, causal=causal, scale=scale)
     Lq, Lk = q.shape[2], k.shape[2]
     end_aligned = None
@@ -49,6 +49,11 @@ def dot_product_attention(
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=end_aligned, is_causal=causal and Lq == Lk, scale=scale, enable_gqa=k.shape[1] != q.shape[1]
     )
+
+
+def _use_kernel(q: torch.Tensor) -> bool:
+    """Compiled kernels only: the interpreter is for testing the kernels, too slow for whole models."""
+    return backend(q) == "gpu" and q.shape[-1] <= MAX_HEAD_DIM
 
 
 def flash_attention(

@@ -9,6 +9,8 @@
 Messages follow the transformers chat format. A content part `{"type": "audio", "path": …}` or
 `{"type": "audio", "array": …, "sampling_rate": …}` becomes the speech tokenizer's token string;
 parts are joined in order into the message text, then the model's own chat template applies.
+`SpeechChat.from_pretrained(llm, checkpoint)` builds one from names; `reply` and `stream(...).reply`
+also say why a reply ended and how many tokens it took.
 
 A conversation that goes on where the last one stopped costs only its new tokens: the KV cache of the
 last single-conversation generation is kept, and the next prompt reuses it up to the first token where
@@ -18,11 +20,12 @@ the two differ. One `SpeechChat` serves one generation at a time (the server hol
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Generator, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -35,13 +38,51 @@ from transformers import (
     TextIteratorStreamer,
 )
 from transformers.cache_utils import DynamicLayer
+from whisper.model import Whisper
 
-from auralm.lm.vocabulary import SpeechTokenizerMismatchError, check_speech_tokenizer, sound_vocabulary
-from auralm.tokenizer import SpeechTokenizer, codes_to_string
+from auralm.checkpoints import CheckpointError
+from auralm.lm.attention import ATTENTION_NAME, register_attention
+from auralm.lm.loading import load_llm
+from auralm.lm.vocabulary import (
+    SpeechTokenizerMismatchError,
+    add_sound_tokens,
+    check_speech_tokenizer,
+    sound_vocabulary,
+)
+from auralm.tokenizer import SAMPLE_RATE, SpeechTokenizer, codes_to_string, load_audio
 
 Message = dict[str, Any]
 TRANSCRIBE_PROMPT = "Transcribe the speech."
 ENCODED_CLIPS_KEPT = 256  # token strings of recent clips kept for later turns (about 10 KB each)
+logger = logging.getLogger(__name__)
+
+
+class Reply(NamedTuple):
+    """One conversation's reply and what it cost."""
+
+    text: str
+    finish_reason: str  # "length": max_new_tokens ran out; "stop": the model ended it, or a stop string did
+    prompt_tokens: int  # LLM tokens of the prompt, sound tokens included
+    completion_tokens: int  # tokens generated, the end-of-text token included
+
+
+class ReplyStream(Iterator[str]):
+    """The pieces of one streamed reply. Once all are read, `reply` holds the whole `Reply`;
+    `close()` ends the generation early."""
+
+    def __init__(self, pieces: Generator[str, None, Reply]):
+        self._pieces = pieces
+        self.reply: Reply | None = None
+
+    def __next__(self) -> str:
+        try:
+            return next(self._pieces)
+        except StopIteration as end:
+            self.reply = end.value or self.reply  # an exhausted generator stops again with None
+            raise
+
+    def close(self) -> None:
+        self._pieces.close()
 
 
 class SpeechChat:
@@ -55,7 +96,7 @@ class SpeechChat:
     ):
         check_speech_tokenizer(model, speech_tokenizer, allow_mismatch)
         known = tokenizer.get_vocab()  # builds a dict each call: once
-        missing = [t for t in sound_vocabulary(speech_tokenizer.config.n_codes) if t not in known]
+        missing = [t for t in sound_vocabulary(speech_tokenizer.config.vocab_size) if t not in known]
         if missing:
             raise SpeechTokenizerMismatchError(
                 f"the LLM's tokenizer lacks {len(missing)} sound tokens; call add_sound_tokens first"
@@ -64,6 +105,42 @@ class SpeechChat:
         self.reuse_cache = reuse_cache
         self._encoded: OrderedDict[tuple, str] = OrderedDict()  # token strings of recent clips, by _audio_key
         self._last_turn: tuple[Cache, list[int]] | None = None  # the last single-conversation KV cache, its ids
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        llm: str | os.PathLike | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        adapter: str | os.PathLike | None = None,
+        whisper: str | os.PathLike | Whisper | None = None,
+        device: str | torch.device | None = None,
+        attn_implementation: str | None = None,
+        allow_mismatch: bool = False,
+    ) -> SpeechChat:
+        """A chat built from names: the speech tokenizer, then the LLM, given sound tokens if it lacks them.
+
+        llm: a Hugging Face folder or .gguf file (None: the packaged SmolLM2-135M-Instruct); adapter: a LoRA
+        folder merged into it. checkpoint: the speech tokenizer (an auralm folder, an Ichigo or WhisperSpeech
+        file); whisper: its backbone (default: the one the checkpoint names). device: None picks CUDA when
+        there is one. attn_implementation: None picks auralm's Triton flash attention on CUDA and
+        transformers' default elsewhere. An LLM without sound tokens gets them untrained, with a warning.
+        """
+        if checkpoint is None:
+            raise CheckpointError(
+                "no default speech tokenizer ships yet; pass checkpoint= (an auralm folder or Ichigo/WhisperSpeech file)"
+            )
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        speech = SpeechTokenizer.from_pretrained(checkpoint, whisper=whisper, device=device)
+        model, tokenizer = load_llm(llm, device=device, adapter=adapter)
+        if attn_implementation is None and device.type == "cuda":
+            attn_implementation = ATTENTION_NAME
+        if attn_implementation == ATTENTION_NAME:
+            register_attention()
+        if attn_implementation is not None:
+            model.set_attn_implementation(attn_implementation)
+        if add_sound_tokens(model, tokenizer, speech):
+            logger.warning("this LLM had no sound tokens; they were added untrained, so it cannot understand audio yet")
+        return cls(model, tokenizer, speech, allow_mismatch=allow_mismatch)
 
     def forget(self) -> None:
         """Drop what is kept between calls: the last turn's KV cache and the token strings of recent clips."""
@@ -120,14 +197,27 @@ class SpeechChat:
 
         temperature 0 decodes greedily; stop strings end a reply and are not part of it.
         """
-        single = bool(conversations) and isinstance(conversations[0], dict)
-        batch = [conversations] if single else list(conversations)
-        inputs = self._inputs(batch)
+        if conversations and isinstance(conversations[0], dict):
+            return self.reply(conversations, max_new_tokens, temperature, top_p, stop).text
+        inputs = self._inputs(list(conversations))
         options = self._generation_options(max_new_tokens, temperature, top_p, stop, inputs["input_ids"].shape[1])
         output = self._generate_ids(inputs, options)
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        replies = [_cut(text, stop) for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-        return replies[0] if single else replies
+        return [_cut(text, stop) for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    @torch.no_grad()
+    def reply(
+        self,
+        messages: Sequence[Message],
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+    ) -> Reply:
+        """`generate` for one conversation, with why the reply ended and its token counts."""
+        inputs = self._inputs([messages])
+        options = self._generation_options(max_new_tokens, temperature, top_p, stop, inputs["input_ids"].shape[1])
+        return self._reply(inputs, self._generate_ids(inputs, options), max_new_tokens, stop)
 
     def stream(
         self,
@@ -136,22 +226,32 @@ class SpeechChat:
         temperature: float = 0.0,
         top_p: float = 1.0,
         stop: Sequence[str] = (),
-    ) -> Iterator[str]:
+    ) -> ReplyStream:
         """The reply to one conversation as pieces of text while it is generated; joined, they equal
-        `generate` with the same options (greedy: exactly)."""
+        `generate` with the same options (greedy: exactly). Once they are all read, the stream's
+        `reply` is what `reply` would have returned."""
+        return ReplyStream(self._stream(messages, max_new_tokens, temperature, top_p, stop))
+
+    def _stream(
+        self, messages: Sequence[Message], max_new_tokens: int, temperature: float, top_p: float, stop: Sequence[str]
+    ) -> Generator[str, None, Reply]:
         inputs = self._inputs([messages])
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         cancel = threading.Event()
         options = self._generation_options(
             max_new_tokens, temperature, top_p, stop, inputs["input_ids"].shape[1], cancel
         )
-        worker = threading.Thread(target=self._generate_ids, args=(inputs, options | {"streamer": streamer}))
+        output: list[torch.Tensor] = []
+        worker = threading.Thread(
+            target=lambda: output.append(self._generate_ids(inputs, options | {"streamer": streamer}))
+        )
         worker.start()
         try:
             yield from _until_stop(streamer, stop)
         finally:  # a reader that leaves early (a client that hung up) ends the generation too
             cancel.set()
             worker.join()
+        return self._reply(inputs, output[0], max_new_tokens, stop)
 
     def transcribe(self, audio: Any, prompt: str = TRANSCRIBE_PROMPT, max_new_tokens: int = 256) -> str:
         """What the LLM hears in a clip, asked with `prompt`."""
@@ -159,6 +259,18 @@ class SpeechChat:
         return self.generate([{"role": "user", "content": [part, {"type": "text", "text": prompt}]}], max_new_tokens)
 
     # ---- helpers ---------------------------------------------------------------------------
+
+    def _reply(
+        self, inputs: dict[str, torch.Tensor], sequences: torch.Tensor, max_new_tokens: int, stop: Sequence[str]
+    ) -> Reply:
+        """The Reply of one unpadded conversation. sequences: (1, prompt + new) token ids."""
+        prompt_tokens = inputs["input_ids"].shape[1]
+        new = sequences[0, prompt_tokens:].tolist()
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        eos = self.model.generation_config.eos_token_id
+        eos = {eos} if isinstance(eos, int) else set(eos or ())
+        ran_out = bool(new) and len(new) >= max_new_tokens and new[-1] not in eos and _cut(text, stop) == text
+        return Reply(_cut(text, stop), "length" if ran_out else "stop", prompt_tokens, len(new))
 
     def _generate_ids(self, inputs: dict[str, torch.Tensor], options: dict[str, Any]) -> torch.Tensor:
         """`model.generate`'s sequences [B, prompt + new]; a single conversation starts from, and leaves
@@ -281,12 +393,13 @@ def _text(part: Any) -> str:
 
 
 def _audio_source(part: dict[str, Any]) -> Any:
+    """What the speech tokenizer encodes at 16 kHz: a file as it is (decoded there, once), a 16 kHz
+    array as it is, an array at another rate resampled here."""
     if "path" in part:
         return part["path"]
     if "array" in part:
-        from auralm.tokenizer import load_audio
-
-        return load_audio(part["array"], part.get("sampling_rate", 16000))
+        rate = part.get("sampling_rate", SAMPLE_RATE)
+        return part["array"] if rate == SAMPLE_RATE else load_audio(part["array"], rate)
     raise ValueError("an audio part needs 'path' (a file, or its bytes), or 'array' with 'sampling_rate'")
 
 
@@ -304,7 +417,7 @@ def _audio_key(part: dict[str, Any]) -> tuple | None:
     if isinstance(source, (np.ndarray, torch.Tensor)) and "path" not in part:
         array = np.ascontiguousarray(source.detach().cpu().numpy() if isinstance(source, torch.Tensor) else source)
         digest = hashlib.sha256(array.tobytes()).hexdigest()
-        return ("array", part.get("sampling_rate", 16000), array.dtype.str, array.shape, digest)
+        return ("array", part.get("sampling_rate", SAMPLE_RATE), array.dtype.str, array.shape, digest)
     return None
 
 

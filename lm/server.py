@@ -1,12 +1,18 @@
 """An OpenAI-compatible HTTP server for a `SpeechChat` (`auralm serve`).
 
-    POST /v1/chat/completions      messages with text and `input_audio` parts (base64 wav/mp3/…), `stream`
-    POST /v1/audio/transcriptions  multipart `file`
+    POST /v1/chat/completions      messages with text, `input_audio` parts (base64 wav/mp3/…) and vLLM's
+                                   `audio_url` parts (data: URLs), `stream` (+ `stream_options.include_usage`)
+    POST /v1/audio/transcriptions  multipart `file`; response_format json, text, verbose_json, srt or vtt
     GET  /v1/models, GET /health
+
+Transcription reads the sound tokens with the speech tokenizer's Whisper decoder (`auralm transcribe`),
+unless the form's `model` names the served LLM: then the LLM transcribes. Long audio is cut into the
+speech tokenizer's windows (30 s by default) at quiet points, one segment each.
 
 Limits guard the one model every request shares: request body size, audio seconds, new tokens,
 and how many requests may wait for the model (more get 429). A bad request gets a 4xx with an
-OpenAI-style error body and changes nothing; the next request is served as usual.
+OpenAI-style error body and changes nothing; the next request is served as usual. Every request
+leaves one line in the access log (logger "auralm.lm.server").
 """
 
 from __future__ import annotations
@@ -14,21 +20,35 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import copy
 import json
+import logging
+import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from auralm.lm.chat import SpeechChat
-from auralm.tokenizer import AudioError, load_audio
+from auralm.errors import AuralmError
+from auralm.lm.chat import Reply, ReplyStream, SpeechChat
+from auralm.tokenizer import SAMPLE_RATE, AudioError, load_audio
+
+# The name OpenAI clients send for transcription; here it means the speech tokenizer's Whisper
+# decoder reading the sound tokens (the served LLM's name means the LLM transcribes).
+TRANSCRIPTION_MODEL = "whisper-1"
+TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
+PART_TYPES = "'text', 'input_audio' or 'audio_url'"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -40,9 +60,16 @@ class ServerLimits:
 
 
 class RequestError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        kind: str = "invalid_request_error",
+        code: str | None = None,
+    ):
         super().__init__(message)
-        self.status, self.message, self.param, self.kind = status, message, param, kind
+        self.status, self.message, self.param, self.kind, self.code = status, message, param, kind, code
 
 
 def create_app(chat: SpeechChat, model_name: str, limits: ServerLimits = ServerLimits()) -> FastAPI:
@@ -52,7 +79,7 @@ def create_app(chat: SpeechChat, model_name: str, limits: ServerLimits = ServerL
 
     @app.exception_handler(RequestError)
     async def request_error(_: Request, error: RequestError) -> JSONResponse:
-        body = {"error": {"message": error.message, "type": error.kind, "param": error.param, "code": None}}
+        body = {"error": {"message": error.message, "type": error.kind, "param": error.param, "code": error.code}}
         return JSONResponse(body, status_code=error.status)
 
     @app.middleware("http")
@@ -68,6 +95,8 @@ def create_app(chat: SpeechChat, model_name: str, limits: ServerLimits = ServerL
                     break
             return await request_error(request, RequestError(413, f"request body over {limits.max_body_bytes} bytes"))
         return await call_next(request)
+
+    app.add_middleware(AccessLog)  # added last: outermost, so it sees every request and how it ended
 
     async def take_model() -> None:
         """Wait for the model (at most max_waiting requests wait); the caller releases model_lock."""
@@ -87,44 +116,111 @@ def create_app(chat: SpeechChat, model_name: str, limits: ServerLimits = ServerL
         finally:
             model_lock.release()
 
+    def check_model(name: Any, allowed: tuple[str, ...]) -> None:
+        """An absent model means the served one; another name is OpenAI's 404."""
+        if name is not None and name not in allowed:
+            raise RequestError(
+                404,
+                f"the model {name!r} does not exist here; use {' or '.join(map(repr, allowed))}",
+                param="model",
+                code="model_not_found",
+            )
+
+    served = (model_name, TRANSCRIPTION_MODEL)
+
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "waiting": waiting}
 
     @app.get("/v1/models")
     async def models() -> dict:
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "auralm"}]}
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "auralm"} for name in served]
+        return {"object": "list", "data": data}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         body = await _json_body(request, limits)
+        check_model(body.get("model"), (model_name,))
         messages = _messages(body.get("messages"), limits)
         options = _options(body, limits)
         created, completion_id = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
+        include_usage = _include_usage(body)
         if body.get("stream"):
             await take_model()  # held until the stream ends; released by _StreamedReply
-            return _StreamedReply(chat.stream(messages, **options), model_lock, completion_id, created, model_name)
-        reply = await with_model(lambda: chat.generate(messages, **options))
+            pieces = chat.stream(messages, **options)
+            return _StreamedReply(pieces, model_lock, completion_id, created, model_name, include_usage)
+        reply: Reply = await with_model(lambda: chat.reply(messages, **options))
         return {
             "id": completion_id,
             "object": "chat.completion",
             "created": created,
             "model": model_name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": reply.text},
+                    "finish_reason": reply.finish_reason,
+                }
+            ],
+            "usage": _usage(reply),
         }
 
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(request: Request):
         try:
             form = await request.form()
+        except ClientDisconnect:
+            raise
         except Exception as e:  # starlette raises several types for malformed multipart bodies
             raise RequestError(400, f"expected a multipart form with a 'file' field ({e})") from e
+        fields = {key: value for key, value in form.items() if isinstance(value, str)}
+        check_model(fields.get("model"), served)
+        response_format = fields.get("response_format", "json")
+        if response_format not in TRANSCRIPTION_FORMATS:
+            raise RequestError(
+                400, f"response_format must be one of {', '.join(TRANSCRIPTION_FORMATS)}", param="response_format"
+            )
+        if "word" in form.getlist("timestamp_granularities[]"):
+            raise RequestError(400, "word timestamps are not available; segments are", param="timestamp_granularities")
+        use_llm = fields.get("model") == model_name
+        language, prompt = fields.get("language"), fields.get("prompt")
+        if use_llm and (language or prompt):
+            raise RequestError(
+                400, f"language and prompt are for the {TRANSCRIPTION_MODEL} model, not the LLM", param="model"
+            )
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise RequestError(400, "missing the 'file' field (the audio to transcribe)", param="file")
         audio = _decode_audio(await upload.read(), upload.filename or "file", limits)
-        part = {"type": "audio", "array": audio, "sampling_rate": 16000}
-        return {"text": await with_model(lambda: chat.transcribe(part, max_new_tokens=limits.max_new_tokens))}
+        windows = chat.speech_tokenizer.windows(audio)  # one segment each
+        clips = [audio[w.start : w.end] for w in windows]
+
+        def transcribe() -> list[str]:
+            if use_llm:
+                parts = [{"type": "audio", "array": clip, "sampling_rate": SAMPLE_RATE} for clip in clips]
+                return [chat.transcribe(part, max_new_tokens=limits.max_new_tokens) for part in parts]
+            speech = chat.speech_tokenizer
+            return speech.decode_text(speech.encode(clips), language=language, prompt=prompt)
+
+        try:
+            texts = await with_model(transcribe)
+        except AuralmError as e:  # a language the backbone does not know
+            raise RequestError(400, str(e), param="language") from e
+        segments = [
+            {"id": i, "start": w.start / SAMPLE_RATE, "end": w.end / SAMPLE_RATE, "text": text}
+            for i, (w, text) in enumerate(zip(windows, texts, strict=True))
+        ]
+        text = " ".join(t for t in texts if t)
+        if response_format == "json":
+            return {"text": text}
+        if response_format == "verbose_json":
+            speech_language = language or ("en" if not chat.speech_tokenizer.whisper.is_multilingual else None)
+            duration = len(audio) / SAMPLE_RATE
+            return {"task": "transcribe", "language": speech_language, "duration": duration, "text": text,
+                    "segments": segments}  # fmt: skip
+        if response_format == "text":
+            return PlainTextResponse(text + "\n")
+        return PlainTextResponse(_subtitles(segments, response_format))
 
     return app
 
@@ -143,7 +239,7 @@ async def _json_body(request: Request, limits: ServerLimits) -> dict[str, Any]:
 
 
 def _messages(messages: Any, limits: ServerLimits) -> list[dict[str, Any]]:
-    """OpenAI messages → SpeechChat messages; `input_audio` parts decoded and checked here."""
+    """OpenAI messages → SpeechChat messages; audio parts decoded (once) and checked here."""
     if not isinstance(messages, list) or not messages:
         raise RequestError(400, "'messages' must be a non-empty list", param="messages")
     converted = []
@@ -165,21 +261,50 @@ def _messages(messages: Any, limits: ServerLimits) -> list[dict[str, Any]]:
             if kind == "text" and isinstance(part.get("text"), str):
                 parts.append({"type": "text", "text": part["text"]})
             elif kind == "input_audio" and isinstance(part.get("input_audio"), dict):
-                data = part["input_audio"].get("data")
-                if not isinstance(data, str):
-                    raise RequestError(400, f"{where}.input_audio.data must be a base64 string", param=where)
-                try:
-                    raw = base64.b64decode(data, validate=True)
-                except (binascii.Error, ValueError) as e:
-                    raise RequestError(400, f"{where}.input_audio.data is not valid base64 ({e})", param=where) from e
-                parts.append({"type": "audio", "array": _decode_audio(raw, where, limits), "sampling_rate": 16000})
+                raw = _base64(part["input_audio"].get("data"), f"{where}.input_audio.data")
+                parts.append(_audio_part(raw, where, limits))
+            elif kind == "audio_url" and isinstance(part.get("audio_url"), dict):
+                parts.append(_audio_part(_data_url(part["audio_url"].get("url"), where), where, limits))
+            elif kind in ("text", "input_audio", "audio_url"):
+                raise RequestError(400, f"{where}: a '{kind}' part needs a '{kind}' field of the right type", where)
             else:
-                raise RequestError(400, f"{where}: expected a 'text' or 'input_audio' part", param=where)
+                raise RequestError(400, f"{where}: unsupported part type {kind!r}; use {PART_TYPES}", param=where)
         converted.append({"role": message["role"], "content": parts})
     return converted
 
 
-def _decode_audio(raw: bytes, name: str, limits: ServerLimits):
+def _base64(data: Any, where: str) -> bytes:
+    if not isinstance(data, str):
+        raise RequestError(400, f"{where} must be a base64 string", param=where)
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise RequestError(400, f"{where} is not valid base64 ({e})", param=where) from e
+
+
+def _data_url(url: Any, where: str) -> bytes:
+    """The bytes of a `data:[<type>];base64,<data>` URL; other URLs are refused (nothing is fetched)."""
+    where = f"{where}.audio_url.url"
+    if not isinstance(url, str):
+        raise RequestError(400, f"{where} must be a string", param=where)
+    header, comma, data = url.partition(",")
+    if not header.startswith("data:"):
+        raise RequestError(
+            400,
+            f"{where}: only data: URLs are accepted (data:audio/wav;base64,…); this server fetches nothing",
+            param=where,
+        )
+    if not comma or not header.endswith(";base64"):
+        raise RequestError(400, f"{where}: a data: URL here must be base64 (data:audio/wav;base64,…)", param=where)
+    return _base64(data, where)
+
+
+def _audio_part(raw: bytes, where: str, limits: ServerLimits) -> dict[str, Any]:
+    """A SpeechChat audio part holding the decoded 16 kHz clip, so nothing decodes it again."""
+    return {"type": "audio", "array": _decode_audio(raw, where, limits), "sampling_rate": SAMPLE_RATE}
+
+
+def _decode_audio(raw: bytes, name: str, limits: ServerLimits) -> torch.Tensor:
     try:
         return load_audio(raw, max_seconds=limits.max_audio_seconds, name=name)
     except AudioError as e:
@@ -187,6 +312,8 @@ def _decode_audio(raw: bytes, name: str, limits: ServerLimits):
 
 
 def _options(body: dict[str, Any], limits: ServerLimits) -> dict[str, Any]:
+    if body.get("n") not in (None, 1):
+        raise RequestError(400, "n must be 1: one reply per request", param="n")
     max_new = body.get("max_completion_tokens", body.get("max_tokens", min(256, limits.max_new_tokens)))
     if not isinstance(max_new, int) or isinstance(max_new, bool) or not 1 <= max_new <= limits.max_new_tokens:
         raise RequestError(400, f"max_tokens must be an integer in 1 … {limits.max_new_tokens}", param="max_tokens")
@@ -201,13 +328,49 @@ def _options(body: dict[str, Any], limits: ServerLimits) -> dict[str, Any]:
     return {"max_new_tokens": max_new, "temperature": float(temperature), "top_p": float(top_p), "stop": stop}
 
 
+def _include_usage(body: dict[str, Any]) -> bool:
+    """Whether a stream ends with a usage chunk (`stream_options.include_usage`, as OpenAI's)."""
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not body.get("stream"):
+        raise RequestError(400, "stream_options is only for streamed requests (stream: true)", "stream_options")
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        raise RequestError(400, "stream_options must be an object like {'include_usage': true}", "stream_options")
+    return options.get("include_usage", False)
+
+
+def _usage(reply: Reply) -> dict[str, int]:
+    total = reply.prompt_tokens + reply.completion_tokens
+    return {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens, "total_tokens": total}
+
+
+def _subtitles(segments: list[dict[str, Any]], kind: str) -> str:
+    """SubRip (srt) or WebVTT (vtt) cues, one per segment."""
+    separator = "," if kind == "srt" else "."
+    cues = [
+        f"{_timestamp(s['start'], separator)} --> {_timestamp(s['end'], separator)}\n{s['text']}\n" for s in segments
+    ]
+    if kind == "srt":
+        return "\n".join(f"{i}\n{cue}" for i, cue in enumerate(cues, 1))
+    return "WEBVTT\n\n" + "\n".join(cues)
+
+
+def _timestamp(seconds: float, separator: str) -> str:
+    """HH:MM:SS,mmm (SubRip) or HH:MM:SS.mmm (WebVTT)."""
+    minutes, ms = divmod(round(seconds * 1000), 60_000)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours:02d}:{minutes:02d}:{ms // 1000:02d}{separator}{ms % 1000:03d}"
+
+
 class _StreamedReply(StreamingResponse):
     """One generation as server-sent events. However the response ends (finished, or the client hung
     up mid-stream), the generation is stopped and then the model freed for the next request: the
     cleanup belongs to the response, since a hang-up can leave the event generator suspended, unclosed."""
 
-    def __init__(self, pieces: Generator[str], lock: asyncio.Lock, completion_id: str, created: int, model: str):
-        super().__init__(_sse(pieces, completion_id, created, model), media_type="text/event-stream")
+    def __init__(self, pieces: ReplyStream, lock: asyncio.Lock, completion_id: str, created: int, model: str,
+                 include_usage: bool):  # fmt: skip
+        super().__init__(_sse(pieces, completion_id, created, model, include_usage), media_type="text/event-stream")
         self.pieces, self.lock = pieces, lock
 
     async def __call__(self, scope, receive, send) -> None:
@@ -220,21 +383,92 @@ class _StreamedReply(StreamingResponse):
             self.lock.release()
 
 
-async def _sse(pieces: Generator[str], completion_id: str, created: int, model: str) -> AsyncIterator[str]:
-    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`."""
+async def _sse(
+    pieces: ReplyStream, completion_id: str, created: int, model: str, include_usage: bool
+) -> AsyncIterator[str]:
+    """Server-sent events in OpenAI's chunk format: a role chunk, the text, a chunk with the finish
+    reason, the usage (choices: []) when asked for, then `data: [DONE]`."""
+
+    def event(choices: list, **extra) -> str:
+        body = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": choices, **extra}  # fmt: skip
+        return f"data: {json.dumps(body)}\n\n"
 
     def chunk(delta: dict, finish: str | None = None) -> str:
-        body = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        }
-        return f"data: {json.dumps(body)}\n\n"
+        usage = {"usage": None} if include_usage else {}  # OpenAI: null on all but the usage chunk
+        return event([{"index": 0, "delta": delta, "finish_reason": finish}], **usage)
 
     yield chunk({"role": "assistant", "content": ""})
     async for piece in iterate_in_threadpool(pieces):
         yield chunk({"content": piece})
-    yield chunk({}, "stop")
+    yield chunk({}, pieces.reply.finish_reason)
+    if include_usage:
+        yield event([], usage=_usage(pieces.reply))
     yield "data: [DONE]\n\n"
+
+
+class AccessLog:
+    """ASGI middleware: one log line per request (method, path, status, milliseconds). A client that
+    hangs up before its body arrived, or mid-response, is one line too, not a traceback."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status, done, gone = time.perf_counter(), None, False, False
+
+        async def receive_and_note() -> Message:
+            nonlocal gone
+            message = await receive()
+            gone = gone or (message["type"] == "http.disconnect" and not done)  # left before the response ended
+            return message
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status, done
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            done = done or (message["type"] == "http.response.body" and not message.get("more_body", False))
+            await send(message)
+
+        def log(outcome: str) -> None:
+            logger.info(f"{scope['method']} {scope['path']} {outcome} {(time.perf_counter() - started) * 1e3:.0f} ms")
+
+        try:
+            await self.app(scope, receive_and_note, send_and_note)
+        except ClientDisconnect:
+            gone = True
+        except Exception:
+            log("500 (error) after")
+            raise
+        if gone:
+            log("client disconnected " + ("mid-body" if status is None else f"mid-response ({status})") + " after")
+        else:
+            log(str(status))
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port (0: any free port) and listening. Raises OSError (address in use, …)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def serve(app: FastAPI, sock: socket.socket) -> None:
+    """Serve `app` on a listening socket until interrupted; says where on stderr, then logs each request."""
+    import uvicorn
+
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["loggers"]["auralm"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    server = uvicorn.Server(uvicorn.Config(app, log_config=log_config, log_level="warning", access_log=False))
+    host, port = sock.getsockname()[:2]
+    logger.info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, port)
+    server.run(sockets=[sock])

@@ -67,7 +67,7 @@ def check_speech_tokenizer(
         raise SpeechTokenizerMismatchError(
             f"this LLM was trained on sound tokens of speech tokenizer {recorded[:12]}…, not of the one given "
             f"({speech_tokenizer.tokenizer_hash[:12]}…); load the tokenizer it was trained with, "
-            "or pass allow_mismatch=True to pair them anyway"
+            "or pair them anyway with allow_mismatch=True (--allow-mismatch on the command line)"
         )
 
 

@@ -1,12 +1,17 @@
 """The `auralm` command as a user runs it: a real process, its output and exit codes."""
 
+import io
+import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
+import torch
 
+from auralm.cli import main
 from tests.conftest import DATA
 
 
@@ -203,3 +208,222 @@ def test_chat_and_serve_take_every_model_argument(command):
         "base",
         "cpu",
     )
+
+
+def run_main(capsys, *argv: str) -> tuple[int, str, str]:
+    """`auralm ARGV` in this process: exit code, stdout, stderr. An exception escaping main fails the test,
+    as a traceback would in a real run."""
+    try:
+        code = main(list(argv))
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, flag: str) -> None:
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert "error:" in err and flag in err and "Traceback" not in err
+
+
+WAV = str(DATA / "en_16k.wav")
+BAD_ARGUMENTS = {
+    "batch size 0": (["tokenize", WAV, "--checkpoint", "tok", "--batch-size", "0"], "--batch-size"),
+    "batch size -1": (["tokenize", WAV, "--checkpoint", "tok", "--batch-size", "-1"], "--batch-size"),
+    "batch size text": (["transcribe", WAV, "--checkpoint", "tok", "--batch-size", "two"], "--batch-size"),
+    "unknown device": (["whisper", WAV, "--device", "foo"], "--device"),
+    "missing GPU": (["tokenize", WAV, "--checkpoint", "tok", "--device", "cuda:99"], "--device"),
+    "unknown language": (["whisper", WAV, "--language", "xx"], "--language"),
+    "unknown language name": (["transcribe", WAV, "--checkpoint", "tok", "--language", "klingon"], "--language"),
+    "port 0": (["serve", "--checkpoint", "tok", "--port", "0"], "--port"),
+    "port too high": (["serve", "--checkpoint", "tok", "--port", "70000"], "--port"),
+    "body 0": (["serve", "--checkpoint", "tok", "--max-body-mb", "0"], "--max-body-mb"),
+    "negative clip limit": (["serve", "--checkpoint", "tok", "--max-audio-seconds", "-5"], "--max-audio-seconds"),
+    "server tokens 0": (["serve", "--checkpoint", "tok", "--max-new-tokens", "0"], "--max-new-tokens"),
+    "negative queue": (["serve", "--checkpoint", "tok", "--max-waiting", "-1"], "--max-waiting"),
+    "chat tokens 0": (["chat", "--checkpoint", "tok", "--max-new-tokens", "0"], "--max-new-tokens"),
+    "negative temperature": (["chat", "--checkpoint", "tok", "--temperature", "-1"], "--temperature"),
+    "nan temperature": (["chat", "--checkpoint", "tok", "--temperature", "nan"], "--temperature"),
+    "missing checkpoint flag": (["tokenize", WAV], "--checkpoint"),
+}
+
+
+@pytest.mark.parametrize("argv, flag", BAD_ARGUMENTS.values(), ids=BAD_ARGUMENTS.keys())
+def test_a_bad_argument_is_one_line_naming_its_flag_and_exit_2(capsys, argv, flag):
+    code, out, err = run_main(capsys, *argv)
+    assert_one_line_error(code, err, flag)
+    assert out == ""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_says_to_use_the_cpu(capsys):
+    code, _, err = run_main(capsys, "whisper", WAV, "--device", "cuda")
+    assert_one_line_error(code, err, "--device")
+    assert err.strip().endswith("argument --device: no CUDA GPU is available; use --device cpu")
+
+
+def test_a_bad_argument_in_a_real_process_has_no_traceback():
+    result = auralm("tokenize", WAV, "--checkpoint", "tok", "--batch-size", "0")
+    assert result.returncode == 2
+    assert result.stderr == "auralm tokenize: error: argument --batch-size: must be 1 or more, got 0\n"
+
+
+@pytest.mark.integration
+def test_a_negative_batch_size_never_runs_as_done(capsys, tokenizer_folder, tmp_path):
+    out = tmp_path / "tokens.txt"
+    code, _, err = run_main(
+        capsys, "tokenize", WAV, "--checkpoint", str(tokenizer_folder), "--batch-size", "-1", "--output", str(out)
+    )
+    assert_one_line_error(code, err, "--batch-size")
+    assert not out.exists()
+
+
+def test_each_output_format_is_recognised_in_its_lines():
+    from auralm.token_export import FORMATS, format_line, line_format
+
+    for fmt in FORMATS:
+        for codes in ([12, 7, 431], []):
+            line = format_line(Path("clips/a b.wav"), torch.tensor(codes, dtype=torch.long), 0.12, fmt)
+            assert line_format(line) == fmt
+    for line in ("", "no tab here", "a.wav\t12 x", "a.wav\t<|sound_start|><|sound_0001|>", '{"codes": []}', "{oops"):
+        assert line_format(line) is None
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("fmt", ["string", "ids"])
+def test_resuming_in_another_format_is_refused_and_the_file_kept(capsys, tokenizer_folder, tmp_path, fmt):
+    out = tmp_path / "tokens.jsonl"
+    held = json.dumps({"path": "other.wav", "seconds": 0.1, "codes": [1, 2, 3]}) + '\n{"path": "cut sh'
+    out.write_text(held)
+    code, _, err = run_main(
+        capsys, "tokenize", WAV, "--checkpoint", str(tokenizer_folder), "--format", fmt, "--output", str(out)
+    )
+    assert_one_line_error(code, err, "--format jsonl")
+    assert err.strip() == (
+        f"auralm tokenize: error: {out} holds 'jsonl' lines; rerun with --format jsonl or choose another --output"
+    )
+    assert out.read_text() == held
+
+
+def test_an_output_that_is_not_a_tokens_file_is_refused_and_kept(capsys, tmp_path):
+    out = tmp_path / "notes.txt"
+    out.write_text("my notes\n")
+    code, _, err = run_main(capsys, "tokenize", WAV, "--checkpoint", "tok", "--output", str(out))
+    assert_one_line_error(code, err, "--output")
+    assert "line 1 is not a line of sound tokens" in err
+    assert out.read_text() == "my notes\n"
+
+
+@pytest.mark.integration
+def test_an_english_only_whisper_refuses_another_language(capsys):
+    code, _, err = run_main(capsys, "whisper", str(DATA / "en_8k.wav"), "--language", "vi")
+    assert_one_line_error(code, err, "--language vi")
+    assert "English-only" in err
+    code, out, _ = run_main(capsys, "whisper", str(DATA / "en_8k.wav"), "--language", "English")
+    assert code == 0 and f"{DATA / 'en_8k.wav'} [en]: " in out  # a name is taken and shown as its code
+
+
+def test_no_progress_bar_unless_stderr_is_a_terminal_or_asked(capsys):
+    files = [str(DATA / "en_16k.wav"), str(DATA / "en_8k.wav")]
+    code, _, err = run_main(capsys, "info", *files)  # capsys's stderr is no terminal
+    assert code == 0
+    assert err.startswith("2 of 2 files done") and "info:" not in err and "file/s" not in err
+    code, _, err = run_main(capsys, "info", *files, "--progress")
+    assert code == 0 and "info: 100%" in err
+
+
+def test_a_reader_that_leaves_early_is_no_error():
+    process = subprocess.Popen(
+        [sys.executable, "-m", "auralm", "info", str(DATA / "en_16k.wav"), str(DATA / "en_8k.wav")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    process.stdout.close()  # as `| head -0` would, long before the first line is written
+    assert process.wait(timeout=300) == 1
+    assert "Traceback" not in process.stderr.read()
+
+
+def test_help_and_version_do_not_import_torch():
+    code = (
+        "import sys\n"
+        "from auralm.cli import main\n"
+        "for argv in (['--help'], ['--version'], ['tokenize', '--help'], ['chat', '--help'], ['serve', '--help']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print([m for m in ('torch', 'transformers', 'whisper') if m in sys.modules])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"
+
+
+# ---- the chat session, on a tiny random Llama and speech tokenizer ---------------------------------------
+
+
+@pytest.fixture
+def tiny_chat(tiny_tokenizer):
+    from auralm.lm import SpeechChat, add_sound_tokens
+    from tests.lm.conftest import tiny_llama, tiny_text_tokenizer
+
+    model, text = tiny_llama(tied=True, initializer_range=1.0), tiny_text_tokenizer()  # long replies, no early eos
+    add_sound_tokens(model, text, tiny_tokenizer)
+    return SpeechChat(model, text, tiny_tokenizer)
+
+
+class InterruptedOnce(io.StringIO):
+    """A terminal where Ctrl-C comes while the first piece of text is printed."""
+
+    def __init__(self):
+        super().__init__()
+        self.interrupted = False
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        if text.strip() and not self.interrupted:
+            self.interrupted = True
+            raise KeyboardInterrupt
+        return written
+
+
+def test_ctrl_c_during_a_reply_stops_it_and_the_session_goes_on(tiny_chat, capsys, monkeypatch):
+    from auralm.chat_repl import session
+
+    seen, closed, forwards = [], [], []
+    stream = tiny_chat.stream
+
+    def recorded(messages, **options):
+        seen.append([dict(m) for m in messages])
+        pieces = stream(messages, **options)
+        close = pieces.close
+        pieces.close = lambda: (closed.append(len(seen)), close())
+        return pieces
+
+    monkeypatch.setattr(tiny_chat, "stream", recorded)
+    tiny_chat.model.register_forward_hook(lambda *_: forwards.append(len(seen)))
+    threads = threading.active_count()
+    stdout = InterruptedOnce()
+    stdin = io.StringIO("hello what is this\nwhat is the cat ?\n")
+    assert session(tiny_chat, stdin, stdout, max_new_tokens=400) == 0
+
+    first_piece, second_reply = stdout.getvalue().split("\n")[:2]
+    assert first_piece and second_reply  # the first reply was cut after one piece; the second was answered
+    assert "(reply stopped)" in capsys.readouterr().err
+    assert len(seen) == 2 and closed == [1]  # the stopped reply's stream was closed
+    assert threading.active_count() == threads  # no generation left running
+    assert forwards.count(1) < 400  # the first generation stopped early
+    assert seen[1][:2] == [
+        {"role": "user", "content": "hello what is this"},
+        {"role": "assistant", "content": first_piece},
+    ]
+
+
+def test_audio_without_a_file_says_what_it_expects(tiny_chat, capsys):
+    from auralm.chat_repl import session
+
+    stdout = io.StringIO()
+    assert session(tiny_chat, io.StringIO("/audio\n/audio   \n/exit\n"), stdout) == 0
+    err = capsys.readouterr().err
+    assert err.count("usage: /audio FILE") == 2
+    assert stdout.getvalue() == ""

@@ -156,7 +156,7 @@ def _decode(source: AudioSource, name: str, max_seconds: float) -> tuple[torch.T
     if info.samplerate > 0 and info.frames / info.samplerate > max_seconds:
         raise AudioError(
             f"{name}: {info.frames / info.samplerate:.0f} s long, over the {max_seconds:.0f} s limit; "
-            "split it or raise max_seconds"
+            "split it, or raise the limit (max_seconds=; the server's --max-audio-seconds)"
         )
     _check_channels(info.channels, name)
     try:
@@ -244,7 +244,7 @@ def _to_mono_16k(samples: torch.Tensor, sample_rate: int, name: str, max_seconds
     if samples.shape[1] / sample_rate > max_seconds:
         raise AudioError(
             f"{name}: {samples.shape[1] / sample_rate:.0f} s long, over the {max_seconds:.0f} s limit; "
-            "split it or raise max_seconds"
+            "split it, or raise the limit (max_seconds=; the server's --max-audio-seconds)"
         )
     if not torch.isfinite(samples).all():
         raise AudioError(f"{name}: contains NaN or infinite samples")

@@ -72,19 +72,33 @@ def log_mel(audio: torch.Tensor, n_mels: int) -> torch.Tensor:
     return whisper.pad_or_trim(whisper.log_mel_spectrogram(audio, n_mels, padding=N_SAMPLES), N_FRAMES)
 
 
-def log_mel_for_tokens(audio: torch.Tensor, n_mels: int) -> torch.Tensor:
-    """The log-mel a speech tokenizer sees: the clip's own (n // 160 frames), then mel padding to 3000.
+def log_mel_for_tokens(audio: torch.Tensor, n_mels: int, window_seconds: int = 30) -> torch.Tensor:
+    """The log-mel a speech tokenizer sees: the clip's own (n // 160 frames), then mel padding to the window.
 
-    audio: (samples,) at 16 kHz, samples ≤ 480000. Returns (n_mels, 3000).
+    audio: (samples,) at 16 kHz, at most window_seconds long. Returns (n_mels, 100 · window_seconds).
     """
-    if audio.shape[-1] > N_SAMPLES:
+    if audio.shape[-1] > window_seconds * SAMPLE_RATE:
         raise ValueError(
-            f"clip of {audio.shape[-1] / SAMPLE_RATE:.1f} s is longer than Whisper's 30 s; split_windows first"
+            f"clip of {audio.shape[-1] / SAMPLE_RATE:.1f} s is longer than the {window_seconds} s window; "
+            "split_windows first"
         )
     if audio.shape[-1] < N_FFT:  # the STFT's reflect padding needs more than half a frame
         audio = F.pad(audio, (0, N_FFT - audio.shape[-1]))
     mel = whisper.log_mel_spectrogram(audio, n_mels)
-    return F.pad(mel, (0, N_FRAMES - mel.shape[-1]), value=TOKENIZER_MEL_PAD)
+    return F.pad(mel, (0, window_seconds * N_FRAMES // 30 - mel.shape[-1]), value=TOKENIZER_MEL_PAD)
+
+
+def encode_mels(model: Whisper, mels: torch.Tensor) -> torch.Tensor:
+    """Whisper's encoder over windows of any length up to 30 s: mels (B, n_mels, 2T) → frames (B, T, d),
+    T ≤ 1500, with the positional embedding cut to the T frames (openai-whisper's forward insists on 30 s)."""
+    encoder = model.encoder
+    x = F.gelu(encoder.conv2(F.gelu(encoder.conv1(mels)))).permute(0, 2, 1)  # (B, T, d)
+    if x.shape[1] > encoder.positional_embedding.shape[0]:
+        raise ValueError(f"{x.shape[1]} encoder frames exceed Whisper's {encoder.positional_embedding.shape[0]}")
+    x = (x + encoder.positional_embedding[: x.shape[1]]).to(x.dtype)
+    for block in encoder.blocks:
+        x = block(x)
+    return encoder.ln_post(x)
 
 
 def transcribe(model: Whisper, audio: torch.Tensor, language: str | None = None, batch_size: int = 8) -> Transcript:
@@ -108,15 +122,20 @@ def transcribe(model: Whisper, audio: torch.Tensor, language: str | None = None,
     return Transcript(text, language or max(set(languages), key=languages.count), len(windows))
 
 
+def language_code(text: str) -> str:
+    """A language Whisper knows, as a code ("de") or an English name ("German"); returns the code."""
+    key = text.strip().lower()
+    code = key if key in LANGUAGES else TO_LANGUAGE_CODE.get(key)
+    if code is None:
+        raise AuralmError(f"unknown language {text!r}; use a code such as 'de' or a name such as 'german'")
+    return code
+
+
 def resolve_language(model: Whisper, language: str | None) -> str | None:
     """The language code to decode in: a code or name ("de", "german") → "de"; None → detect on
     multilingual models, "en" on English-only ones. Raises AuralmError for an unknown language, or for
     another language on an English-only model (it would only invent English)."""
-    if language is not None:
-        code = language.lower() if language.lower() in LANGUAGES else TO_LANGUAGE_CODE.get(language.lower())
-        if code is None:
-            raise AuralmError(f"unknown language {language!r}: use a code such as 'en', 'de', 'vi' or a name")
-        language = code
+    language = None if language is None else language_code(language)
     if model.is_multilingual:
         return language
     if language not in (None, "en"):
@@ -142,7 +161,7 @@ def decode_with_fallback(
 ) -> list[whisper.DecodingResult]:
     """Batched Whisper decoding, greedy first, sampling again where greedy looped or scored low.
 
-    inputs: mels (B, n_mels, 3000) or encoder-shaped features (B, 1500, d), in the model's dtype.
+    inputs: mels (B, n_mels, 3000) or encoder-shaped features (B, T ≤ 1500, d), in the model's dtype.
     language: as `resolve_language` gives it. temperatures: the schedule; (0.0,) decodes greedily only,
     which is deterministic. seconds: the longest input's speech, which bounds the text decoded.
     openai-whisper's thresholds: a gzip ratio over 2.4 means a loop, a mean log-prob under −1 a guess.
@@ -162,16 +181,31 @@ def decode_with_fallback(
             sample_len=sample_len,
         )
         if temperature == 0:
-            decoded = whisper.decode(model, inputs[pending], options)
+            decoded = _decode(model, inputs[pending], options)
         else:  # best of 5 samples; openai-whisper samples batches of one only (its cross-attention cannot broadcast)
             sampled = dataclasses.replace(options, best_of=5)
-            decoded = [whisper.decode(model, inputs[i : i + 1], sampled)[0] for i in pending]
+            decoded = [_decode(model, inputs[i : i + 1], sampled)[0] for i in pending]
         for index, result in zip(pending, decoded, strict=True):
             results[index] = result
         pending = [i for i in pending if results[i].compression_ratio > 2.4 or results[i].avg_logprob < -1.0]
         if not pending:
             break
     return [_without_special_tokens(model, result) for result in results]
+
+
+class _FeaturesTask(whisper.decoding.DecodingTask):
+    """openai-whisper's decoding on features of any length: it takes a (B, T, d) input for audio
+    features only when T is 1500, and runs the encoder on anything else."""
+
+    def _get_audio_features(self, features: torch.Tensor) -> torch.Tensor:
+        return features.half() if self.options.fp16 else features
+
+
+def _decode(model: Whisper, inputs: torch.Tensor, options: whisper.DecodingOptions) -> list[whisper.DecodingResult]:
+    """Mels (B, n_mels, 3000) through the encoder, or encoder-shaped features (B, T, d) straight to the decoder."""
+    if inputs.shape[1:] == (model.dims.n_mels, N_FRAMES):
+        return whisper.decode(model, inputs, options)
+    return _FeaturesTask(model, options).run(inputs)
 
 
 def _without_special_tokens(model: Whisper, result: whisper.DecodingResult) -> whisper.DecodingResult:

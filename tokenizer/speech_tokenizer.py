@@ -23,10 +23,11 @@ from whisper.model import Whisper
 
 from auralm.checkpoints import CheckpointError, load_whisper
 from auralm.checkpoints.whisper_vq import read_whisper_vq
-from auralm.tokenizer.audio import SAMPLE_RATE, AudioSource, load_audio, split_windows
+from auralm.tokenizer.audio import SAMPLE_RATE, AudioSource, Window, load_audio, split_windows
 from auralm.tokenizer.backbone import (
     FALLBACK_TEMPERATURES,
     decode_with_fallback,
+    encode_mels,
     log_mel_for_tokens,
     resolve_language,
     use_flash_attention,
@@ -75,18 +76,18 @@ class SpeechTokenizer(nn.Module):
         """Sound codes for one clip or a list of clips, `num_codes(samples)` each (int64, on CPU).
 
         audio: a path, bytes, file object or array (at `sample_rate`, 16 kHz by default), or a list of them.
-        Clips longer than 30 s are split at quiet points; their windows' codes are concatenated.
+        Clips longer than the window (30 s by default) are split at quiet points; their windows' codes
+        are concatenated.
         Windows of all clips are encoded together in batches; each is computed exactly as alone.
         """
         single = not isinstance(audio, (list, tuple))
         clips = [self._load(item, sample_rate) for item in ([audio] if single else audio)]
-        step = self.config.samples_per_code
-        windows = [(i, clip[w.start : w.end]) for i, clip in enumerate(clips) for w in split_windows(clip, step=step)]
+        windows = [(i, clip[w.start : w.end]) for i, clip in enumerate(clips) for w in self.windows(clip)]
         pieces: list[list[torch.Tensor]] = [[] for _ in clips]
         batches = range(0, len(windows), batch_size)
         for first in tqdm(batches, desc="encode", unit="batch", disable=not progress or len(batches) < 2):
             batch = windows[first : first + batch_size]
-            codes = self.encode_windows(torch.stack([log_mel_for_tokens(w, self.config.n_mels) for _, w in batch]))
+            codes = self.encode_windows(torch.stack([self.log_mel(w) for _, w in batch]))
             for (clip_index, window), window_codes in zip(batch, codes, strict=True):
                 pieces[clip_index].append(window_codes[: self.num_codes(len(window))].cpu())
         results = [torch.cat(parts) for parts in pieces]
@@ -96,12 +97,21 @@ class SpeechTokenizer(nn.Module):
         """Codes `encode` gives a 16 kHz clip of num_samples: ⌈n / 640⌉ at Ichigo's 25 per second."""
         return self.config.num_codes(num_samples)
 
+    def windows(self, audio: torch.Tensor) -> list[Window]:
+        """A 16 kHz clip (samples,) cut into this tokenizer's windows, at quiet points, on code boundaries."""
+        seconds = self.config.window_seconds
+        return split_windows(audio, seconds, seconds * 2 / 3, step=self.config.samples_per_code)
+
+    def log_mel(self, window: torch.Tensor) -> torch.Tensor:
+        """The log-mel of one window's audio (samples,), padded as Ichigo pads: (n_mels, 100 · window_seconds)."""
+        return log_mel_for_tokens(window, self.config.n_mels, self.config.window_seconds)
+
     @torch.no_grad()
     def encode_windows(self, mels: torch.Tensor) -> torch.Tensor:
-        """mels: (B, n_mels, 3000), as `log_mel_for_tokens` makes them. Returns all codes (B, 750)."""
+        """mels: (B, n_mels, 2T), as `log_mel` makes them. Returns all codes (B, T / downsample)."""
         mels = mels.to(self.device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            frames = self.whisper.encoder(mels)  # (B, 1500, d)
+            frames = encode_mels(self.whisper, mels)  # (B, T, d)
             return self.bottleneck.quantize(frames.float())
 
     # ---- codes → text --------------------------------------------------------------------
@@ -167,7 +177,9 @@ class SpeechTokenizer(nn.Module):
         decisive = {f"whisper.encoder.{k}": v for k, v in self.whisper.encoder.state_dict().items()}
         decisive |= {k: v for k, v in self.bottleneck.state_dict().items() if k.startswith(("mlp", "rq.project_in"))}
         decisive["codebook"] = self.bottleneck.codebook  # every row is searched, the mask code's too
-        settings = {k: getattr(self.config, k) for k in ("n_codes", "downsample", "pooling", "n_mels")}
+        settings = {
+            k: getattr(self.config, k) for k in ("n_codes", "downsample", "pooling", "n_mels", "window_seconds")
+        }
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
         for name in sorted(decisive):
             tensor = decisive[name].detach().float().contiguous().cpu()
@@ -212,7 +224,9 @@ class SpeechTokenizer(nn.Module):
             fields["whisper"] = str(whisper)
         if not isinstance(whisper, Whisper):
             if not fields.get("whisper"):
-                raise CheckpointError(f"{path}: the checkpoint does not name its Whisper backbone; pass whisper=")
+                raise CheckpointError(
+                    f"{path}: the checkpoint does not name its Whisper backbone; pass whisper= (--whisper on the command line)"
+                )
             whisper = load_whisper(fields["whisper"])
         fields.setdefault("n_mels", whisper.dims.n_mels)
         try:

@@ -1,5 +1,7 @@
 """Sound tokens in a tiny random Llama, the tokenizer-hash pin, and SpeechChat's generation paths."""
 
+import logging
+
 import pytest
 import torch
 
@@ -10,11 +12,12 @@ from auralm.lm import (
     check_speech_tokenizer,
     tokens_to_prompt,
 )
+from auralm.lm.chat import Reply
 from auralm.tokenizer import load_audio
 from tests.conftest import DATA, TINY_CONFIG
 from tests.lm.conftest import WORDS, tiny_llama, tiny_text_tokenizer
 
-K = TINY_CONFIG.n_codes
+V = TINY_CONFIG.vocab_size  # sound tokens: the 64 speech codes and the mask code
 
 
 @pytest.mark.parametrize("tied", [True, False])
@@ -22,19 +25,19 @@ def test_sound_tokens_get_ichigos_ids_and_old_rows_stay_bit_identical(tied, tiny
     model, text = tiny_llama(tied), tiny_text_tokenizer()
     old_in = model.get_input_embeddings().weight.detach().clone()
     old_out = model.get_output_embeddings().weight.detach().clone()
-    assert add_sound_tokens(model, text, tiny_tokenizer) == K + 2
+    assert add_sound_tokens(model, text, tiny_tokenizer) == V + 2
     n = len(WORDS)  # the sound tokens come right after the existing vocabulary
-    assert text.convert_tokens_to_ids(["<|sound_start|>", "<|sound_end|>", "<|sound_0000|>", "<|sound_0063|>"]) == [
+    assert text.convert_tokens_to_ids(["<|sound_start|>", "<|sound_end|>", "<|sound_0000|>", "<|sound_0064|>"]) == [
         n,
         n + 1,
         n + 2,
-        n + 2 + 63,
+        n + 2 + 64,
     ]
     new_in, new_out = model.get_input_embeddings().weight, model.get_output_embeddings().weight
-    assert new_in.shape[0] == new_out.shape[0] == n + K + 2
+    assert new_in.shape[0] == new_out.shape[0] == n + V + 2
     assert torch.equal(new_in[:n], old_in) and torch.equal(new_out[:n], old_out)
-    torch.testing.assert_close(new_in[n:], old_in.mean(0).expand(K + 2, -1))
-    torch.testing.assert_close(new_out[n:], old_out.mean(0).expand(K + 2, -1))
+    torch.testing.assert_close(new_in[n:], old_in.mean(0).expand(V + 2, -1))
+    torch.testing.assert_close(new_out[n:], old_out.mean(0).expand(V + 2, -1))
     assert (new_in.data_ptr() == new_out.data_ptr()) == tied
 
 
@@ -69,7 +72,7 @@ def test_an_extended_model_is_reused_and_its_hash_pins_the_speech_tokenizer(tiny
     size = model.get_input_embeddings().weight.shape[0]
     assert add_sound_tokens(model, text, tiny_tokenizer) == 0  # already there: reused
     assert model.get_input_embeddings().weight.shape[0] == size
-    assert model.config.sound_tokenizer_hash == tiny_tokenizer.tokenizer_hash and model.config.sound_codes == K
+    assert model.config.sound_tokenizer_hash == tiny_tokenizer.tokenizer_hash and model.config.sound_codes == V
     check_speech_tokenizer(model, tiny_tokenizer)
     with torch.no_grad():
         tiny_tokenizer.bottleneck.mlp[0].bias += 0.1  # another tokenizer now
@@ -226,3 +229,48 @@ def test_closing_a_stream_early_ends_its_generation(chat):
     pieces.close()
     assert len(forwards) < 100
     assert len(chat.generate(conversation("en_8k.wav"), max_new_tokens=8)) > 0  # the chat goes on working
+
+
+def test_a_reply_says_why_it_ended_and_counts_its_tokens(chat):
+    messages = conversation("en_8k.wav")
+    prompt = chat.prompt_ids(messages)
+    chat.model.generation_config.eos_token_id = None  # only max_new_tokens ends a reply
+    with torch.no_grad():
+        output = chat.model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False, pad_token_id=1)
+    new = output[0, len(prompt) :].tolist()
+    text = chat.tokenizer.decode(new, skip_special_tokens=True)
+    assert chat.reply(messages, max_new_tokens=6) == Reply(text, "length", len(prompt), 6)
+
+    chat.model.generation_config.eos_token_id = new[2]  # now the model ends its reply with its third token
+    ended = chat.reply(messages, max_new_tokens=6)
+    assert ended.finish_reason == "stop" and ended.completion_tokens == new.index(new[2]) + 1
+    assert chat.generate(messages, max_new_tokens=6) == ended.text
+    stream = chat.stream(messages, max_new_tokens=6)
+    assert stream.reply is None
+    assert "".join(stream) == ended.text and stream.reply == ended
+
+
+def test_from_pretrained_builds_the_chat_from_folders(tmp_path, tiny_tokenizer, tiny_whisper, caplog):
+    from auralm.checkpoints import CheckpointError
+
+    tiny_llama(False).save_pretrained(tmp_path / "llm")
+    tiny_text_tokenizer().save_pretrained(tmp_path / "llm")
+    tiny_tokenizer.save_pretrained(tmp_path / "speech")  # its Whisper is random: passed, not named
+    with caplog.at_level(logging.WARNING, logger="auralm"):
+        chat = SpeechChat.from_pretrained(tmp_path / "llm", tmp_path / "speech", whisper=tiny_whisper)
+    assert "this LLM had no sound tokens" in caplog.text
+    assert chat.model.device.type == "cpu" and chat.model.config._attn_implementation == "sdpa"
+    assert chat.speech_tokenizer.tokenizer_hash == tiny_tokenizer.tokenizer_hash
+
+    model, text = tiny_llama(False), tiny_text_tokenizer()
+    add_sound_tokens(model, text, tiny_tokenizer)
+    expected = SpeechChat(model, text, tiny_tokenizer).generate(conversation("en_8k.wav"), max_new_tokens=8)
+    assert chat.generate(conversation("en_8k.wav"), max_new_tokens=8) == expected
+
+    flash = SpeechChat.from_pretrained(
+        tmp_path / "llm", tmp_path / "speech", whisper=tiny_whisper, attn_implementation="auralm"
+    )
+    assert flash.model.config._attn_implementation == "auralm"
+    assert flash.generate(conversation("en_8k.wav"), max_new_tokens=8) == expected
+    with pytest.raises(CheckpointError, match="no default speech tokenizer ships yet; pass checkpoint="):
+        SpeechChat.from_pretrained(tmp_path / "llm")

@@ -23,7 +23,7 @@ def test_encoder_decoder_and_cached_decoding_unchanged(monkeypatch):
     expected_tokens = whisper.decode(tiny_whisper, mel, options)[0].tokens
 
     swapped = use_flash_attention(copy.deepcopy(tiny_whisper))
-    monkeypatch.setattr(attention_module, "_prefer_triton", lambda t: True)  # the Triton kernel, interpreted on CPU
+    monkeypatch.setattr(attention_module, "_use_kernel", lambda q: True)  # the Triton kernel, interpreted on CPU
     frames = swapped.encoder(mel)
     torch.testing.assert_close(frames, expected_frames, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(swapped.decoder(tokens, frames), expected_logits, atol=1e-3, rtol=1e-4)

@@ -1,6 +1,8 @@
 """SpeechTokenizer on tiny random weights: parity with vector-quantize-pytorch + openai-whisper,
 batching, code counts, token strings, save/load and the hash."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from vector_quantize_pytorch import ResidualVQ
 
 from auralm.checkpoints import CheckpointError
 from auralm.tokenizer import SpeechTokenizer, TokenFormatError, load_audio, split_windows
+from auralm.tokenizer.backbone import encode_mels
 from tests.conftest import DATA, ENGLISH_CLIPS, TINY_CONFIG
 
 GREEDY = (0.0,)  # random weights always "fail" the fallback thresholds; sampling would not be repeatable
@@ -213,8 +216,51 @@ def test_codes_are_the_same_with_the_triton_kernels(tiny_tokenizer, monkeypatch)
     with_torch = tiny_tokenizer.encode(clips)
     features = tiny_tokenizer.bottleneck.dequantize(with_torch[0][None])
     monkeypatch.setattr(bottleneck, "nearest_code", lambda x, c, metric: nearest_code_triton(x, c, metric)[0])
-    monkeypatch.setattr(attention_module, "_prefer_triton", lambda t: True)
+    monkeypatch.setattr(attention_module, "_use_kernel", lambda q: True)
     assert all(torch.equal(a, b) for a, b in zip(tiny_tokenizer.encode(clips), with_torch, strict=True))
     torch.testing.assert_close(
         tiny_tokenizer.bottleneck.dequantize(with_torch[0][None]), features, atol=1e-4, rtol=1e-4
     )
+
+
+# ---- shorter windows and the training path --------------------------------------------
+
+
+def test_encoder_on_a_full_window_is_whispers_own(tiny_tokenizer):
+    mel = tiny_tokenizer.log_mel(noise(7.0))[None]
+    torch.testing.assert_close(encode_mels(tiny_tokenizer.whisper, mel), tiny_tokenizer.whisper.encoder(mel))
+
+
+def test_a_ten_second_window_tokenizer(tiny_whisper):
+    torch.manual_seed(1)
+    tokenizer = SpeechTokenizer(dataclasses.replace(TINY_CONFIG, window_seconds=10), tiny_whisper).eval()
+    clip = noise(23.3)
+    windows = tokenizer.windows(clip)
+    assert len(windows) == 3 and all(w.end - w.start <= 10 * 16000 for w in windows)
+    assert tokenizer.log_mel(clip[:16000]).shape == (80, 1000)
+    codes = tokenizer.encode(clip)
+    assert len(codes) == tokenizer.num_codes(len(clip)) == 583
+    # each window's codes are those of its own 10 s encoder pass (500 frames → 250 codes)
+    first = tokenizer.encode_windows(tokenizer.log_mel(clip[windows[0].start : windows[0].end])[None])
+    n = windows[0].end // 640
+    assert first.shape == (1, 250) and torch.equal(codes[:n], first[0, :n])
+    assert tokenizer.bottleneck.dequantize(codes[None, :250]).shape == (1, 500, 64)
+    assert isinstance(tokenizer.decode_text(codes, temperatures=GREEDY), str)
+
+
+def test_training_path_passes_gradients_straight_through(tiny_tokenizer):
+    b = tiny_tokenizer.bottleneck.train()
+    frames = torch.randn(2, 1500, 64)
+    code_mask = torch.ones(2, 750, dtype=torch.bool)
+    code_mask[1, 100:] = False  # the second window holds 4 s of speech
+    out = b(frames, code_mask)
+    assert out.features.shape == (2, 1500, 64) and out.codes.shape == (2, 750) and out.commitment.dim() == 0
+    (out.features.square().mean() + out.commitment).backward()
+    assert b.mlp[0].weight.grad.abs().sum() > 0 and b.positional_embedding.weight.grad.abs().sum() > 0
+    # past the speech, the decoder sees the mask code's row, as dequantize pads
+    b.eval()  # (the training step above moved the codebook)
+    with torch.no_grad():
+        out = b(frames, code_mask)
+        padded = b.dequantize(out.codes[1:, :100])[0]
+    assert torch.equal(out.codes, b.quantize(frames))
+    torch.testing.assert_close(out.features[1], padded, atol=1e-5, rtol=1e-5)
