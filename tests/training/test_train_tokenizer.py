@@ -1,0 +1,169 @@
+"""The tokenizer recipe through the real `auralm train` command: the loss falls, codes get used, a run
+killed mid-way resumes to bit-identical weights, a 2-process torchrun matches 1 process, and the
+trained tokenizer encodes as it validated."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from auralm.tokenizer import SpeechTokenizer, load_audio
+from auralm.training.checkpointing import Checkpoints
+from tests.conftest import DATA, ENGLISH_CLIPS, TEXTS, TINY_WHISPER, randomize
+
+AURALM = [sys.executable, "-m", "auralm"]
+
+
+def manifest(path: Path, repeats: int = 1) -> Path:
+    lines = [
+        {"id": f"{name}-{r}", "audio": str(DATA / name), "text": TEXTS[name]}
+        for r in range(repeats)
+        for name in ENGLISH_CLIPS
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_whisper_file(tmp_path_factory) -> Path:
+    from whisper.model import Whisper
+
+    model = Whisper(TINY_WHISPER)
+    randomize(model, seed=0)
+    path = tmp_path_factory.mktemp("whisper") / "tiny-random.pt"
+    torch.save({"dims": dataclasses.asdict(TINY_WHISPER), "model_state_dict": model.state_dict()}, path)
+    return path
+
+
+def tiny_run(tmp_path: Path, whisper: Path, name: str, *extra: str) -> list[str]:
+    """Settings for a fast run on the tiny random Whisper (10 s windows, 32 codes, fp32 for exactness)."""
+    return [
+        f"train={manifest(tmp_path / 'train.jsonl')}", f"output_dir={tmp_path / name}", f"whisper={whisper}",
+        f"feature_cache={tmp_path / 'features'}", "n_codes=32", "codebook_dim=8", "window_seconds=10",
+        "pack=false", "batch_size=2", "bf16=false", "progress=false", "log_every=1", "warmup_steps=2", *extra,
+    ]  # fmt: skip
+
+
+def train(*settings: str, extra_args: tuple[str, ...] = (), **kwargs) -> subprocess.CompletedProcess:
+    command = [*AURALM, "train", "tokenizer", *settings, "--threads", "1", *extra_args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def losses(run_dir: Path) -> list[float]:
+    return [
+        row["total"] for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "total" in row
+    ]
+
+
+def test_resume_after_a_kill_ends_bit_identical(tmp_path, tiny_whisper_file):
+    steps = ["max_steps=24", "save_every=1"]
+    whole = train(*tiny_run(tmp_path, tiny_whisper_file, "whole", *steps))
+    assert whole.returncode == 0, whole.stderr
+
+    command = [
+        *AURALM,
+        "train",
+        "tokenizer",
+        *tiny_run(tmp_path, tiny_whisper_file, "killed", *steps),
+        "--threads",
+        "1",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = Checkpoints(tmp_path / "killed" / "checkpoints")
+    deadline = time.monotonic() + 300
+    while len(checkpoints.steps()) < 1 or checkpoints.steps()[-1].name < "step-00000006":
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = checkpoints.latest()["step"]
+    assert 6 <= killed_at < 24
+
+    again = train(*tiny_run(tmp_path, tiny_whisper_file, "killed", *steps), extra_args=("--resume",))
+    assert again.returncode == 0, again.stderr
+    assert f"resuming at step {killed_at}" in again.stdout
+    ours = load_file(tmp_path / "killed" / "tokenizer" / "model.safetensors")
+    theirs = load_file(tmp_path / "whole" / "tokenizer" / "model.safetensors")
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key]), key
+    # the resumed run's losses continue the uninterrupted run's, step for step
+    assert losses(tmp_path / "killed")[-(24 - killed_at) :] == losses(tmp_path / "whole")[killed_at:]
+
+
+def test_a_run_with_checkpoints_is_not_overwritten(tmp_path, tiny_whisper_file):
+    settings = tiny_run(tmp_path, tiny_whisper_file, "run", "max_steps=2")
+    assert train(*settings).returncode == 0
+    second = train(*settings)
+    assert second.returncode == 2 and "pass --resume" in second.stderr
+    bad = train(*settings, "max_step=3")
+    assert bad.returncode == 2 and "unknown config key(s) max_step" in bad.stderr
+
+
+def test_a_checkpoint_cut_short_leaves_the_previous_one(tmp_path, monkeypatch):
+    checkpoints = Checkpoints(tmp_path, keep=2)
+    checkpoints.save(1, {"step": 1, "weights": torch.ones(3)})
+
+    def dies_mid_write(state, f):
+        f.write(b"\x80\x02partial")
+        raise KeyboardInterrupt  # the process is killed here
+
+    monkeypatch.setattr(torch, "save", dies_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoints.save(2, {"step": 2, "weights": torch.zeros(3)})
+    assert checkpoints.latest()["step"] == 1
+    monkeypatch.undo()
+    checkpoints.save(3, {"step": 3})  # the next save clears what the cut one left
+    assert [p.name for p in checkpoints.steps()] == ["step-00000001", "step-00000003"]
+    assert not list(tmp_path.glob(".partial-*"))
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_whisper_file):
+    # k-means init and dead-code replacement sample inputs at random, differently per rank: off here
+    steps = ["max_steps=4", "kmeans_init=false", "dead_code_threshold=0"]
+    one = train(*tiny_run(tmp_path, tiny_whisper_file, "one", *steps))
+    assert one.returncode == 0, one.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "auralm"]
+    two = subprocess.run(
+        [*torchrun, "train", "tokenizer", *tiny_run(tmp_path, tiny_whisper_file, "two", *steps), "--threads", "1"],
+        capture_output=True, text=True, timeout=600, env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr
+    torch.testing.assert_close(
+        torch.tensor(losses(tmp_path / "two")), torch.tensor(losses(tmp_path / "one")), rtol=1e-4, atol=1e-5
+    )
+    ours = load_file(tmp_path / "two" / "tokenizer" / "model.safetensors")
+    theirs = load_file(tmp_path / "one" / "tokenizer" / "model.safetensors")
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.integration
+def test_real_whisper_loss_falls_codes_get_used_and_validation_codes_are_encode_codes(tmp_path):
+    run = tmp_path / "real"
+    result = train(
+        f"train={manifest(tmp_path / 'train.jsonl')}", f"val={manifest(tmp_path / 'val.jsonl')}",
+        f"output_dir={run}", "whisper=tiny.en", "n_codes=32", "window_seconds=10", "pack=false",
+        "batch_size=4", "max_steps=40", "lr=0.003", "warmup_steps=5", "log_every=5", "eval_every=40",
+        "val_examples=2", "progress=false",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    totals = [row["total"] for row in rows if "total" in row]
+    assert totals[-1] <= 0.5 * totals[0], totals
+    assert max(row["codes_used"] for row in rows if "codes_used" in row) >= 0.25  # of 33 codes
+    assert "val_wer" in rows[-1]
+
+    tokenizer = SpeechTokenizer.from_pretrained(run / "tokenizer")
+    assert tokenizer.config.window_seconds == 10
+    validated = json.loads((run / "validation_codes.json").read_text())
+    for name in ENGLISH_CLIPS[:2]:
+        assert tokenizer.encode(load_audio(DATA / name)).tolist() == validated[f"{name}-0"]

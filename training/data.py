@@ -1,0 +1,344 @@
+"""Training examples from any source: `read_examples(source) -> list[Example]`.
+
+Sources, told apart by what the path is:
+    JSONL manifest      one {"audio": PATH, "text": …} per line; optional "id", "language",
+                        "duration" or "seconds". A relative PATH is relative to the manifest's folder.
+    folder              audio files (any depth) with a .txt side file of the same stem holding the text.
+    datasets folder     a Hugging Face `Dataset.save_to_disk` folder (memory-mapped, not read into RAM).
+    Parquet             a .parquet file, or a folder of them (read into memory as Arrow buffers).
+                        Both hold an `Audio` column: {bytes, path} structs, as `datasets` writes them.
+    sound-token export  `auralm tokenize --format jsonl` lines {"path", "seconds", "codes"}, joined by
+                        path with the texts of `texts=` (a manifest or folder): codes instead of audio,
+                        for the LLM recipes. Relative export paths are relative to the current folder,
+                        as `auralm tokenize` wrote them.
+
+Durations (`Example.seconds`, used for bucketing and packing) come from the manifest's or table's
+`duration`/`seconds` field when it has one, else from the audio file's header (soundfile.info, no
+decoding), else stay None (a file that cannot be read; loading skips it later). Examples come back in
+source order (folders: sorted paths), so every rank of a distributed run reads the same list.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+from auralm.errors import AuralmError
+from auralm.tokenizer.audio import AUDIO_SUFFIXES
+
+DURATION_FIELDS = ("duration", "seconds")  # a manifest's or table's length field, in seconds, under either name
+
+
+class DataError(AuralmError):
+    """A training data source that cannot be read; the message names it and says what to do."""
+
+
+class ArrowAudio:
+    """The encoded audio file in row `row` of an Arrow binary column (a datasets folder or Parquet file).
+
+    Holds the column, not the bytes, so examples stay small; forked DataLoader workers share the buffers.
+    """
+
+    __slots__ = ("column", "row")
+
+    def __init__(self, column, row: int):  # column: pyarrow.ChunkedArray of binary
+        self.column, self.row = column, row
+
+    def read(self) -> bytes:
+        return self.column[self.row].as_py()
+
+    def __repr__(self) -> str:
+        return f"ArrowAudio(row={self.row})"
+
+
+@dataclass(frozen=True, eq=False)
+class Example:
+    """One utterance and its transcript.
+
+    audio: a file path, or encoded bytes held in an Arrow column.
+    codes: (T,) int32 sound tokens, for examples from a token export (then `audio` is the path they came from).
+    seconds: the audio's length if known without decoding; None when unknown.
+    """
+
+    id: str
+    text: str
+    audio: str | ArrowAudio
+    language: str | None = None
+    seconds: float | None = None
+    codes: np.ndarray | None = None
+
+
+def read_examples(
+    source: str | os.PathLike,
+    *,
+    texts: str | os.PathLike | None = None,
+    audio_column: str = "audio",
+    text_column: str = "text",
+) -> list[Example]:
+    """Read every example of `source` (see the module docstring for the kinds and how each is recognised).
+
+    texts: for a sound-token export, the manifest or folder whose transcripts go with its audio paths.
+    audio_column, text_column: the column names in a datasets folder or Parquet files.
+    """
+    path = Path(source)
+    if path.is_file() and path.suffix.lower() != ".parquet" and {"path", "codes"} <= _first_row(path).keys():
+        return _read_export(path, texts)
+    if texts is not None:
+        raise DataError(f"{path}: texts= is only for a sound-token export; this source has its own transcripts")
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.suffix.lower() == ".parquet" and path.is_file():
+        return _read_parquet([path], path, audio_column, text_column)
+    if path.is_file():
+        if not {"audio", "text"} <= (keys := _first_row(path).keys()):
+            raise DataError(
+                f"{path}: a JSON line with keys {sorted(keys)}: a manifest's lines have 'audio' and 'text', "
+                "a token export's 'path' and 'codes'"
+            )
+        return _read_manifest(path)
+    if (path / "dataset_dict.json").exists():
+        splits = sorted(p.name for p in path.iterdir() if p.is_dir())
+        raise DataError(
+            f"{path}: a DatasetDict with splits {', '.join(splits)}: pass one split's folder, e.g. {path / splits[0]}"
+        )
+    if (path / "state.json").exists() and (path / "dataset_info.json").exists():
+        return _read_table(_load_from_disk(path), path, audio_column, text_column)
+    if parquet := sorted(path.rglob("*.parquet")):
+        return _read_parquet(parquet, path, audio_column, text_column)
+    return _read_folder(path)
+
+
+def _first_row(path: Path) -> dict:
+    """The first line of a JSONL file as a dict, or a DataError saying what the file is not."""
+    unknown = (
+        f"{path}: not a data source auralm reads: expected a JSONL manifest (audio, text), a folder of audio "
+        "files with .txt side files, a datasets folder (save_to_disk), Parquet files, or an "
+        "`auralm tokenize --format jsonl` export"
+    )
+    with path.open("rb") as f:
+        line = b""
+        while not line and (raw := f.readline(1 << 20)):
+            line = raw.strip()
+    try:
+        row = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(unknown) from e
+    if not isinstance(row, dict):
+        raise DataError(unknown)
+    return row
+
+
+def _json_lines(path: Path):
+    """(line number, dict) for each non-blank line; a line that is not a JSON object is a DataError."""
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{number}: not JSON ({e.msg}); each line is one JSON object") from e
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{number}: a JSON {type(row).__name__}, expected an object")
+            yield number, row
+
+
+def _read_manifest(path: Path) -> list[Example]:
+    folder = path.absolute().parent
+    examples = []
+    for number, row in _json_lines(path):
+        where = f"{path}:{number}"
+        audio, text = row.get("audio"), row.get("text")
+        if not isinstance(audio, str) or not audio:
+            raise DataError(f"{where}: 'audio' must be a file path, got {audio!r}")
+        if not isinstance(text, str):
+            raise DataError(f"{where}: 'text' must be a string, got {text!r}")
+        if not isinstance(language := row.get("language"), (str, type(None))):
+            raise DataError(f"{where}: 'language' must be a language code such as 'en', got {language!r}")
+        file = str(folder / audio)
+        seconds = _duration_field(row, where)
+        examples.append(
+            Example(
+                id=str(row.get("id", audio)),
+                text=text.strip(),
+                audio=file,
+                language=language,
+                seconds=_header_seconds(file) if seconds is None else seconds,
+            )
+        )
+    if not examples:
+        raise DataError(f"{path}: an empty manifest")
+    return examples
+
+
+def _duration_field(row: dict, where: str) -> float | None:
+    for key in DURATION_FIELDS:
+        if (value := row.get(key)) is not None:
+            if not isinstance(value, (int, float)) or value < 0:
+                raise DataError(f"{where}: {key!r} must be a length in seconds, got {value!r}")
+            return float(value)
+    return None
+
+
+def _header_seconds(source: str | bytes) -> float | None:
+    """An audio file's length from its header, without decoding; None if it cannot be read."""
+    try:
+        info = soundfile.info(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except (soundfile.SoundFileError, RuntimeError, TypeError, OSError):
+        return None
+    return info.frames / info.samplerate if info.samplerate > 0 else None
+
+
+def _read_folder(path: Path) -> list[Example]:
+    folder = path.absolute()
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(
+            f"{path}: no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) and no dataset or Parquet files in this folder"
+        )
+    untranscribed = [f for f in files if not f.with_suffix(".txt").is_file()]
+    if untranscribed:
+        raise DataError(
+            f"{path}: {len(untranscribed)} audio files have no .txt side file with their transcript "
+            f"(first: {untranscribed[0].relative_to(folder)}); add them or move those files out"
+        )
+    return [
+        Example(
+            id=f.relative_to(folder).as_posix(),
+            text=f.with_suffix(".txt").read_text(encoding="utf-8").strip(),
+            audio=str(f),
+            seconds=_header_seconds(str(f)),
+        )
+        for f in files
+    ]
+
+
+def _load_from_disk(path: Path):
+    """A `save_to_disk` folder as one memory-mapped pyarrow.Table."""
+    try:
+        import datasets
+    except ImportError as e:
+        raise DataError(
+            f"{path}: reading a datasets folder needs the `train` extra: pip install 'auralm[train]'"
+        ) from e
+    return datasets.load_from_disk(str(path)).with_format("arrow")[:]
+
+
+def _read_parquet(files: list[Path], path: Path, audio_column: str, text_column: str) -> list[Example]:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise DataError(f"{path}: reading Parquet needs the `train` extra: pip install 'auralm[train]'") from e
+    tables = []
+    for file in files:
+        try:
+            tables.append(pq.read_table(file))
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"{file}: not a readable Parquet file ({e})") from e
+    try:
+        table = pa.concat_tables(tables, promote_options="default")
+    except pa.ArrowException as e:
+        raise DataError(f"{path}: its Parquet files have different columns ({e}); read them one by one") from e
+    return _read_table(table, path, audio_column, text_column)
+
+
+def _read_table(table, path: Path, audio_column: str, text_column: str) -> list[Example]:
+    """Examples from a pyarrow.Table with an Audio column of {bytes, path} structs and a text column."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for column, option in ((audio_column, "audio_column"), (text_column, "text_column")):
+        if column not in table.column_names:
+            raise DataError(
+                f"{path}: no column {column!r} (it has {', '.join(table.column_names)}); name the right one with {option}="
+            )
+    audio_type = table.schema.field(audio_column).type
+    if not (pa.types.is_struct(audio_type) and {"bytes", "path"} <= {f.name for f in audio_type}):
+        raise DataError(
+            f"{path}: column {audio_column!r} is {audio_type}, not an Audio column of {{bytes, path}} structs "
+            "(cast it with datasets.Audio(), or name the right one with audio_column=)"
+        )
+    audio = table.column(audio_column)
+    encoded = pc.struct_field(audio, "bytes")  # ChunkedArray of binary, zero-copy
+    paths = pc.struct_field(audio, "path").to_pylist()
+    texts = table.column(text_column).to_pylist()
+    ids = table.column("id").to_pylist() if "id" in table.column_names else [None] * len(texts)
+    languages = table.column("language").to_pylist() if "language" in table.column_names else [None] * len(texts)
+    duration = next((c for c in DURATION_FIELDS if c in table.column_names), None)
+    seconds = table.column(duration).to_pylist() if duration else [None] * len(texts)
+    folder = path.absolute() if path.is_dir() else path.absolute().parent
+
+    examples = []
+    for row in range(len(texts)):
+        name = f"{path}[{row}]"
+        if not isinstance(texts[row], str):
+            raise DataError(f"{name}: {text_column!r} must be a string, got {texts[row]!r}")
+        if encoded[row].is_valid:
+            source: str | ArrowAudio = ArrowAudio(encoded, row)
+            length = seconds[row] if seconds[row] is not None else _header_seconds(encoded[row].as_py())
+        elif paths[row]:  # an Audio column that points at files instead of holding them
+            source = str(folder / paths[row])
+            length = seconds[row] if seconds[row] is not None else _header_seconds(source)
+        else:
+            raise DataError(f"{name}: {audio_column!r} holds neither bytes nor a path")
+        examples.append(
+            Example(
+                id=str(ids[row]) if ids[row] is not None else (paths[row] or name),
+                text=texts[row].strip(),
+                audio=source,
+                language=languages[row],
+                seconds=None if length is None else float(length),
+            )
+        )
+    if not examples:
+        raise DataError(f"{path}: no rows")
+    return examples
+
+
+def _read_export(path: Path, texts: str | os.PathLike | None) -> list[Example]:
+    """The examples of `texts` that have codes in the export at `path`, in the order of `texts`.
+
+    An export may cover more files than `texts` (one export, a manifest per split); examples of
+    `texts` without codes are left out with a warning.
+    """
+    if texts is None:
+        raise DataError(
+            f"{path}: a sound-token export holds no transcripts: pass texts= the manifest or folder of its audio files"
+        )
+    codes_by_path, first_path = {}, None
+    for number, row in _json_lines(path):
+        codes, audio = row.get("codes"), row.get("path")
+        if not isinstance(codes, list) or not all(isinstance(c, int) and c >= 0 for c in codes):
+            raise DataError(f"{path}:{number}: 'codes' must be a list of non-negative integers")
+        first_path = first_path or audio
+        codes_by_path[os.path.realpath(str(audio))] = (
+            np.asarray(codes, dtype=np.int32),
+            _duration_field(row, f"{path}:{number}"),
+        )
+    transcribed = read_examples(texts)
+    examples = []
+    for example in transcribed:
+        found = codes_by_path.get(os.path.realpath(example.audio)) if isinstance(example.audio, str) else None
+        if found is not None:
+            codes, seconds = found
+            examples.append(replace(example, codes=codes, seconds=example.seconds if seconds is None else seconds))
+    if not examples:
+        raise DataError(
+            f"{path}: none of its paths (e.g. {first_path!r}, resolved from {Path.cwd()}) is an audio file of {texts}; "
+            "run from the folder `auralm tokenize` ran in, or tokenize with absolute paths"
+        )
+    if len(examples) < len(transcribed):
+        warnings.warn(
+            f"{path}: {len(transcribed) - len(examples)} of the {len(transcribed)} examples of {texts} have no codes "
+            "in this export; training on the others",
+            stacklevel=3,
+        )
+    return examples

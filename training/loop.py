@@ -1,0 +1,104 @@
+"""What every recipe's training loop needs beside its own maths: the learning-rate schedule, a stop
+flag raised by time limits and signals, and the metrics log.
+
+A recipe reads top to bottom (nanoGPT style); these are its helpers, not a framework.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup from 0 over `warmup_steps`, then cosine decay to 10% of the peak at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class Stopper:
+    """Says when to save and when to stop: every `save_every_minutes`, after `max_minutes`, and on
+    SIGINT/SIGTERM (Ctrl-C, a scheduler's kill), which finish the step under way, save, then exit."""
+
+    def __init__(self, max_minutes: float | None, save_every_minutes: float | None):
+        self.started = self.last_save = time.monotonic()
+        self.max_minutes, self.save_every_minutes = max_minutes, save_every_minutes
+        self.signal: str | None = None
+        self._previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _on_signal(self, number: int, frame: Any) -> None:
+        self.signal = signal.Signals(number).name
+
+    @property
+    def out_of_time(self) -> bool:
+        return self.max_minutes is not None and time.monotonic() - self.started >= 60 * self.max_minutes
+
+    @property
+    def should_stop(self) -> bool:
+        return self.signal is not None or self.out_of_time
+
+    def save_due(self) -> bool:
+        if self.save_every_minutes is None or time.monotonic() - self.last_save < 60 * self.save_every_minutes:
+            return False
+        return True
+
+    def saved(self) -> None:
+        self.last_save = time.monotonic()
+
+    @property
+    def minutes(self) -> float:
+        return (time.monotonic() - self.started) / 60
+
+    def close(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class MetricsLog:
+    """metrics.jsonl in the run folder, one JSON object a line (appended, so a resumed run continues it),
+    and TensorBoard's event files beside it when tensorboard is installed. Only rank 0 writes."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.board = None
+        if enabled:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.board = SummaryWriter(os.fspath(run_dir / "tensorboard"))
+            except ImportError:
+                pass
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(
+                json.dumps({"step": step, **{k: round(v, 6) if isinstance(v, float) else v for k, v in values.items()}})
+                + "\n"
+            )
+        if self.board is not None:
+            for name, value in values.items():
+                if isinstance(value, (int, float)):
+                    self.board.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
