@@ -31,7 +31,7 @@ HOPPER_SHARED_MEMORY = 227 * 1024  # per block, the most an H100 allows
 TOOLS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 # Pointer arguments that are not of the input dtype; scalar arguments that are floats or plain counts.
 POINTER_TYPES = {
-    **dict.fromkeys(["lse_ptr", "delta_ptr", "dq_ptr", "code_norms_ptr", "best_ptr"], "*fp32"),
+    **dict.fromkeys(["lse_ptr", "delta_ptr", "dq_ptr", "code_norms_ptr"], "*fp32"),
     **dict.fromkeys(["q_start_ptr", "q_len_ptr", "k_start_ptr", "k_len_ptr"], "*i32"),
     "indices_ptr": "*i64",
 }

@@ -75,19 +75,19 @@ def nearest_code_triton(x: torch.Tensor, codebook: torch.Tensor, metric: Metric)
     codebook_in = prepared if (x.dtype == torch.float32 or interpreted) else prepared.to(x.dtype)
     x_in = x.float() if interpreted else x.contiguous()
     indices = torch.empty(N, dtype=torch.int64, device=x.device)
-    best = torch.empty(N, dtype=torch.float32, device=x.device)
     interpreter_blocks = None
     if interpreted:  # whole codebooks of a few thousand codes in one step
         block_k = max(16, min(2048, triton.next_power_of_2(codebook.shape[0])))
         interpreter_blocks = {"BLOCK_N": max(16, min(triton.next_power_of_2(N), 2**19 // block_k)), "BLOCK_K": block_k}
     launch(
         _nearest_code_kernel, lambda blocks: (triton.cdiv(N, blocks["BLOCK_N"]),),
-        (x_in, codebook_in, code_norms, indices, best, N, codebook.shape[0], x_in.stride(0), codebook_in.stride(0)),
+        (x_in, codebook_in, code_norms, indices, N, codebook.shape[0], x_in.stride(0), codebook_in.stride(0)),
         interpreter_blocks, COSINE=metric == "cosine", D=d, BLOCK_D=max(16, triton.next_power_of_2(d)),
         PRECISION="ieee" if interpreted else "tf32x3",
     )  # fmt: skip
-    rows = F.normalize(x.float(), dim=-1) if metric == "cosine" else x.float()
-    return indices, _distance(best, rows, metric)
+    # The kernel only chooses; the distance to the chosen code is computed again in float32 (N × d, cheap),
+    # since half-precision inputs normalised inside the kernel round its scores by ~1e-3.
+    return indices, _distance_to(x.float(), codebook.float()[indices], metric)
 
 
 # GPU configurations (BLOCK_N rows, BLOCK_K codes, warps, pipeline stages), timed on the first call
@@ -100,7 +100,7 @@ NEAREST_CODE_CONFIGS = configs(
 @autotuned(NEAREST_CODE_CONFIGS, ["K", "D", "COSINE"])
 @triton.jit
 def _nearest_code_kernel(
-    x_ptr, codebook_ptr, code_norms_ptr, indices_ptr, best_ptr, N, K, stride_x, stride_code,
+    x_ptr, codebook_ptr, code_norms_ptr, indices_ptr, N, K, stride_x, stride_code,
     COSINE: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
@@ -133,7 +133,6 @@ def _nearest_code_kernel(
         best = tl.where(better, tile_best, best)
         best_index = tl.where(better, tile_index.to(tl.int64) + start, best_index)
     tl.store(indices_ptr + rows, best_index, mask=row_mask)
-    tl.store(best_ptr + rows, best, mask=row_mask)
 
 
 def _check(x: torch.Tensor, codebook: torch.Tensor, metric: str) -> None:
@@ -153,6 +152,15 @@ def _prepared_codebook(codebook: torch.Tensor, metric: Metric) -> tuple[torch.Te
     if metric == "cosine":
         codebook = F.normalize(codebook, dim=-1)
     return codebook.contiguous(), torch.zeros(codebook.shape[0], device=codebook.device)
+
+
+def _distance_to(rows: torch.Tensor, codes: torch.Tensor, metric: Metric) -> torch.Tensor:
+    """Distances (N,) between rows (N, d) and their codes (N, d), float32."""
+    if metric == "euclidean":
+        return (rows - codes).square().sum(-1)
+    if metric == "cosine":
+        return 1 - (F.normalize(rows, dim=-1) * F.normalize(codes, dim=-1)).sum(-1)
+    return -(rows * codes).sum(-1)
 
 
 def _distance(best_score: torch.Tensor, rows: torch.Tensor, metric: Metric) -> torch.Tensor:
