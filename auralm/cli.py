@@ -30,7 +30,11 @@ if TYPE_CHECKING:
 
 
 # Recipe name → its module (imported when `auralm train` runs: torch is heavy for --help).
-TRAINING_RECIPES = {"tokenizer": "auralm.training.train_tokenizer"}
+TRAINING_RECIPES = {
+    "tokenizer": "auralm.training.train_tokenizer",
+    "pretrain": "auralm.training.pretrain",
+    "sft": "auralm.training.sft",
+}
 
 
 class UsageError(Exception):

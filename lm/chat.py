@@ -172,7 +172,7 @@ class SpeechChat:
             rendered.append([])
             for message in messages:
                 pieces = [next(token_strings) if _is_audio(p) else _text(p) for p in _parts(message)]
-                rendered[-1].append({"role": message["role"], "content": _message_text(pieces)})
+                rendered[-1].append({"role": message["role"], "content": message_text(pieces)})
         return rendered
 
     def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
@@ -342,7 +342,7 @@ def tokens_to_prompt(
     a training set.
     """
     pieces = [codes_to_string(codes)] + ([text] if text else [])
-    content = _message_text(pieces)
+    content = message_text(pieces)
     if tokenizer is None:
         return content
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
@@ -370,7 +370,7 @@ class _Cancelled(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
-def _message_text(pieces: Sequence[str]) -> str:
+def message_text(pieces: Sequence[str]) -> str:
     """A message's parts (sound-token strings, text) joined into its content."""
     return "\n".join(pieces)
 

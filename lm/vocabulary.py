@@ -51,8 +51,11 @@ def add_sound_tokens(
     if not have:
         added = tokenizer.add_tokens(vocabulary, special_tokens=True)
         _grow_embeddings(model, len(tokenizer))
-    setattr(model.config, HASH_KEY, speech_tokenizer.tokenizer_hash)
-    setattr(model.config, CODES_KEY, vocab_size)
+    if added or getattr(model.config, HASH_KEY, None) is None:
+        # a model that already records the tokenizer it was trained with keeps it: check_speech_tokenizer
+        # then refuses another one
+        setattr(model.config, HASH_KEY, speech_tokenizer.tokenizer_hash)
+        setattr(model.config, CODES_KEY, vocab_size)
     return added
 
 

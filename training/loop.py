@@ -11,10 +11,13 @@ import math
 import os
 import signal
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from auralm.training.distributed import World
 
 
 def warmup_cosine(
@@ -60,6 +63,10 @@ class Stopper:
     def saved(self) -> None:
         self.last_save = time.monotonic()
 
+    def stop_everywhere(self, world: World) -> bool:
+        """Whether to stop now; every rank stops at the same step, whichever of them got the signal."""
+        return bool(world.mean(torch.tensor(float(self.should_stop), device=world.device)) > 0)
+
     @property
     def minutes(self) -> float:
         return (time.monotonic() - self.started) / 60
@@ -102,3 +109,22 @@ class MetricsLog:
     def close(self) -> None:
         if self.board is not None:
             self.board.close()
+
+
+def next_batch(data: Iterator, loader: Iterable) -> tuple[Any, Iterator]:
+    """The next micro-batch and the iterator to go on with; past the end of an epoch, the next epoch's first."""
+    try:
+        return next(data), data
+    except StopIteration:
+        data = iter(loader)
+        return next(data), data
+
+
+def run_recipe(recipe: Any) -> int:
+    """setup, train, cleanup (whatever happens in training): a recipe's whole life."""
+    recipe.setup()
+    try:
+        recipe.train()
+    finally:
+        recipe.cleanup()
+    return 0

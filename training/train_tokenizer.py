@@ -34,7 +34,7 @@ from auralm.training.data import ArrowAudio, read_examples
 from auralm.training.dataset import AudioTextDataset
 from auralm.training.distributed import init_distributed
 from auralm.training.features import CachedWindow, FeatureCache
-from auralm.training.loop import MetricsLog, Stopper, warmup_cosine
+from auralm.training.loop import MetricsLog, Stopper, next_batch, run_recipe, warmup_cosine
 from auralm.training.sampler import BucketBatchSampler
 
 IGNORE = -100  # target positions without a loss: the task prompt and padding
@@ -185,11 +185,11 @@ class TokenizerRecipe:
         data = iter(self.loader)
         bar = tqdm(total=c.max_steps, initial=self.step, desc="train tokenizer", disable=not self._progress)
         try:
-            while self.step < c.max_steps and not self._stop(stopper):
+            while self.step < c.max_steps and not stopper.stop_everywhere(self.world):
                 self.optimizer.zero_grad(set_to_none=True)
                 batches = []
                 for _ in range(c.micro_batches):
-                    batch, data = _next(data, self.loader)
+                    batch, data = next_batch(data, self.loader)
                     batches.append(batch)
                 local_tokens = sum(int((b.targets != IGNORE).sum()) for b in batches)
                 tokens = self.world.sum(torch.tensor(float(local_tokens), device=self.world.device))
@@ -309,10 +309,6 @@ class TokenizerRecipe:
     def _progress(self) -> bool:
         return self.config.progress and self.world.is_main
 
-    def _stop(self, stopper: Stopper) -> bool:
-        """Every rank stops at the same step, whichever of them got the signal."""
-        return bool(self.world.mean(torch.tensor(float(stopper.should_stop), device=self.world.device)) > 0)
-
     def _collate(self, items: list[tuple[torch.Tensor, int, list[int], int]]) -> WindowBatch:
         frames = torch.stack([item[0] for item in items])  # (B, T, d) float16
         config = self.tokenizer.config
@@ -369,23 +365,8 @@ def codebook_usage(counts: torch.Tensor) -> dict[str, float]:
     return {"codes_used": float((counts > 0).float().mean()), "code_perplexity": float(torch.exp(-(p * p.log()).sum()))}
 
 
-def _next(data, loader):
-    """The next micro-batch; past the end of an epoch, the next epoch's first."""
-    try:
-        return next(data), data
-    except StopIteration:
-        data = iter(loader)
-        return next(data), data
-
-
 def run(config: TokenizerTrainingConfig, resume: bool = False) -> int:
-    recipe = TokenizerRecipe(config, resume)
-    recipe.setup()
-    try:
-        recipe.train()
-    finally:
-        recipe.cleanup()
-    return 0
+    return run_recipe(TokenizerRecipe(config, resume))
 
 
 CONFIG = TokenizerTrainingConfig

@@ -80,6 +80,9 @@ def test_an_extended_model_is_reused_and_its_hash_pins_the_speech_tokenizer(tiny
         check_speech_tokenizer(model, tiny_tokenizer)
     with pytest.raises(SpeechTokenizerMismatchError):
         SpeechChat(model, text, tiny_tokenizer)
+    assert add_sound_tokens(model, text, tiny_tokenizer) == 0  # what from_pretrained calls: the pin stays
+    with pytest.raises(SpeechTokenizerMismatchError):
+        check_speech_tokenizer(model, tiny_tokenizer)
     check_speech_tokenizer(model, tiny_tokenizer, allow_mismatch=True)
 
 

@@ -1,0 +1,365 @@
+"""The speech-LLM recipes (`pretrain`, `sft`) on a tiny Llama and a tiny random speech tokenizer: pretraining
+overfits and its adapter, loaded by load_llm, transcribes through SpeechChat; the SFT loss mask covers the
+assistant's tokens only and noise clips ask for the refusal; packed conversations do not see each other; a run
+killed mid-way resumes to bit-identical weights; a 2-process torchrun (FSDP2 on gloo) matches 1 process."""
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import soundfile
+import torch
+from safetensors.torch import load_file
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from auralm.checkpoints import load_whisper
+from auralm.lm import SpeechChat, SpeechTokenizerMismatchError, add_sound_tokens, load_llm
+from auralm.lm.chat import TRANSCRIBE_PROMPT
+from auralm.tokenizer import SpeechTokenizer, TokenizerConfig, load_audio
+from auralm.training.checkpointing import Checkpoints
+from auralm.training.data import DataError
+from auralm.training.llm_data import IGNORE, PackedSequences, chat_tokens, collate_packs, user_turn
+from auralm.training.sft import SFTConfig, SFTRecipe, read_conversations
+from tests.conftest import DATA, TEXTS, TINY_CONFIG, randomize
+from tests.lm.conftest import CHAT_TEMPLATE, WORDS
+from tests.training.conftest import AURALM
+
+REFUSAL = "I couldn't hear any speech in that."
+CLIPS = sorted(TEXTS)  # 6 English clips and a German one
+QUESTION = "what is this sound ?"
+
+
+def tiny_speech_tokenizer(whisper_file: Path, seed: int) -> SpeechTokenizer:
+    torch.manual_seed(seed)  # ResidualVQ draws its codebook from the global generator
+    config = dataclasses.replace(TINY_CONFIG, whisper=str(whisper_file), window_seconds=10)
+    tokenizer = SpeechTokenizer(config, load_whisper(str(whisper_file)))
+    randomize(tokenizer.bottleneck, seed=seed)
+    return tokenizer.eval()
+
+
+@pytest.fixture(scope="module")
+def speech_folder(tmp_path_factory, tiny_whisper_file) -> Path:
+    return tiny_speech_tokenizer(tiny_whisper_file, seed=1).save_pretrained(tmp_path_factory.mktemp("speech") / "tok")
+
+
+def tiny_llm(folder: Path, tied: bool) -> Path:
+    """A random 2-layer Llama whose word-level tokenizer knows every word of the test data, with the tests'
+    plain chat template (`<|user|> … <eos> <|assistant|> … <eos> `). No pad token in its config: transformers
+    would zero that embedding row, and here the pad token is the end-of-turn token the assistant must say."""
+    texts = [*TEXTS.values(), TRANSCRIBE_PROMPT, REFUSAL]
+    words = list(dict.fromkeys(WORDS + " ".join(texts).split()))
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>")
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|user|>", "<|assistant|>"]})
+    tokenizer.chat_template = CHAT_TEMPLATE
+    config = LlamaConfig(
+        vocab_size=len(words), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=tied, eos_token_id=1,
+        initializer_range=0.5,  # frozen text rows large enough that the adapter can make sharp predictions
+    )  # fmt: skip
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def llm_folder(tmp_path_factory) -> Path:
+    return tiny_llm(tmp_path_factory.mktemp("llm") / "tied", tied=True)
+
+
+@pytest.fixture(scope="module")
+def untied_llm_folder(tmp_path_factory) -> Path:
+    return tiny_llm(tmp_path_factory.mktemp("llm") / "untied", tied=False)
+
+
+@pytest.fixture(scope="module")
+def chat_manifest(tmp_path_factory) -> Path:
+    """Spoken conversations (transcription requests; a question about a clip with a spoken follow-up turn),
+    a text-only one, and one whose clip is missing; audio paths relative to the manifest."""
+    folder = tmp_path_factory.mktemp("chat")
+    lines = []
+    for name in CLIPS:
+        shutil.copy(DATA / name, folder / name)
+        audio = {"type": "audio", "path": name}
+        lines.append({"messages": [
+            {"role": "user", "content": [audio, {"type": "text", "text": TRANSCRIBE_PROMPT}]},
+            {"role": "assistant", "content": TEXTS[name]},
+        ]})  # fmt: skip
+        lines.append({"messages": [
+            {"role": "system", "content": "hello"},
+            {"role": "user", "content": [audio]},
+            {"role": "assistant", "content": QUESTION},
+            {"role": "user", "content": [{"type": "text", "text": "what is the dog ?"}, audio]},
+            {"role": "assistant", "content": "the cat ."},
+        ]})  # fmt: skip
+    lines.append({"messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hello ."}]})
+    lines.append({"messages": [
+        {"role": "user", "content": [{"type": "audio", "path": "missing.wav"}]},
+        {"role": "assistant", "content": "hello ."},
+    ]})  # fmt: skip
+    manifest = folder / "chat.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return manifest
+
+
+def asr_manifest(folder: Path) -> Path:
+    """8 ASR examples: the 7 clips, and the first 1.5 s of one of them with the words said by then."""
+    short = folder / "short.wav"
+    soundfile.write(short, load_audio(DATA / "en_16k.wav")[:24000].numpy(), 16000)
+    lines = [{"audio": str(DATA / name), "text": TEXTS[name]} for name in CLIPS]
+    lines.append({"audio": str(short), "text": "The children are"})
+    path = folder / "asr.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def train(recipe: str, *settings: str, extra_args: tuple[str, ...] = (), **kwargs) -> subprocess.CompletedProcess:
+    command = [*AURALM, "train", recipe, *settings, "progress=false", "--threads", "1", *extra_args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def losses(run_dir: Path, name: str = "loss") -> list[float]:
+    return [json.loads(line)[name] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_pretrain_overfits_and_its_adapter_transcribes_through_speech_chat(
+    tmp_path,
+    speech_folder,
+    llm_folder,
+    tiny_whisper_file,
+):
+    run = tmp_path / "run"
+    # bf16 autocast and packed rows: the defaults
+    result = train(
+        "pretrain", f"train={asr_manifest(tmp_path)}", f"tokenizer={speech_folder}", f"llm={llm_folder}",
+        f"output_dir={run}", "max_tokens=400", "batch_size=2", "max_steps=60", "lr=0.01", "warmup_steps=5",
+        "log_every=5", "lora_r=16", "merge=true",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert losses(run)[-1] < 0.1, losses(run)
+
+    model, tokenizer = load_llm(llm_folder, adapter=run / "adapter")
+    speech = SpeechTokenizer.from_pretrained(speech_folder)
+    chat = SpeechChat(model, tokenizer, speech)
+    for name in ("en_16k.wav", "en_8k.wav"):
+        assert chat.transcribe(DATA / name) == TEXTS[name]
+    reply = chat.reply(
+        [{"role": "user", "content": [{"type": "audio", "path": DATA / "en_8k.wav"}, TRANSCRIBE_PROMPT]}]
+    )
+    assert reply.finish_reason == "stop"  # it said the end-of-turn token, as it learned to
+    assert reply.completion_tokens == len(TEXTS["en_8k.wav"].split()) + 1
+
+    base = LlamaForCausalLM.from_pretrained(llm_folder)
+    old = base.config.vocab_size
+    assert torch.equal(model.get_input_embeddings().weight[:old], base.get_input_embeddings().weight)
+    assert not torch.allclose(model.get_input_embeddings().weight[old:], base.get_input_embeddings().weight.mean(0))
+    with pytest.raises(SpeechTokenizerMismatchError):  # the adapter records the speech tokenizer it learned
+        SpeechChat(model, tokenizer, tiny_speech_tokenizer(tiny_whisper_file, seed=2))
+
+    merged = SpeechChat(*load_llm(run / "merged"), speech)  # merge=true: the same model as a plain folder
+    assert merged.transcribe(DATA / "en_16k.wav") == TEXTS["en_16k.wav"]
+
+
+def test_full_training_writes_a_whole_model(tmp_path, speech_folder, llm_folder):
+    run = tmp_path / "run"
+    result = train(
+        "pretrain", f"train={asr_manifest(tmp_path)}", f"tokenizer={speech_folder}", f"llm={llm_folder}",
+        f"output_dir={run}", "full=true", "max_tokens=400", "batch_size=2", "max_steps=2", "warmup_steps=1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert not (run / "adapter").exists()
+    model, tokenizer = load_llm(run / "merged")
+    base = LlamaForCausalLM.from_pretrained(llm_folder)
+    old = base.config.vocab_size
+    assert not torch.equal(model.get_input_embeddings().weight[:old], base.get_input_embeddings().weight)
+    assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
+    SpeechChat(model, tokenizer, SpeechTokenizer.from_pretrained(speech_folder))  # the config records its tokenizer
+
+
+def expected_mask(tokens: list[str]) -> list[bool]:
+    """The assistant's tokens under the tests' template, read off the rendering: from after each
+    `<|assistant|>` through the `<eos>` that ends its turn."""
+    mask, inside = [], False
+    for token in tokens:
+        mask.append(inside)
+        if token == "<|assistant|>":
+            inside = True
+        elif token == "<eos>":
+            inside = False
+    return mask
+
+
+def assistant_turns(learned_tokens: list[str]) -> list[str]:
+    """The replies in the learned tokens, each ended by its `<eos>`."""
+    turns, words = [], []
+    for token in learned_tokens:
+        if token == "<eos>":
+            turns.append(" ".join(words))
+            words = []
+        else:
+            words.append(token)
+    assert not words, "learned tokens after the last end of turn"
+    return turns
+
+
+def test_sft_learns_only_assistant_tokens_noise_asks_for_the_refusal_and_packs_stay_apart(
+    tmp_path, speech_folder, untied_llm_folder, chat_manifest
+):
+    config = SFTConfig(
+        train=str(chat_manifest), tokenizer=str(speech_folder), llm=str(untied_llm_folder),
+        output_dir=str(tmp_path / "run"), noise_ratio=1.0, max_tokens=600, batch_size=2, bf16=False, progress=False,
+    )  # fmt: skip
+    recipe = SFTRecipe(config)
+    recipe.setup()
+    try:
+        dataset = recipe.loader.dataset
+        sequences = dataset.sequences
+        spoken = 2 * len(CLIPS)
+        assert len(sequences) == spoken + 1 + round(1.0 * (spoken + 1))  # the missing clip's line is left out…
+        assert recipe.skipped.counts() == {"audio missing": 1}  # …and counted
+        replies = []
+        for sequence in sequences:
+            tokens = recipe.tokenizer.convert_ids_to_tokens(sequence.ids.tolist())
+            assert sequence.learned.tolist() == expected_mask(tokens)
+            replies.append(assistant_turns([t for t, learned in zip(tokens, sequence.learned, strict=True) if learned]))
+        assert replies[:spoken] == [turns for name in CLIPS for turns in ([TEXTS[name]], [QUESTION, "the cat ."])]
+        assert replies[spoken] == ["hello ."]
+        assert replies[spoken + 1 :] == [[REFUSAL]] * (spoken + 1)
+
+        # the prompt is the one SpeechChat gives the model for the same conversation
+        chat = SpeechChat(recipe.model, recipe.tokenizer, recipe.speech)
+        messages = [{"role": "user", "content": [{"type": "audio", "path": str(DATA / CLIPS[1])}, TRANSCRIBE_PROMPT]}]
+        first = sequences[2].learned.argmax()
+        assert sequences[2].ids[:first].tolist() == chat.prompt_ids(messages)
+
+        # a packed row computes each conversation as if alone: its loss is the sum of theirs
+        packed = next(pack for pack in dataset.packs if len(pack) >= 3)
+        alone = collate_packs(list(PackedSequences(sequences, [[i] for i in packed])), pad_id=0)
+        together = collate_packs(list(PackedSequences(sequences, [packed])), pad_id=0)
+        assert (together.targets != IGNORE).sum() == (alone.targets != IGNORE).sum()
+        with torch.no_grad():
+            torch.testing.assert_close(recipe.loss_sum(together), recipe.loss_sum(alone), rtol=1e-5, atol=1e-4)
+    finally:
+        recipe.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ({"messages": [{"role": "user", "content": "hello"}]}, "no assistant turn"),
+        ({"messages": [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "x"}]}, "starts with"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "message 1: a message is"),
+        ({"messages": [{"role": "user", "content": [{"type": "image"}]}]}, "unsupported part"),
+        ({"messages": [{"role": "assistant", "content": [{"type": "audio", "path": "a.wav"}]}]}, "audio belongs"),
+        ({"text": "hello"}, 'expected {"messages"'),
+    ],
+)
+def test_a_bad_sft_line_is_named(tmp_path, line, says):
+    manifest = tmp_path / "chat.jsonl"
+    manifest.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]})
+        + "\n"
+        + json.dumps(line)
+        + "\n"
+    )
+    with pytest.raises(DataError, match=f"chat.jsonl:2: .*{re.escape(says)}"):
+        read_conversations(manifest)
+
+
+def sft_run(tmp_path: Path, name: str, speech: Path, llm: Path, manifest: Path, *extra: str) -> list[str]:
+    """A fast SFT run: fp32 for exactness, a shared cache of sound codes."""
+    return [
+        f"train={manifest}", f"tokenizer={speech}", f"llm={llm}", f"output_dir={tmp_path / name}",
+        f"code_cache={tmp_path / 'codes'}", "noise_ratio=0.5", "max_tokens=400", "batch_size=2", "bf16=false",
+        "log_every=1", "warmup_steps=2", "lr=0.003", *extra,
+    ]  # fmt: skip
+
+
+def test_sft_resumed_after_a_kill_ends_bit_identical(tmp_path, speech_folder, untied_llm_folder, chat_manifest):
+    settings = (speech_folder, untied_llm_folder, chat_manifest, "max_steps=40", "save_every=1")
+    whole = train("sft", *sft_run(tmp_path, "whole", *settings))
+    assert whole.returncode == 0, whole.stderr
+
+    command = [*AURALM, "train", "sft", *sft_run(tmp_path, "killed", *settings), "progress=false", "--threads", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = Checkpoints(tmp_path / "killed" / "checkpoints")
+    deadline = time.monotonic() + 300
+    while len(checkpoints.steps()) < 1 or checkpoints.steps()[-1].name < "step-00000008":
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = checkpoints.latest()["step"]
+    assert 8 <= killed_at < 40
+
+    again = train("sft", *sft_run(tmp_path, "killed", *settings), extra_args=("--resume",))
+    assert again.returncode == 0, again.stderr
+    assert f"resuming at step {killed_at}" in again.stdout
+    ours = load_file(tmp_path / "killed" / "adapter" / "adapter_model.safetensors")
+    theirs = load_file(tmp_path / "whole" / "adapter" / "adapter_model.safetensors")
+    assert ours.keys() == theirs.keys()
+    assert any("lm_head" in key for key in ours)  # untied: the output rows of the sound tokens train too
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key]), key
+    assert losses(tmp_path / "killed")[-(40 - killed_at) :] == losses(tmp_path / "whole")[killed_at:]
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, speech_folder, llm_folder, chat_manifest):
+    # one process accumulating 2 micro-batches sees exactly the slices 2 processes see
+    # on CPU (gloo) wherever the test runs: one GPU cannot hold two ranks
+    settings = (speech_folder, llm_folder, chat_manifest, "max_steps=4", "batch_size=4", "device=cpu")
+    one = train("sft", *sft_run(tmp_path, "one", *settings, "micro_batches=2"))
+    assert one.returncode == 0, one.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "auralm"]
+    two = subprocess.run(
+        [*torchrun, "train", "sft", *sft_run(tmp_path, "two", *settings), "progress=false", "--threads", "1"],
+        capture_output=True, text=True, timeout=600, env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr
+    assert "2 process(es)" in two.stdout
+    for name in ("loss", "grad_norm"):  # Adam hides a wrong gradient scale from the weights, not from the norm
+        torch.testing.assert_close(
+            torch.tensor(losses(tmp_path / "two", name)),
+            torch.tensor(losses(tmp_path / "one", name)),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+    ours = load_file(tmp_path / "two" / "adapter" / "adapter_model.safetensors")
+    theirs = load_file(tmp_path / "one" / "adapter" / "adapter_model.safetensors")
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.integration
+def test_smollm2_template_gives_the_assistant_its_replies_and_ends_of_turn():
+    model, tokenizer = load_llm()  # the packaged default
+    torch.manual_seed(0)
+    speech = SpeechTokenizer(
+        TokenizerConfig(whisper="tiny.en", n_state=384, n_head=6, n_codes=512), load_whisper("tiny.en")
+    )
+    add_sound_tokens(model, tokenizer, speech)
+    clip = DATA / "en_8k.wav"
+    conversation = [
+        user_turn(speech.encode(clip).numpy(), TRANSCRIBE_PROMPT),
+        {"role": "assistant", "content": "Hello there, friend."},
+        {"role": "user", "content": "And again?"},
+        {"role": "assistant", "content": "Yes."},
+    ]
+    tokens = chat_tokens(tokenizer, conversation)
+    # the replies and their end-of-turn token, not the newline the template puts after it
+    assert tokenizer.decode(tokens.ids[tokens.learned]) == "Hello there, friend.<|im_end|>Yes.<|im_end|>"
+    first = tokens.learned.argmax()
+    messages = [{"role": "user", "content": [{"type": "audio", "path": clip}, TRANSCRIBE_PROMPT]}]
+    assert tokens.ids[:first].tolist() == SpeechChat(model, tokenizer, speech).prompt_ids(messages)

@@ -1,0 +1,387 @@
+"""What the speech-LLM recipes (`pretrain`, `sft`) share: the LLM given sound tokens, what of it trains, the
+training loop, checkpoints and outputs. A recipe subclasses `LLMRecipe` and says which conversations it
+learns from (`conversations`); everything else is here, read top to bottom.
+
+The LLM (`load_llm(llm)`) gets the speech tokenizer's sound tokens (`add_sound_tokens`, which pins its hash).
+Trained: the sound tokens' embedding rows, input and output (peft's trainable tokens: only those rows are
+parameters, so the text rows stay bit-identical), plus LoRA on `lora_targets`; or, with full=true, every
+weight. The loss is the cross-entropy of the assistant's tokens, summed and divided by the target tokens of
+the whole global batch, so the result does not depend on how the batch is split over ranks and micro-batches.
+Under torchrun the LLM is sharded with FSDP2 (`fully_shard`, each decoder layer and the root), on CUDA (nccl)
+and on CPU (gloo) alike.
+
+Outputs (rank 0, at every checkpoint): `output_dir/adapter/`, a peft folder that `load_llm(llm, adapter=…)`
+loads as it is: the LoRA weights, the sound tokens' rows, the tokenizer with the sound tokens and
+`sound_tokens.json` (the speech tokenizer's hash, so SpeechChat refuses another tokenizer); with full=true
+`output_dir/merged/`, a whole model folder. merge=true also writes `merged/` for a LoRA run, at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.tensor import DTensor
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+from transformers import PreTrainedModel
+
+from auralm.checkpoints import CheckpointError
+from auralm.lm.loading import SOUND_TOKENS_FILE, load_llm
+from auralm.lm.vocabulary import CODES_KEY, HASH_KEY, add_sound_tokens, sound_vocabulary
+from auralm.tokenizer import SpeechTokenizer
+from auralm.training.checkpointing import Checkpoints, capture_rng, restore_rng
+from auralm.training.config import ConfigError, config_dict
+from auralm.training.data import DataError
+from auralm.training.dataset import SkippedExamples
+from auralm.training.distributed import init_distributed
+from auralm.training.llm_data import (
+    IGNORE,
+    TOO_LONG,
+    CodeCache,
+    Conversation,
+    PackedSequences,
+    TokenBatch,
+    chat_tokens,
+    collate_packs,
+    pack_sequences,
+)
+from auralm.training.loop import MetricsLog, Stopper, next_batch, warmup_cosine
+from auralm.training.sampler import BucketBatchSampler
+
+LLAMA_LINEAR_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class LLMTrainingConfig:
+    output_dir: str = "runs/llm"
+    tokenizer: str = ""  # the speech tokenizer: a folder from `auralm train tokenizer`, or an Ichigo/WhisperSpeech file
+    whisper: str | None = None  # its Whisper backbone, when not the one its checkpoint names
+    llm: str = "smollm2"  # a Hugging Face folder or .gguf file; smollm2 = the packaged SmolLM2-135M-Instruct
+    code_cache: str | None = None  # where the clips' sound codes are kept; default output_dir/codes
+    # what trains
+    full: bool = False  # every weight; otherwise LoRA + the sound tokens' rows
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: list(LLAMA_LINEAR_LAYERS))
+    merge: bool = False  # also write output_dir/merged/ (the adapter merged into the LLM) at the end
+    # sequences
+    max_tokens: int = 1024  # a packed row's length; longer conversations are skipped
+    pack: bool = True  # several conversations share a row (attention stays within each)
+    # optimisation
+    batch_size: int = 16  # rows per optimizer step, over all ranks and micro-batches
+    micro_batches: int = 1  # gradient accumulation
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    max_steps: int = 1000
+    grad_clip: float = 1.0
+    bf16: bool = True  # autocast (the CPU here has AVX512-bf16)
+    seed: int = 0
+    device: str = "auto"
+    # bookkeeping
+    log_every: int = 10
+    save_every: int = 100
+    save_every_minutes: float | None = 10.0
+    keep_checkpoints: int = 2
+    max_minutes: float | None = None
+    num_workers: int = 0
+    threads: int | None = None
+    progress: bool = True
+
+
+class LLMRecipe:
+    name = "llm"
+
+    def __init__(self, config: LLMTrainingConfig, resume: bool = False):
+        if not config.tokenizer:
+            raise ConfigError(
+                "no speech tokenizer: set tokenizer= (a folder from `auralm train tokenizer`, or an Ichigo/"
+                "WhisperSpeech checkpoint)"
+            )
+        self.config, self.resume = config, resume
+
+    def conversations(self) -> tuple[list[Conversation], SkippedExamples]:
+        """The conversations to learn from (audio parts as codes, see llm_data), and the examples left out."""
+        raise NotImplementedError
+
+    # ---- setup -----------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        c = self.config
+        if c.threads:
+            torch.set_num_threads(c.threads)
+        self.world = init_distributed(c.device)
+        self.run_dir = Path(c.output_dir)
+        self.checkpoints = Checkpoints(self.run_dir / "checkpoints", keep=c.keep_checkpoints)
+        if not self.resume and self.checkpoints.steps():
+            raise ConfigError(
+                f"{self.run_dir} already holds a run; pass --resume to go on, or choose another output_dir"
+            )
+        torch.manual_seed(c.seed)  # the same LoRA initialisation on every rank
+        self.speech = SpeechTokenizer.from_pretrained(c.tokenizer, whisper=c.whisper, device=self.world.device)
+        llm, self.tokenizer = load_llm(c.llm)
+        add_sound_tokens(llm, self.tokenizer, self.speech)
+        self.code_cache = CodeCache(c.code_cache or self.run_dir / "codes", self.speech)
+
+        conversations, self.skipped = self.conversations()
+        sequences = []
+        for number, conversation in enumerate(conversations):
+            tokens = chat_tokens(self.tokenizer, conversation)
+            if len(tokens.ids) <= c.max_tokens:
+                sequences.append(tokens)
+            else:
+                self.skipped.add([(f"conversation {number}", TOO_LONG)])
+        if not sequences:
+            raise DataError(f"no usable conversations ({self.skipped})")
+        packs = (
+            pack_sequences([len(s.ids) for s in sequences], c.max_tokens)
+            if c.pack
+            else [[i] for i in range(len(sequences))]
+        )
+        if len(packs) < c.batch_size:
+            raise ConfigError(
+                f"{len(sequences)} conversations make {len(packs)} rows of ≤ {c.max_tokens} tokens, fewer than one "
+                f"batch of {c.batch_size}: lower batch_size (or max_tokens)"
+            )
+        dataset = PackedSequences(sequences, packs)
+        self.sampler = BucketBatchSampler(
+            dataset.lengths, c.batch_size, seed=c.seed, rank=self.world.rank, world_size=self.world.size,
+            micro_batches=c.micro_batches,
+        )  # fmt: skip
+        self.loader = DataLoader(
+            dataset,
+            batch_sampler=self.sampler,
+            collate_fn=partial(collate_packs, pad_id=self.tokenizer.pad_token_id),
+            num_workers=c.num_workers,
+            generator=torch.Generator(),  # the global RNG stays untouched: resuming replays it exactly
+        )
+
+        self.model = self._trainable(llm)
+        self.parameters = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=c.lr, betas=(0.9, 0.95), weight_decay=c.weight_decay)
+        self.scheduler = warmup_cosine(self.optimizer, c.warmup_steps, c.max_steps)
+        self.metrics = MetricsLog(self.run_dir, enabled=self.world.is_main)
+        self.step = 0
+        state = self.checkpoints.latest() if self.resume else None
+        if state is not None:
+            self._load_state(state)
+        if self.world.is_main:
+            trainable = sum(p.numel() for p in self.parameters)
+            print(
+                f"{self.name}: {len(sequences)} conversations in {len(packs)} rows of ≤ {c.max_tokens} tokens, "
+                f"{trainable:,} trainable parameters, {self.world.size} process(es) on {self.world.device}"
+                + (f"; resuming at step {self.step}" if self.step else ""),
+                flush=True,
+            )
+
+    def _trainable(self, llm: PreTrainedModel) -> torch.nn.Module:
+        """The LLM with what trains marked (and wrapped by peft), on the device, sharded over ranks."""
+        c = self.config
+        if c.full:
+            model = llm.requires_grad_(True)
+        else:
+            from peft import LoraConfig, get_peft_model
+
+            sound_ids = self.tokenizer.convert_tokens_to_ids(sound_vocabulary(self.speech.config.vocab_size))
+            names = {id(module): name.rsplit(".", 1)[-1] for name, module in llm.named_modules()}
+            rows = {names[id(llm.get_input_embeddings())]: sound_ids}
+            output = llm.get_output_embeddings()
+            if output is not None and output.weight is not llm.get_input_embeddings().weight:
+                rows[names[id(output)]] = sound_ids  # untied: the output rows train too (tied ones follow peft)
+            lora = LoraConfig(
+                r=c.lora_r, lora_alpha=c.lora_alpha, lora_dropout=c.lora_dropout, target_modules=c.lora_targets,
+                trainable_token_indices=rows,
+            )  # fmt: skip
+            try:
+                model = get_peft_model(llm, lora)
+            except ValueError as e:
+                raise ConfigError(f"lora_targets {c.lora_targets}: {e}") from e
+        model = model.to(self.world.device).train()
+        if self.world.size > 1:
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            # on the world's device: FSDP2's default mesh is CUDA whenever there is a GPU, even for a CPU run
+            mesh = init_device_mesh(self.world.device.type, (self.world.size,))
+            blocks = set(getattr(llm, "_no_split_modules", None) or ())  # transformers names its decoder layers
+            for module in model.modules():
+                if type(module).__name__ in blocks:
+                    fully_shard(module, mesh=mesh)
+            fully_shard(model, mesh=mesh)
+        return model
+
+    # ---- training --------------------------------------------------------------------------
+
+    def train(self) -> None:
+        c = self.config
+        stopper = Stopper(c.max_minutes, c.save_every_minutes)
+        totals = {"loss": 0.0, "target_tokens": 0.0, "tokens": 0.0}
+        started = time.monotonic()
+        data = iter(self.loader)
+        bar = tqdm(total=c.max_steps, initial=self.step, desc=f"train {self.name}", disable=not self._progress)
+        try:
+            while self.step < c.max_steps and not stopper.stop_everywhere(self.world):
+                self.optimizer.zero_grad(set_to_none=True)
+                batches = []
+                for _ in range(c.micro_batches):
+                    batch, data = next_batch(data, self.loader)
+                    batches.append(batch)
+                counts = [sum(int((b.targets != IGNORE).sum()) for b in batches), sum(b.ids.numel() for b in batches)]
+                targets, tokens = self.world.sum(torch.tensor(counts, dtype=torch.float, device=self.world.device))
+                loss = 0.0
+                for micro, batch in enumerate(batches):
+                    if self.world.size > 1:  # FSDP2 reduces gradients after the last micro-batch only
+                        self.model.set_requires_gradient_sync(micro == len(batches) - 1)
+                    loss_sum = self.loss_sum(batch)
+                    # FSDP2 averages gradients over ranks: × world size makes the loss per global target token
+                    (loss_sum * self.world.size / targets).backward()
+                    loss += float(self.world.sum(loss_sum.detach()) / targets)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, c.grad_clip)
+                if isinstance(grad_norm, DTensor):
+                    grad_norm = grad_norm.full_tensor()
+                self.optimizer.step()
+                self.scheduler.step()
+                self.sampler.advance()
+                self.step += 1
+                bar.update()
+                for name, value in (("loss", loss), ("target_tokens", float(targets)), ("tokens", float(tokens))):
+                    totals[name] += value
+                if self.step % c.log_every == 0 or self.step == c.max_steps:
+                    steps = self.step % c.log_every or c.log_every
+                    seconds = time.monotonic() - started
+                    row = {
+                        "loss": totals["loss"] / steps,
+                        "target_tokens": totals["target_tokens"] / steps,
+                        "tokens_per_second": totals["tokens"] / seconds,
+                        "grad_norm": float(grad_norm),
+                        "lr": self.scheduler.get_last_lr()[0],
+                    }
+                    self.metrics.write(self.step, row)
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_second']:.0f}")
+                    totals = dict.fromkeys(totals, 0.0)
+                    started = time.monotonic()
+                if self.step % c.save_every == 0 or stopper.save_due():
+                    self.save_checkpoint()
+                    stopper.saved()
+        finally:
+            bar.close()
+            stopper.close()
+        self.save_checkpoint()
+        if c.merge and not c.full and self.step == c.max_steps:
+            self.save_merged()
+        if stopper.signal:
+            print(f"stopped by {stopper.signal} at step {self.step}; --resume goes on from here", flush=True)
+        elif self.step < c.max_steps:
+            print(f"stopped after {c.max_minutes} minutes at step {self.step}; --resume goes on from here", flush=True)
+
+    def loss_sum(self, batch: TokenBatch) -> torch.Tensor:
+        """Cross-entropy of one micro-batch's target tokens, summed (the step divides by the global count)."""
+        device = self.world.device
+        ids, targets, positions = batch.ids.to(device), batch.targets.to(device), batch.positions.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+            # no attention mask and no cache: transformers then reads the packing from the position ids
+            logits = self.model(input_ids=ids, position_ids=positions, use_cache=False).logits  # (B, L, vocab)
+        valid = targets != IGNORE
+        return F.cross_entropy(logits[valid].float(), targets[valid], reduction="sum")
+
+    # ---- checkpoints -----------------------------------------------------------------------
+
+    def save_checkpoint(self) -> None:
+        """Everything a resumed run needs, and the model as it stands now (rank 0 writes; all ranks gather)."""
+        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state = get_model_state_dict(
+            self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+        )
+        optimizer_state = get_optimizer_state_dict(self.model, self.optimizer, options=full)
+        rng = self.world.gather(capture_rng())  # each rank's own (LoRA dropout draws differently per rank)
+        if self.world.is_main:
+            state = {
+                "step": self.step,
+                "model": model_state,
+                "optimizer": optimizer_state,
+                "scheduler": self.scheduler.state_dict(),
+                "sampler": self.sampler.state_dict(),
+                "skipped": self.skipped.state_dict(),
+                "rng": rng,
+                "config": config_dict(self.config),
+            }
+            self.checkpoints.save(self.step, state)
+            self._save_model(model_state)
+        self.world.barrier()
+
+    def _load_state(self, state: dict) -> None:
+        try:
+            loaded = set_model_state_dict(
+                self.model, state["model"], options=StateDictOptions(full_state_dict=True, strict=False)
+            )
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise CheckpointError(
+                f"the checkpoint does not fit this run's model ({e}); resume with its settings"
+            ) from e
+        if loaded.unexpected_keys:
+            raise CheckpointError(
+                f"the checkpoint holds weights this run does not train ({loaded.unexpected_keys[0]}, …); "
+                "resume with the settings it was saved with (full, lora_*)"
+            )
+        set_optimizer_state_dict(
+            self.model, self.optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True)
+        )
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.skipped.load_state_dict(state["skipped"])
+        restore_rng(state["rng"][self.world.rank % len(state["rng"])])
+        self.step = state["step"]
+
+    def _save_model(self, model_state: dict[str, torch.Tensor]) -> None:
+        """output_dir/adapter/ (LoRA) or output_dir/merged/ (full), replaced whole: written beside, then renamed."""
+        folder = self.run_dir / ("merged" if self.config.full else "adapter")
+        partial = folder.with_name(f".{folder.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        if self.config.full:
+            self.model.save_pretrained(partial, state_dict=model_state)
+        else:
+            # the sound rows travel as trainable tokens; no whole embedding matrices
+            self.model.save_pretrained(partial, state_dict=model_state, save_embedding_layers=False)
+            sound = {HASH_KEY: self.speech.tokenizer_hash, CODES_KEY: self.speech.config.vocab_size}
+            (partial / SOUND_TOKENS_FILE).write_text(json.dumps(sound, indent=2) + "\n")
+        self.tokenizer.save_pretrained(partial)
+        shutil.rmtree(folder, ignore_errors=True)
+        partial.rename(folder)
+
+    def save_merged(self) -> None:
+        """output_dir/merged/: the LLM with the adapter merged, loaded the way users load it."""
+        if self.world.is_main:
+            model, tokenizer = load_llm(self.config.llm, adapter=self.run_dir / "adapter")
+            model.save_pretrained(self.run_dir / "merged")
+            tokenizer.save_pretrained(self.run_dir / "merged")
+        self.world.barrier()
+
+    def cleanup(self) -> None:
+        if self.world.is_main:
+            if len(self.skipped):
+                print(f"skipped examples: {self.skipped}", flush=True)
+            output = "merged" if self.config.full else "adapter"
+            print(f"{self.name}: {self.run_dir / output} (step {self.step})", flush=True)
+        self.metrics.close()
+        self.world.close()
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    @property
+    def _progress(self) -> bool:
+        return self.config.progress and self.world.is_main

@@ -1,0 +1,60 @@
+"""Recipe: teach an LLM to hear: sound tokens → transcript (ASR), the first stage of a speech LLM.
+
+    auralm train pretrain --config pretrain tokenizer=runs/tokenizer/tokenizer train=data/train.jsonl
+    torchrun --nproc_per_node 4 -m auralm train pretrain --config pretrain …   (FSDP2, same global batch)
+
+Each example becomes the conversation `SpeechChat.transcribe` holds at inference: a user turn with the clip
+and `prompt` (default "Transcribe the speech."), rendered by the LLM's own chat template, then the
+transcript as the assistant's turn, the only tokens with a loss (plus its end-of-turn marker). The clip's
+sound tokens come from a token export (train= the export, texts= its transcripts) or are computed by the
+speech tokenizer once and cached. What trains, and the outputs: see llm_recipe.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from auralm.lm.chat import TRANSCRIBE_PROMPT
+from auralm.training.config import ConfigError
+from auralm.training.data import read_examples
+from auralm.training.dataset import SkippedExamples
+from auralm.training.llm_data import Conversation, user_turn
+from auralm.training.llm_recipe import LLMRecipe, LLMTrainingConfig
+from auralm.training.loop import run_recipe
+
+
+@dataclass
+class PretrainConfig(LLMTrainingConfig):
+    output_dir: str = "runs/pretrain"
+    train: str = ""  # a manifest, folder, datasets folder, Parquet file or sound-token export (see read_examples)
+    texts: str | None = None  # for a token export: the manifest or folder holding its transcripts
+    prompt: str = TRANSCRIBE_PROMPT  # the user's request beside the clip
+
+
+class PretrainRecipe(LLMRecipe):
+    name = "pretrain"
+
+    def __init__(self, config: PretrainConfig, resume: bool = False):
+        if not config.train:
+            raise ConfigError(
+                "no training data: set train= (a manifest, folder, datasets folder, Parquet file or token export)"
+            )
+        super().__init__(config, resume)
+
+    def conversations(self) -> tuple[list[Conversation], SkippedExamples]:
+        c = self.config
+        examples = read_examples(c.train, texts=c.texts)
+        codes, skipped = self.code_cache.build(examples, self.world, num_workers=c.num_workers, progress=self._progress)
+        conversations = [
+            [user_turn(clip, c.prompt), {"role": "assistant", "content": example.text}]
+            for example, clip in zip(examples, codes, strict=True)
+            if clip is not None
+        ]
+        return conversations, skipped
+
+
+def run(config: PretrainConfig, resume: bool = False) -> int:
+    return run_recipe(PretrainRecipe(config, resume))
+
+
+CONFIG = PretrainConfig

@@ -1,0 +1,199 @@
+"""Recipe: instruction tuning of a speech LLM on chat conversations with audio (after `pretrain`).
+
+    auralm train sft --config sft tokenizer=runs/tokenizer/tokenizer llm=… train=data/chat.jsonl
+    torchrun --nproc_per_node 4 -m auralm train sft --config sft …   (FSDP2, same global batch)
+
+train= is a JSONL manifest, one conversation a line, in SpeechChat's message format:
+
+    {"messages": [{"role": "user", "content": [{"type": "audio", "path": "q1.wav"},
+                                               {"type": "text", "text": "Answer the question."}]},
+                  {"role": "assistant", "content": "Paris."}]}
+
+(audio paths relative to the manifest; a content may also be a plain string; system turns allowed). The loss
+covers the assistant's turns only. Spoken instructions and transcription requests are conversations with
+audio; the manifest's text-only conversations keep the LLM's text ability (`text_ratio` of them per spoken
+one, all by default). Generated "noise" conversations (`noise_ratio` per spoken one) teach it to say
+`refusal` when a clip holds no speech: uniformly random sound codes, or the codes of silence or white noise,
+alone or with a request taken from the manifest. Conversations are packed into rows of `max_tokens`.
+What trains, and the outputs: see llm_recipe.py.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile
+
+from auralm.tokenizer import SAMPLE_RATE
+from auralm.training.config import ConfigError
+from auralm.training.data import DataError, Example, _json_lines
+from auralm.training.dataset import SkippedExamples
+from auralm.training.llm_data import Conversation, user_turn
+from auralm.training.llm_recipe import LLMRecipe, LLMTrainingConfig
+from auralm.training.loop import run_recipe
+
+ROLES = ("system", "user", "assistant")
+NOISE_SECONDS = (1.0, 8.0)  # a noise clip's length, drawn uniformly
+RANDOM_CODES, SILENCE, WHITE_NOISE = range(3)  # the kinds of noise, drawn uniformly
+
+
+@dataclass
+class SFTConfig(LLMTrainingConfig):
+    output_dir: str = "runs/sft"
+    train: str = ""  # a JSONL manifest of conversations (see the module docstring)
+    text_ratio: float | None = None  # text-only conversations per spoken one, drawn from the manifest's; null: all
+    noise_ratio: float = 0.05  # generated noise conversations per spoken one
+    refusal: str = "I couldn't hear any speech in that."  # the assistant's reply to a clip without speech
+
+
+def read_conversations(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The conversations of an SFT manifest, checked: {"id", "messages"} with contents as lists of parts (a
+    text string, or {"audio": absolute path}). A line that breaks the format is a DataError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such manifest")
+    folder = path.absolute().parent
+    conversations = []
+    for number, row in _json_lines(path):
+        where = f"{path}:{number}"
+        messages = row.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise DataError(f'{where}: expected {{"messages": [{{"role": …, "content": …}}, …]}}')
+        checked = [_message(message, f"{where}: message {i + 1}", folder) for i, message in enumerate(messages)]
+        if not any(m["role"] == "assistant" for m in checked):
+            raise DataError(f"{where}: no assistant turn, so nothing to learn; add the reply or drop the line")
+        if checked[0]["role"] == "assistant":
+            raise DataError(f"{where}: the conversation starts with the assistant; it answers a user turn")
+        conversations.append({"id": str(row.get("id", where)), "messages": checked})
+    if not conversations:
+        raise DataError(f"{path}: an empty manifest")
+    return conversations
+
+
+def _message(message: Any, where: str, folder: Path) -> dict[str, Any]:
+    if not isinstance(message, dict) or message.get("role") not in ROLES:
+        raise DataError(f'{where}: a message is {{"role": one of {", ".join(ROLES)}, "content": …}}')
+    content = message.get("content")
+    parts = [content] if isinstance(content, str) else content
+    if not isinstance(parts, list):
+        raise DataError(f"{where}: content must be a string or a list of parts, got {content!r}")
+    checked: list[Any] = []
+    for part in parts:
+        if isinstance(part, str):
+            checked.append(part)
+        elif isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
+            checked.append(part["text"])
+        elif isinstance(part, dict) and part.get("type") == "audio" and isinstance(part.get("path"), str):
+            if message["role"] == "assistant":
+                raise DataError(f"{where}: an assistant turn holds audio; audio belongs to user turns")
+            checked.append({"audio": str(folder / part["path"])})
+        else:
+            raise DataError(
+                f'{where}: unsupported part {part!r}: use {{"type": "text", "text": …}} or '
+                '{"type": "audio", "path": …}'
+            )
+    return {"role": message["role"], "content": checked}
+
+
+def _audio_paths(conversation: dict[str, Any]) -> list[str]:
+    return [p["audio"] for m in conversation["messages"] for p in m["content"] if isinstance(p, dict)]
+
+
+class SFTRecipe(LLMRecipe):
+    name = "sft"
+
+    def __init__(self, config: SFTConfig, resume: bool = False):
+        if not config.train:
+            raise ConfigError("no training data: set train= (a JSONL manifest of conversations)")
+        super().__init__(config, resume)
+
+    def conversations(self) -> tuple[list[Conversation], SkippedExamples]:
+        c = self.config
+        manifest = read_conversations(c.train)
+        spoken_count = sum(1 for conversation in manifest if _audio_paths(conversation))
+        rng = np.random.default_rng([c.seed, 1])  # this recipe's own draws: noise, the text-only subset
+        kinds = rng.integers(0, 3, size=round(c.noise_ratio * spoken_count))
+        seconds = rng.uniform(*NOISE_SECONDS, size=len(kinds))
+        noise_files = self._noise_audio(kinds, seconds)
+
+        clips = list(dict.fromkeys(path for conversation in manifest for path in _audio_paths(conversation)))
+        examples = [Example(id=path, text="", audio=path) for path in clips + [f for f in noise_files if f]]
+        codes, clip_skipped = self.code_cache.build(
+            examples, self.world, num_workers=c.num_workers, progress=self._progress
+        )
+        by_path = {example.audio: clip for example, clip in zip(examples, codes, strict=True)}
+
+        skipped = SkippedExamples()
+        spoken: list[Conversation] = []
+        text_only: list[Conversation] = []
+        for conversation in manifest:
+            paths = _audio_paths(conversation)
+            unusable = [p for p in paths if by_path[p] is None]
+            if unusable:
+                skipped.add([(conversation["id"], f"audio {clip_skipped.reasons.get(unusable[0], 'unusable')}")])
+                continue
+            messages = [
+                {
+                    "role": m["role"],
+                    "content": [by_path[p["audio"]] if isinstance(p, dict) else p for p in m["content"]],
+                }
+                for m in conversation["messages"]
+            ]
+            (spoken if paths else text_only).append(messages)
+
+        if c.text_ratio is not None and len(text_only) > round(c.text_ratio * len(spoken)):
+            chosen = rng.choice(len(text_only), size=round(c.text_ratio * len(spoken)), replace=False)
+            text_only = [text_only[i] for i in sorted(chosen)]
+        user_parts = [p for conversation in spoken for m in conversation if m["role"] == "user" for p in m["content"]]
+        requests = sorted({p for p in user_parts if isinstance(p, str)})  # what noise clips come with, half the time
+        noise = []
+        for kind, length, file in zip(kinds, seconds, noise_files, strict=True):
+            if kind == RANDOM_CODES:
+                clip = rng.integers(
+                    0, self.speech.config.vocab_size, size=self.speech.num_codes(round(length * SAMPLE_RATE))
+                )
+            else:
+                clip = by_path[file]
+            request = requests[rng.integers(len(requests))] if requests and rng.random() < 0.5 else None
+            noise.append([user_turn(clip, request), {"role": "assistant", "content": c.refusal}])
+        if self._progress:
+            print(
+                f"sft: {len(spoken)} spoken, {len(text_only)} text-only and {len(noise)} noise conversations",
+                flush=True,
+            )
+        return spoken + text_only + noise, skipped
+
+    def _noise_audio(self, kinds: np.ndarray, seconds: np.ndarray) -> list[str | None]:
+        """The audio files of the silence and white-noise clips (None for random codes), written once by rank 0
+        into output_dir/noise/ (a clip depends only on the seed and its number)."""
+        folder = self.run_dir / "noise"
+        files: list[str | None] = []
+        for number, (kind, length) in enumerate(zip(kinds, seconds, strict=True)):
+            if kind == RANDOM_CODES:
+                files.append(None)
+                continue
+            file = folder / f"noise-{self.config.seed}-{number:06d}.flac"
+            if self.world.is_main and not file.is_file():
+                generator = np.random.default_rng([self.config.seed, 2, number])
+                samples = round(length * SAMPLE_RATE)
+                level = 0.0 if kind == SILENCE else 10 ** generator.uniform(-3, -1)  # RMS from -60 to -20 dBFS
+                folder.mkdir(parents=True, exist_ok=True)
+                partial = file.with_name(f".{file.name}.partial")
+                soundfile.write(
+                    partial, np.clip(generator.standard_normal(samples) * level, -1, 1), SAMPLE_RATE, format="FLAC"
+                )
+                partial.rename(file)
+            files.append(str(file))
+        self.world.barrier()
+        return files
+
+
+def run(config: SFTConfig, resume: bool = False) -> int:
+    return run_recipe(SFTRecipe(config, resume))
+
+
+CONFIG = SFTConfig
