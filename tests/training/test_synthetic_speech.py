@@ -1,0 +1,212 @@
+"""Synthetic speech data: real espeak-ng (and Piper, when installed) voices, byte-for-byte determinism, the
+held-out split, resuming, the augmentations, and that the clips are speech Whisper understands."""
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import soundfile
+import torch
+
+from auralm.tokenizer import SAMPLE_RATE, load_audio
+from auralm.training import synthetic_speech as synth
+from auralm.training.speech_texts import (
+    FORTUNES_DIR,
+    SpokenText,
+    arithmetic_questions,
+    clean_sentence,
+    normalize,
+    split_texts,
+    spoken_texts,
+)
+
+if shutil.which("espeak-ng") is None or not FORTUNES_DIR.is_dir():
+    pytest.skip(
+        "espeak-ng or Debian's fortunes missing: apt-get install espeak-ng fortunes-min fortunes",
+        allow_module_level=True,
+    )
+
+SEED, EXAMPLES = 3, 12  # seed 3's first 12 clips: 4 held out, 4 by Piper (when installed)
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.jsonl"))} | {
+        p.name: p.read_bytes() for p in sorted((folder / "audio").iterdir())
+    }
+
+
+def rows(folder: Path) -> list[dict]:
+    return [json.loads(line) for name in synth.MANIFESTS.values() for line in (folder / name).read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> Path:
+    """12 clips made by the command line, one worker."""
+    out = tmp_path_factory.mktemp("speech") / "data"
+    synth.main(["--out", str(out), "--examples", str(EXAMPLES), "--seed", str(SEED)])
+    return out
+
+
+def test_layout_and_manifest_rows(made):
+    summary = json.loads((made / "summary.json").read_text())
+    assert summary["examples"] == EXAMPLES and summary["made_now"] == EXAMPLES
+    assert sum(s["examples"] for s in summary["splits"].values()) == EXAMPLES
+    assert all(s["examples"] > 0 for s in summary["splits"].values())
+    assert (synth.PIPER_VOICE in summary["voices"]) == synth.piper_available() == summary["piper"]
+    lines = rows(made)
+    assert sorted(r["id"] for r in lines) == [f"{i:06d}" for i in range(EXAMPLES)]
+    for name in synth.MANIFESTS.values():  # plan order within each manifest
+        ids = [json.loads(line)["id"] for line in (made / name).read_text().splitlines()]
+        assert ids == sorted(ids)
+    for row in lines:
+        info = soundfile.info(made / row["audio"])
+        assert (info.format, info.subtype, info.samplerate, info.channels) == ("FLAC", "PCM_16", SAMPLE_RATE, 1)
+        assert row["kind"] in ("transcript", "question") and ("answer" in row) == (row["kind"] == "question")
+        assert set(row["augment"]) == {"tts", "speed", "reverb", "noise", "telephone", "level_dbfs", "seed"}
+        assert 0.5 < row["duration"] < 15 and row["voice"].split(":")[0] in ("espeak-ng", "piper")
+
+
+def test_same_seed_same_bytes_whatever_the_workers(made, tmp_path):
+    out = tmp_path / "again"
+    synth.generate(out, seed=SEED, examples=EXAMPLES, workers=2, progress=False)
+    assert files(out) == files(made)
+    other = tmp_path / "other"
+    synth.generate(other, seed=SEED + 1, examples=EXAMPLES, progress=False)
+    assert [r["text"] for r in rows(other)] != [r["text"] for r in rows(made)]
+
+
+def test_resume_makes_only_what_is_missing(made, tmp_path):
+    out = tmp_path / "resumed"
+    shutil.copytree(made, out)
+    (out / "audio" / "000004.flac").unlink()
+    val = out / "val.jsonl"
+    val.write_text(val.read_text()[:-10])  # a crash in the middle of a line
+    train = out / "train.jsonl"  # a line left by older code: another text for the clip
+    first, rest = train.read_text().split("\n", 1)
+    train.write_text(json.dumps(json.loads(first) | {"text": "Something else."}) + "\n" + rest)
+    summary = synth.generate(out, seed=SEED, examples=EXAMPLES, progress=False)
+    assert summary["made_now"] == 2 + (rows(made)[-1]["id"] != "000004")
+    assert files(out) == files(made)
+    # more examples extend the plan: the first 12 clips and their lines stay as they are
+    summary = synth.generate(out, seed=SEED, examples=EXAMPLES + 3, progress=False)
+    assert summary["made_now"] == 3
+    assert all((out / "audio" / name).read_bytes() == data for name, data in files(made).items() if ".flac" in name)
+    assert [r for r in rows(out) if int(r["id"]) < EXAMPLES] == rows(made)
+    with pytest.raises(synth.SynthesisError, match=r"resumed: made with .*'seed': 3.*a new --out"):
+        synth.generate(out, seed=SEED + 1, examples=EXAMPLES, progress=False)
+
+
+def test_held_out_voices_and_sentences(made):
+    plan = synth.plan_examples(SEED, examples=3000)
+    train = [e for e in plan if e.split == "train"]
+    val = [e for e in plan if e.split == "val"]
+    assert 0.12 < len(val) / len(plan) < 0.18
+    assert not {e.voice for e in train} & {e.voice for e in val}
+    assert not {normalize(e.item.text) for e in train} & {normalize(e.item.text) for e in val}
+    assert not {e.item.group for e in train} & {e.item.group for e in val}  # a fact asked another way, too
+    assert synth.PIPER_VOICE not in {e.voice for e in val}
+    assert len({e.voice for e in val}) > 20 and {e.item.source for e in val} == set(synth.SOURCE_WEIGHTS)
+    assert synth.plan_examples(SEED, examples=50) == plan[:50]  # a larger run extends a smaller one
+    by_id = {e.id: e for e in plan}
+    for row in rows(made):
+        assert row["text"] == by_id[row["id"]].item.text and row["voice"] == by_id[row["id"]].voice
+    leaked = [*train[:5], synth.PlannedExample(9999, "val", train[0].item, val[0].voice, val[0].augment)]
+    with pytest.raises(AssertionError, match="a text in both splits"):
+        synth.check_held_out(leaked)
+
+
+def test_manifest_reads_and_audio_decodes(made):
+    from auralm.training import read_examples
+
+    by_id = {r["id"]: r for r in rows(made)}
+    for name in synth.MANIFESTS.values():
+        for example in read_examples(made / name):
+            row = by_id[example.id]
+            assert example.text == row["text"] and example.language == "en"
+            assert example.seconds == row["duration"]
+            audio = load_audio(example.audio)
+            assert abs(audio.numel() / SAMPLE_RATE - row["duration"]) < 1e-3
+            # the planned level is the clip's peak (16-bit rounding aside)
+            assert audio.abs().max().item() == pytest.approx(10 ** (row["augment"]["level_dbfs"] / 20), rel=1e-3)
+
+
+def band_energy(audio: torch.Tensor, low: float, high: float) -> float:
+    spectrum = torch.fft.rfft(audio).abs().pow(2)
+    f = torch.fft.rfftfreq(audio.numel(), 1 / SAMPLE_RATE)
+    return spectrum[(f >= low) & (f < high)].sum().item()
+
+
+def test_augmentations():
+    generator = torch.Generator().manual_seed(0)
+    tone = torch.sin(2 * math.pi * 440 * torch.arange(SAMPLE_RATE) / SAMPLE_RATE)
+    # speed: 10 % faster is 10 % shorter and 10 % higher
+    faster = synth.to_16k(tone, SAMPLE_RATE, 1.1)
+    assert faster.numel() == pytest.approx(SAMPLE_RATE / 1.1, abs=20)
+    peak = torch.fft.rfftfreq(faster.numel(), 1 / SAMPLE_RATE)[torch.fft.rfft(faster).abs().argmax()]
+    assert peak.item() == pytest.approx(484, abs=3)
+    # noise at the asked SNR; pink noise has 10 dB less power per decade up
+    white = synth.coloured_noise(SAMPLE_RATE, "white", generator)
+    noisy = synth.add_noise(tone, white, 15.0)
+    assert 10 * math.log10(tone.pow(2).sum() / (noisy - tone).pow(2).sum()) == pytest.approx(15.0, abs=0.01)
+    pink = synth.coloured_noise(4 * SAMPLE_RATE, "pink", generator)
+    ratio = band_energy(pink, 100, 1000) / band_energy(pink, 1000, 10000)
+    assert ratio == pytest.approx(1.0, rel=0.2)  # equal energy per decade
+    assert band_energy(white, 1000, 8000) / band_energy(white, 100, 1000) > 5
+    # telephone: the band survives, the rest is gone
+    phone = synth.telephone(white)
+    assert phone.numel() == white.numel()
+    assert band_energy(phone, 4000, 8000) < 1e-3 * band_energy(white, 4000, 8000)
+    assert band_energy(phone, 1000, 3000) > 0.5 * band_energy(white, 1000, 3000)
+    assert band_energy(phone, 0, 100) < 0.05 * band_energy(white, 0, 100)
+    # reverb: a click rings on for about rt60, and the direct path stays first
+    click = torch.zeros(SAMPLE_RATE)
+    click[100] = 1.0
+    wet = synth.reverb(click, rt60_s=0.5, drr_db=0.0, generator=generator)
+    assert wet[:100].abs().max() < 1e-6 and wet[100] > 0.9  # FFT round-off before the click
+    tail = wet[101:].pow(2)
+    assert tail.sum().item() == pytest.approx(1.0, rel=0.01)  # drr 0 dB: tail energy = direct energy
+    assert tail[: SAMPLE_RATE // 4].sum() > 10 * tail[SAMPLE_RATE // 4 :].sum() > 0
+
+
+def test_texts():
+    assert clean_sentence("  Money may buy   friendship but money cannot buy love. ") == (
+        "Money may buy friendship but money cannot buy love."
+    )
+    for bad in ("Too short.", "See http://example.org for more details", "Caf\u00e9 au lait is nice today",
+                "BELA LUGOSI is my co-pilot", "A (parenthetical) remark here", " ".join(["word"] * 26),
+                "Love America -- or give it back.", "... If I had heart failure right now",
+                "Your lucky number is 3552664958674928.", "My local address is 127.0.0.1 today"):  # fmt: skip
+        assert clean_sentence(bad) is None, bad
+    for item in arithmetic_questions():
+        a, op, b = re.fullmatch(r"(?:What|How much) is (\d+) (plus|minus|times|divided by) (\d+)\?", item.text).groups()
+        expected = {"plus": int.__add__, "minus": int.__sub__, "times": int.__mul__, "divided by": int.__floordiv__}
+        assert item.answer == f"{expected[op](int(a), int(b))}."
+    items = spoken_texts(SEED)
+    assert len({normalize(i.text) for i in items}) == len(items)
+    assert {i.source for i in items} == set(synth.SOURCE_WEIGHTS)
+    assert all(i.text.isascii() and (i.answer is None) == (i.kind == "transcript") for i in items)
+    _, val = split_texts(items, 0.15, SEED)
+    val_texts = {i.text for i in val if i.kind == "transcript"}
+    for item in val:
+        if item.source == "repeat":  # said back from a held-out sentence, never a training one
+            assert item.answer in val_texts
+
+
+@pytest.mark.integration
+def test_clips_are_speech_whisper_understands(whisper_tiny_en, tmp_path):
+    from auralm.tokenizer import transcribe, word_error_rate
+
+    text = "The weather is lovely today, so we will walk to the park after lunch."
+    clean = {"speed": 1.0, "reverb": None, "noise": None, "telephone": False, "level_dbfs": -3.0, "seed": 0}
+    voices = {"espeak-ng:en-gb": {"rate_wpm": 160, "pitch": 50}}
+    if synth.piper_available():
+        voices[synth.PIPER_VOICE] = {"length_scale": 1.0, "noise_scale": 0.6, "noise_w_scale": 0.8}
+    (tmp_path / "audio").mkdir()
+    for index, (voice, tts) in enumerate(voices.items()):
+        item = SpokenText(text, "transcript", None, "fortunes", "test")
+        row = synth.synthesize(synth.PlannedExample(index, "train", item, voice, clean | {"tts": tts}), tmp_path)
+        heard = transcribe(whisper_tiny_en, load_audio(tmp_path / row["audio"]), language="en").text
+        assert word_error_rate(text, heard) < 0.5, (voice, heard)
