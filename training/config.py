@@ -13,6 +13,7 @@ import os
 import types
 import typing
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,6 +27,34 @@ CONFIGS = Path(__file__).parent / "configs"  # the packaged configs, one per rec
 
 class ConfigError(AuralmError):
     """A config file or override that does not fit the recipe; the message names the key."""
+
+
+@dataclass
+class RunConfig:
+    """What every recipe's config holds beside its own keys: the optimisation and the run's bookkeeping.
+    A recipe's config subclasses it (and may give a key another default)."""
+
+    output_dir: str = "runs/run"
+    # optimisation
+    batch_size: int = 16  # items per optimizer step, over all ranks and micro-batches
+    micro_batches: int = 1  # gradient accumulation
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    max_steps: int = 1000
+    grad_clip: float = 1.0
+    bf16: bool = True  # autocast (the CPU here has AVX512-bf16)
+    seed: int = 0
+    device: str = "auto"  # auto: CUDA when there is one
+    # bookkeeping
+    log_every: int = 10
+    save_every: int = 100
+    save_every_minutes: float | None = 10.0
+    keep_checkpoints: int = 2
+    max_minutes: float | None = None  # stop (and save) after this long
+    num_workers: int = 0  # DataLoader workers
+    threads: int | None = None  # torch CPU threads
+    progress: bool = True
 
 
 def load_config(cls: type[T], path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> T:

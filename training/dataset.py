@@ -16,7 +16,6 @@ tallies them in the main process, so the count is right however many worker proc
 
 from __future__ import annotations
 
-import bisect
 import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -28,6 +27,7 @@ from torch.utils.data import Dataset
 from auralm.errors import AuralmError
 from auralm.tokenizer import SAMPLE_RATE, load_audio
 from auralm.training.data import ArrowAudio, DataError, Example
+from auralm.training.packing import best_fit_decreasing
 
 # Why an example was skipped.
 MISSING = "missing"
@@ -195,17 +195,8 @@ def pack_examples(
     for indices in by_language.values():
         sizes = {i: examples[i].seconds + PACK_SLACK_SECONDS + gap_seconds for i in indices if examples[i].seconds}
         packs += [[i] for i in indices if i not in sizes or sizes[i] > capacity]
-        # rooms: (seconds left, pack number), sorted, for open packs; the tightest fit wins.
-        rooms: list[tuple[float, int]] = []
-        for i in sorted((i for i in sizes if sizes[i] <= capacity), key=lambda i: (-sizes[i], i)):
-            slot = bisect.bisect_left(rooms, (sizes[i], -1))
-            if slot < len(rooms):
-                room, number = rooms.pop(slot)
-                packs[number].append(i)
-            else:
-                room, number = capacity, len(packs)
-                packs.append([i])
-            bisect.insort(rooms, (room - sizes[i], number))
+        fitting = [i for i in indices if i in sizes and sizes[i] <= capacity]
+        packs += [[fitting[j] for j in pack] for pack in best_fit_decreasing([sizes[i] for i in fitting], capacity)]
     return [tuple(examples[i] for i in sorted(pack)) for pack in sorted(packs, key=min)]
 
 

@@ -3,7 +3,7 @@
     cache = CodeCache(run_dir / "codes", speech_tokenizer)
     codes, skipped = cache.build(examples, world)                     # (T,) int codes per example, None if unusable
     tokens = chat_tokens(tokenizer, [user_turn(codes[0], TRANSCRIBE_PROMPT), {"role": "assistant", "content": text}])
-    packs = pack_sequences([len(t.ids) for t in sequences], max_tokens=1024)
+    packs = best_fit_decreasing([len(t.ids) for t in sequences], capacity=1024)
     loader = DataLoader(PackedSequences(sequences, packs), batch_sampler=…, collate_fn=collate_packs)
 
 A conversation here is SpeechChat's message format with every audio part already replaced by its codes
@@ -18,7 +18,6 @@ targets, so a padded row computes its conversations exactly as alone.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
 import os
@@ -182,26 +181,6 @@ def chat_tokens(tokenizer: PreTrainedTokenizerBase, conversation: Conversation) 
 
 def _template(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], generation_prompt: bool) -> str:
     return tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=False)
-
-
-def pack_sequences(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """Group sequences into packs of at most `max_tokens` tokens: best-fit decreasing, deterministic.
-
-    Every length must be ≤ max_tokens. Within a pack the sequences keep their order; the packs come in the
-    order of their first sequence.
-    """
-    packs: list[list[int]] = []
-    rooms: list[tuple[int, int]] = []  # (tokens left, pack number) of every pack, sorted: the tightest fit wins
-    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        slot = bisect.bisect_left(rooms, (lengths[i], -1))
-        if slot < len(rooms):
-            room, number = rooms.pop(slot)
-            packs[number].append(i)
-        else:
-            room, number = max_tokens, len(packs)
-            packs.append([i])
-        bisect.insort(rooms, (room - lengths[i], number))
-    return sorted((sorted(pack) for pack in packs), key=min)
 
 
 class PackedSequences(Dataset):

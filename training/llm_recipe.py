@@ -44,7 +44,7 @@ from auralm.lm.loading import SOUND_TOKENS_FILE, load_llm
 from auralm.lm.vocabulary import CODES_KEY, HASH_KEY, add_sound_tokens, sound_vocabulary
 from auralm.tokenizer import SpeechTokenizer
 from auralm.training.checkpointing import Checkpoints, capture_rng, restore_rng
-from auralm.training.config import ConfigError, config_dict
+from auralm.training.config import ConfigError, RunConfig, config_dict
 from auralm.training.data import DataError
 from auralm.training.dataset import SkippedExamples
 from auralm.training.distributed import init_distributed
@@ -57,16 +57,16 @@ from auralm.training.llm_data import (
     TokenBatch,
     chat_tokens,
     collate_packs,
-    pack_sequences,
 )
 from auralm.training.loop import MetricsLog, Stopper, next_batch, warmup_cosine
+from auralm.training.packing import best_fit_decreasing
 from auralm.training.sampler import BucketBatchSampler
 
 LLAMA_LINEAR_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 @dataclass
-class LLMTrainingConfig:
+class LLMTrainingConfig(RunConfig):
     output_dir: str = "runs/llm"
     tokenizer: str = ""  # the speech tokenizer: a folder from `auralm train tokenizer`, or an Ichigo/WhisperSpeech file
     whisper: str | None = None  # its Whisper backbone, when not the one its checkpoint names
@@ -82,26 +82,7 @@ class LLMTrainingConfig:
     # sequences
     max_tokens: int = 1024  # a packed row's length; longer conversations are skipped
     pack: bool = True  # several conversations share a row (attention stays within each)
-    # optimisation
-    batch_size: int = 16  # rows per optimizer step, over all ranks and micro-batches
-    micro_batches: int = 1  # gradient accumulation
     lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 50
-    max_steps: int = 1000
-    grad_clip: float = 1.0
-    bf16: bool = True  # autocast (the CPU here has AVX512-bf16)
-    seed: int = 0
-    device: str = "auto"
-    # bookkeeping
-    log_every: int = 10
-    save_every: int = 100
-    save_every_minutes: float | None = 10.0
-    keep_checkpoints: int = 2
-    max_minutes: float | None = None
-    num_workers: int = 0
-    threads: int | None = None
-    progress: bool = True
 
 
 class LLMRecipe:
@@ -149,7 +130,7 @@ class LLMRecipe:
         if not sequences:
             raise DataError(f"no usable conversations ({self.skipped})")
         packs = (
-            pack_sequences([len(s.ids) for s in sequences], c.max_tokens)
+            best_fit_decreasing([len(s.ids) for s in sequences], c.max_tokens)
             if c.pack
             else [[i] for i in range(len(sequences))]
         )

@@ -29,7 +29,7 @@ from whisper.tokenizer import get_tokenizer
 from auralm.checkpoints import load_whisper
 from auralm.tokenizer import SpeechTokenizer, TokenizerConfig, word_error_rate
 from auralm.training.checkpointing import Checkpoints, capture_rng, restore_rng
-from auralm.training.config import ConfigError, config_dict
+from auralm.training.config import ConfigError, RunConfig, config_dict
 from auralm.training.data import ArrowAudio, read_examples
 from auralm.training.dataset import AudioTextDataset
 from auralm.training.distributed import init_distributed
@@ -42,7 +42,7 @@ HEAD_WIDTH = 64  # the bottleneck's attention heads are 64 wide, as Ichigo's
 
 
 @dataclass
-class TokenizerTrainingConfig:
+class TokenizerTrainingConfig(RunConfig):
     train: str = ""  # a manifest, folder, datasets folder or Parquet file (see auralm.training.read_examples)
     val: str | None = None  # held-out examples for the word error rate of text decoded from tokens
     output_dir: str = "runs/tokenizer"
@@ -59,29 +59,13 @@ class TokenizerTrainingConfig:
     kmeans_init: bool = True
     dead_code_threshold: float = 2.0
     pack: bool = True  # short clips share a window
-    # optimisation
-    batch_size: int = 16  # windows per optimizer step, over all ranks and micro-batches
-    micro_batches: int = 1  # gradient accumulation
+    # optimisation (the rest: RunConfig)
     lr: float = 1e-3
     weight_decay: float = 0.01
-    warmup_steps: int = 50
-    max_steps: int = 1000
-    grad_clip: float = 1.0
     kl_weight: float = 1.0
-    bf16: bool = True  # autocast (the CPU here has AVX512-bf16)
-    seed: int = 0
-    device: str = "auto"
-    # bookkeeping
-    log_every: int = 10
+    # validation
     eval_every: int = 200
     val_examples: int = 32
-    save_every: int = 100
-    save_every_minutes: float | None = 10.0
-    keep_checkpoints: int = 2
-    max_minutes: float | None = None
-    num_workers: int = 0
-    threads: int | None = None
-    progress: bool = True
 
 
 class Losses(NamedTuple):
