@@ -24,6 +24,7 @@ from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE, get_tokenizer
 from auralm.errors import AuralmError
 from auralm.kernels import dot_product_attention
 from auralm.tokenizer.audio import SAMPLE_RATE, split_windows
+from auralm.tokenizer.config import WHISPER_SECONDS
 
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 # A decoded window may hold at most this much text, so a model that loops (or an untrained tokenizer's
@@ -85,7 +86,7 @@ def log_mel_for_tokens(audio: torch.Tensor, n_mels: int, window_seconds: int = 3
     if audio.shape[-1] < N_FFT:  # the STFT's reflect padding needs more than half a frame
         audio = F.pad(audio, (0, N_FFT - audio.shape[-1]))
     mel = whisper.log_mel_spectrogram(audio, n_mels)
-    return F.pad(mel, (0, window_seconds * N_FRAMES // 30 - mel.shape[-1]), value=TOKENIZER_MEL_PAD)
+    return F.pad(mel, (0, window_seconds * N_FRAMES // WHISPER_SECONDS - mel.shape[-1]), value=TOKENIZER_MEL_PAD)
 
 
 def encode_mels(model: Whisper, mels: torch.Tensor) -> torch.Tensor:
