@@ -23,7 +23,6 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -43,11 +42,10 @@ from auralm.checkpoints import CheckpointError
 from auralm.lm.loading import SOUND_TOKENS_FILE, load_llm
 from auralm.lm.vocabulary import CODES_KEY, HASH_KEY, add_sound_tokens, sound_vocabulary
 from auralm.tokenizer import SpeechTokenizer
-from auralm.training.checkpointing import Checkpoints, capture_rng, restore_rng
+from auralm.training.checkpointing import capture_rng, restore_rng
 from auralm.training.config import ConfigError, RunConfig, config_dict
 from auralm.training.data import DataError
 from auralm.training.dataset import SkippedExamples
-from auralm.training.distributed import init_distributed
 from auralm.training.llm_data import (
     IGNORE,
     TOO_LONG,
@@ -58,7 +56,7 @@ from auralm.training.llm_data import (
     chat_tokens,
     collate_packs,
 )
-from auralm.training.loop import MetricsLog, Stopper, next_batch, warmup_cosine
+from auralm.training.loop import MetricsLog, Stopper, next_batch, start_run, warmup_cosine
 from auralm.training.packing import best_fit_decreasing
 from auralm.training.sampler import BucketBatchSampler
 
@@ -104,15 +102,7 @@ class LLMRecipe:
 
     def setup(self) -> None:
         c = self.config
-        if c.threads:
-            torch.set_num_threads(c.threads)
-        self.world = init_distributed(c.device)
-        self.run_dir = Path(c.output_dir)
-        self.checkpoints = Checkpoints(self.run_dir / "checkpoints", keep=c.keep_checkpoints)
-        if not self.resume and self.checkpoints.steps():
-            raise ConfigError(
-                f"{self.run_dir} already holds a run; pass --resume to go on, or choose another output_dir"
-            )
+        self.world, self.run_dir, self.checkpoints = start_run(c, self.resume)
         torch.manual_seed(c.seed)  # the same LoRA initialisation on every rank
         self.speech = SpeechTokenizer.from_pretrained(c.tokenizer, whisper=c.whisper, device=self.world.device)
         llm, self.tokenizer = load_llm(c.llm)

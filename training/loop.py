@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 
-from auralm.training.distributed import World
+from auralm.training.checkpointing import Checkpoints
+from auralm.training.config import ConfigError, RunConfig
+from auralm.training.distributed import World, init_distributed
 
 
 def warmup_cosine(
@@ -128,3 +130,16 @@ def run_recipe(recipe: Any) -> int:
     finally:
         recipe.cleanup()
     return 0
+
+
+def start_run(config: RunConfig, resume: bool) -> tuple[World, Path, Checkpoints]:
+    """A recipe's first steps: CPU threads, the process group, the run folder and its checkpoints; a run
+    folder that already holds checkpoints is only gone on with --resume, never overwritten."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    world = init_distributed(config.device)
+    run_dir = Path(config.output_dir)
+    checkpoints = Checkpoints(run_dir / "checkpoints", keep=config.keep_checkpoints)
+    if not resume and checkpoints.steps():
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to go on, or choose another output_dir")
+    return world, run_dir, checkpoints

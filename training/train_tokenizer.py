@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -28,13 +27,12 @@ from whisper.tokenizer import get_tokenizer
 
 from auralm.checkpoints import load_whisper
 from auralm.tokenizer import SpeechTokenizer, TokenizerConfig, word_error_rate
-from auralm.training.checkpointing import Checkpoints, capture_rng, restore_rng
+from auralm.training.checkpointing import capture_rng, restore_rng
 from auralm.training.config import ConfigError, RunConfig, config_dict
 from auralm.training.data import ArrowAudio, read_examples
 from auralm.training.dataset import AudioTextDataset
-from auralm.training.distributed import init_distributed
 from auralm.training.features import CachedWindow, FeatureCache
-from auralm.training.loop import MetricsLog, Stopper, next_batch, run_recipe, warmup_cosine
+from auralm.training.loop import MetricsLog, Stopper, next_batch, run_recipe, start_run, warmup_cosine
 from auralm.training.sampler import BucketBatchSampler
 
 IGNORE = -100  # target positions without a loss: the task prompt and padding
@@ -89,15 +87,7 @@ class TokenizerRecipe:
 
     def setup(self) -> None:
         c = self.config
-        if c.threads:
-            torch.set_num_threads(c.threads)
-        self.world = init_distributed(c.device)
-        self.run_dir = Path(c.output_dir)
-        self.checkpoints = Checkpoints(self.run_dir / "checkpoints", keep=c.keep_checkpoints)
-        if not self.resume and self.checkpoints.steps():
-            raise ConfigError(
-                f"{self.run_dir} already holds a run; pass --resume to go on, or choose another output_dir"
-            )
+        self.world, self.run_dir, self.checkpoints = start_run(c, self.resume)
         torch.manual_seed(c.seed)
         self.whisper = load_whisper(c.whisper, device=self.world.device)
         dims = self.whisper.dims
