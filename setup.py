@@ -19,7 +19,11 @@ setup(
     python_requires=">=3.10",
     packages=["auralm"] + [f"auralm.{name}" for name in SUBPACKAGES],
     package_dir={"auralm": "auralm", **{f"auralm.{name}": name for name in SUBPACKAGES}},
-    package_data={"auralm": ["samples/*"], "auralm.training": ["configs/*.yaml"]},
+    package_data={
+        "auralm": ["samples/*"],
+        "auralm.checkpoints": ["shipped/*", "shipped/*/*"],  # the shipped speech models and their card
+        "auralm.training": ["configs/*.yaml"],
+    },
     install_requires=[
         "torch>=2.9",
         "torchaudio>=2.9",

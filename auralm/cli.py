@@ -9,6 +9,7 @@ commands that use them, so `auralm --help` answers at once.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -130,6 +131,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(run=_run_serve)
 
+    quality = commands.add_parser(
+        "eval", help="the quality report: WERs, spoken-QA accuracy, refusals, text answers kept, on held-out clips"
+    )
+    quality.add_argument(
+        "manifest", type=Path, help="a clip manifest (JSONL: audio, text, kind, answer), as synthetic_speech writes"
+    )
+    quality.add_argument("--limit", type=positive_int, help="evaluate the first N clips only (default: all)")
+    quality.add_argument("--json", type=Path, help="also write the whole report, every reply included, to this file")
+    quality.add_argument(
+        "--base-llm", help="the LLM the speech LLM was made from, for the text answers (default: SmolLM2, packaged)"
+    )
+    quality.add_argument(
+        "--noise-clips", type=positive_int, default=30, help="clips without speech that should be refused (default: 30)"
+    )
+    quality.add_argument(
+        "--verbose", action="store_true", help="also list wrong answers, noise not refused, text answers changed"
+    )
+    quality.add_argument(
+        "--progress", action="store_true", help="show a progress bar even when stderr is not a terminal"
+    )
+    _add_model_arguments(quality)
+    quality.set_defaults(run=_run_eval)
+
     train = commands.add_parser(
         "train", help="train a speech tokenizer, or teach an LLM sound tokens (a recipe + a YAML config)"
     )
@@ -174,7 +198,9 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
 def _add_tokenizer_arguments(parser: argparse.ArgumentParser) -> None:
     _add_inputs(parser)
     parser.add_argument(
-        "--checkpoint", required=True, help="tokenizer: an auralm folder, or an Ichigo .pth / WhisperSpeech .model file"
+        "--checkpoint",
+        default="default",
+        help="tokenizer: an auralm folder, or an Ichigo .pth / WhisperSpeech .model file (default: the shipped one)",
     )
     parser.add_argument(
         "--whisper", help="Whisper backbone (name, .pt or CTranslate2 folder); default: the checkpoint's"
@@ -189,10 +215,15 @@ def _add_tokenizer_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The LLM and speech tokenizer a chat runs on (shared by `auralm chat` and `auralm serve`)."""
-    parser.add_argument("--llm", help="Hugging Face folder or .gguf file (default: SmolLM2-135M-Instruct, packaged)")
+    parser.add_argument(
+        "--llm",
+        help="Hugging Face folder or .gguf file; smollm2 = the packaged SmolLM2-135M-Instruct, plain "
+        "(default, with no model flag at all: the shipped speech model, SmolLM2 + its speech adapter)",
+    )
     parser.add_argument("--adapter", help="a LoRA adapter folder to apply to the LLM")
     parser.add_argument(
-        "--checkpoint", required=True, help="speech tokenizer: an auralm folder or Ichigo/WhisperSpeech file"
+        "--checkpoint",
+        help="speech tokenizer: an auralm folder or Ichigo/WhisperSpeech file (default: the shipped one)",
     )
     parser.add_argument("--whisper", help="Whisper backbone of the tokenizer (default: the checkpoint's)")
     _add_device(parser)
@@ -481,6 +512,26 @@ def _run_serve(args: argparse.Namespace) -> int:
         chat_repl.load_chat(args), model_name=Path(args.llm).stem if args.llm else DEFAULT_LLM, limits=limits
     )
     serve(app, sock)
+    return 0
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from auralm import chat_repl
+    from auralm.evaluation import evaluate, format_report, read_clips
+    from auralm.lm import DEFAULT_LLM
+
+    clips = read_clips(args.manifest, args.limit)  # a bad manifest is reported before the models load
+    report = evaluate(
+        chat_repl.load_chat(args), clips, base_llm=args.base_llm or DEFAULT_LLM, noise_clips=args.noise_clips,
+        progress=args.progress or sys.stderr.isatty(),
+    )  # fmt: skip
+    print(format_report(report, verbose=args.verbose))
+    if args.json is not None:
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        except OSError as e:
+            raise UsageError(f"--json {args.json}: {e.strerror}") from None
     return 0
 
 

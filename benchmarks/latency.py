@@ -45,7 +45,7 @@ def build(
     if shape == "default":
         if checkpoint is not None:
             return SpeechChat.from_pretrained(llm, checkpoint=checkpoint, device=device)
-        # No speech tokenizer ships yet: a random bottleneck on Whisper tiny.en costs the same time.
+        # a random bottleneck on the Whisper named costs what the shipped one does (a GPU run has no real Whisper)
         config = TokenizerConfig(whisper=whisper, n_state=384, n_head=6, n_codes=512)
         with tempfile.TemporaryDirectory() as folder:
             SpeechTokenizer(config, load_whisper(whisper)).save_pretrained(folder)

@@ -68,3 +68,18 @@ def _package_dir(module: str) -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+# The speech models auralm ships inside the package (see checkpoints/shipped/README.md): a speech tokenizer and
+# a LoRA adapter for the default LLM trained on its tokens. They load wherever no other model is named.
+SHIPPED_DIR = Path(__file__).parent / "shipped"
+DEFAULT_SPEECH_TOKENIZER = "default"
+SHIPPED_TOKENIZER, SHIPPED_ADAPTER = "speech-tokenizer", "speech-smollm2"  # folders of SHIPPED_DIR
+
+
+def shipped_model(name: str) -> Path:
+    """The folder of a shipped model: SHIPPED_TOKENIZER or SHIPPED_ADAPTER."""
+    path = SHIPPED_DIR / name
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: the shipped {name} is missing from this installation; reinstall auralm")
+    return path

@@ -40,7 +40,8 @@ from transformers import (
 from transformers.cache_utils import DynamicLayer
 from whisper.model import Whisper
 
-from auralm.checkpoints import CheckpointError
+from auralm.checkpoints import DEFAULT_SPEECH_TOKENIZER, shipped_model
+from auralm.checkpoints.registry import SHIPPED_ADAPTER
 from auralm.lm.attention import ATTENTION_NAME, register_attention
 from auralm.lm.loading import load_llm
 from auralm.lm.vocabulary import (
@@ -119,16 +120,17 @@ class SpeechChat:
     ) -> SpeechChat:
         """A chat built from names: the speech tokenizer, then the LLM, given sound tokens if it lacks them.
 
-        llm: a Hugging Face folder or .gguf file (None: the packaged SmolLM2-135M-Instruct); adapter: a LoRA
-        folder merged into it. checkpoint: the speech tokenizer (an auralm folder, an Ichigo or WhisperSpeech
-        file); whisper: its backbone (default: the one the checkpoint names). device: None picks CUDA when
-        there is one. attn_implementation: None picks auralm's Triton flash attention on CUDA and
-        transformers' default elsewhere. An LLM without sound tokens gets them untrained, with a warning.
+        With nothing named, the speech models shipped with auralm: its speech tokenizer and SmolLM2-135M-Instruct
+        with the adapter trained on its tokens. llm: a Hugging Face folder or .gguf file (None or "smollm2": the
+        packaged SmolLM2-135M-Instruct, plain); adapter: a LoRA folder merged into it. checkpoint: the speech
+        tokenizer ("default", an auralm folder, an Ichigo or WhisperSpeech file; None: "default"); whisper: its
+        backbone (default: the one the checkpoint names). device: None picks CUDA when there is one.
+        attn_implementation: None picks auralm's Triton flash attention on CUDA and transformers' default
+        elsewhere. An LLM without sound tokens gets them untrained, with a warning.
         """
-        if checkpoint is None:
-            raise CheckpointError(
-                "no default speech tokenizer ships yet; pass checkpoint= (an auralm folder or Ichigo/WhisperSpeech file)"
-            )
+        if llm is None and adapter is None and checkpoint is None:
+            adapter = shipped_model(SHIPPED_ADAPTER)
+        checkpoint = DEFAULT_SPEECH_TOKENIZER if checkpoint is None else checkpoint
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         speech = SpeechTokenizer.from_pretrained(checkpoint, whisper=whisper, device=device)
         model, tokenizer = load_llm(llm, device=device, adapter=adapter)

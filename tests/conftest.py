@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -64,6 +65,16 @@ def tiny_whisper() -> Whisper:
     model = Whisper(TINY_WHISPER)
     randomize(model, seed=0)
     return model.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper_file(tmp_path_factory) -> Path:
+    """The tiny random Whisper of `tiny_whisper`, saved as openai-whisper saves one."""
+    model = Whisper(TINY_WHISPER)
+    randomize(model, seed=0)
+    path = tmp_path_factory.mktemp("whisper") / "tiny-random.pt"
+    torch.save({"dims": dataclasses.asdict(TINY_WHISPER), "model_state_dict": model.state_dict()}, path)
+    return path
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 import io
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -79,18 +78,6 @@ def test_whisper_command_transcribes(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "[en]: Can you hear me" in result.stdout
     assert "[de]: Guten Morgen" in result.stdout
-
-
-@pytest.mark.integration
-def test_demo_runs_offline_end_to_end():
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "auralm", "demo"], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert result.returncode == 0, result.stderr
-    assert "[4/4]" in result.stdout
-    wer = float(result.stdout.split("done: WER ")[1].split()[0])
-    assert wer < 0.25
 
 
 @pytest.mark.integration
@@ -245,7 +232,6 @@ BAD_ARGUMENTS = {
     "chat tokens 0": (["chat", "--checkpoint", "tok", "--max-new-tokens", "0"], "--max-new-tokens"),
     "negative temperature": (["chat", "--checkpoint", "tok", "--temperature", "-1"], "--temperature"),
     "nan temperature": (["chat", "--checkpoint", "tok", "--temperature", "nan"], "--temperature"),
-    "missing checkpoint flag": (["tokenize", WAV], "--checkpoint"),
 }
 
 

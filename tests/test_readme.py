@@ -1,5 +1,5 @@
 """The README's Python blocks run as written, in order, in a folder holding the files they name
-(a random-weight Ichigo checkpoint on the real tiny.en, the real default LLM)."""
+(a random-weight Ichigo checkpoint on the real tiny.en; the shipped speech models)."""
 
 import re
 import shutil
@@ -40,6 +40,6 @@ def test_the_readme_python_runs_as_written(tmp_path, monkeypatch):
     assert [len(c) for c in namespace["codes"]] == [namespace["speech"].num_codes(len(namespace["load_audio"](f)))
                                                      for f in ("a.wav", "b.mp3")]  # fmt: skip
     assert (tmp_path / "my-tokenizer" / "config.json").is_file()
-    reply = namespace["reply"]
-    assert reply.finish_reason in ("stop", "length") and reply.prompt_tokens > len(namespace["codes"][0])
-    assert namespace["speech"].to_string(namespace["codes"][0]) in namespace["prompt"]
+    reply, clip_codes = namespace["reply"], namespace["clip_codes"]
+    assert reply.finish_reason in ("stop", "length") and reply.prompt_tokens > len(clip_codes)
+    assert namespace["chat"].speech_tokenizer.to_string(clip_codes) in namespace["prompt"]

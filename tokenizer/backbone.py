@@ -102,11 +102,17 @@ def encode_mels(model: Whisper, mels: torch.Tensor) -> torch.Tensor:
     return encoder.ln_post(x)
 
 
-def transcribe(model: Whisper, audio: torch.Tensor, language: str | None = None, batch_size: int = 8) -> Transcript:
+def transcribe(
+    model: Whisper,
+    audio: torch.Tensor,
+    language: str | None = None,
+    batch_size: int = 8,
+    temperatures: Sequence[float] = FALLBACK_TEMPERATURES,
+) -> Transcript:
     """Transcribe a 16 kHz clip of any length: split at quiet points, decode windows in batches.
 
     Greedy first; a window whose text repeats itself or scores too low is decoded again at
-    rising temperatures, as openai-whisper's `transcribe` does.
+    rising temperatures, as openai-whisper's `transcribe` does ((0.0,): greedy only, deterministic).
     audio: (samples,). language: e.g. "en"; None detects it on multilingual models.
     """
     language = resolve_language(model, language)
@@ -117,7 +123,8 @@ def transcribe(model: Whisper, audio: torch.Tensor, language: str | None = None,
         batch = windows[first : first + batch_size]
         mels = torch.stack([log_mel(audio[w.start : w.end], model.dims.n_mels) for w in batch])
         seconds = max(w.end - w.start for w in batch) / SAMPLE_RATE
-        results += decode_with_fallback(model, mels.to(parameter.device, parameter.dtype), language, seconds=seconds)
+        mels = mels.to(parameter.device, parameter.dtype)
+        results += decode_with_fallback(model, mels, language, temperatures=temperatures, seconds=seconds)
     languages = [r.language for r in results]
     text = " ".join(r.text.strip() for r in results if r.text.strip())
     return Transcript(text, language or max(set(languages), key=languages.count), len(windows))
@@ -228,7 +235,25 @@ def detect_language(model: Whisper, audio: torch.Tensor) -> dict[str, float]:
     return dict(sorted(probs.items(), key=lambda item: -item[1]))
 
 
+@functools.cache
+def _english_normalizer() -> EnglishTextNormalizer:
+    return EnglishTextNormalizer()
+
+
+def normalize_text(text: str) -> str:
+    """English text as Whisper's normaliser makes it for scoring: lower case, no punctuation, numbers as
+    digits, British spellings American ("Twelve colours." → "12 colors")."""
+    return _english_normalizer()(text)
+
+
 def word_error_rate(reference: str, hypothesis: str) -> float:
     """English word error rate after Whisper's normalisation (numbers, spelling, punctuation)."""
-    normalise = EnglishTextNormalizer()
-    return jiwer.wer(normalise(reference), normalise(hypothesis))
+    return jiwer.wer(normalize_text(reference), normalize_text(hypothesis))
+
+
+def corpus_word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """The word error rate of many clips at once, after Whisper's normalisation: all errors over all reference
+    words (a long clip weighs more than a short one; not the mean of per-clip rates)."""
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+    return jiwer.wer([normalize_text(r) for r in references], [normalize_text(h) for h in hypotheses])

@@ -21,7 +21,8 @@ from torch import nn
 from tqdm import tqdm
 from whisper.model import Whisper
 
-from auralm.checkpoints import CheckpointError, load_whisper
+from auralm.checkpoints import DEFAULT_SPEECH_TOKENIZER, CheckpointError, load_whisper, shipped_model
+from auralm.checkpoints.registry import SHIPPED_TOKENIZER
 from auralm.checkpoints.whisper_vq import read_whisper_vq
 from auralm.tokenizer.audio import SAMPLE_RATE, AudioSource, Window, load_audio, split_windows
 from auralm.tokenizer.backbone import (
@@ -189,11 +190,20 @@ class SpeechTokenizer(nn.Module):
 
     # ---- checkpoints ---------------------------------------------------------------------
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write config.json + model.safetensors (the bottleneck; the backbone is named, not copied)."""
+    def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        """Write config.json + model.safetensors (the bottleneck; the backbone is named, not copied).
+
+        dtype: store the weights in this floating type (float16 halves the file). The tokenizer itself is
+        rounded to it first, so the hash recorded is the one it loads back with.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.bottleneck.state_dict().items()}
+        if dtype is not None:
+            self.bottleneck.to(dtype).to(torch.float32)
+        state = {
+            k: v.detach().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous().cpu()
+            for k, v in self.bottleneck.state_dict().items()
+        }
         safetensors.torch.save_file(state, directory / WEIGHTS_FILE, metadata={"format": FORMAT})
         config = {"format": FORMAT, "format_version": FORMAT_VERSION, **self.config.to_dict()}
         config["tokenizer_hash"] = self.tokenizer_hash
@@ -207,19 +217,24 @@ class SpeechTokenizer(nn.Module):
         whisper: str | os.PathLike | Whisper | None = None,
         device: str | torch.device = "cpu",
     ) -> SpeechTokenizer:
-        """Load an auralm folder (config.json + model.safetensors) or an Ichigo / WhisperSpeech
-        checkpoint file (.pth, .model, Lightning .ckpt), read without running code from it.
+        """Load "default" (the speech tokenizer shipped with auralm), an auralm folder (config.json +
+        model.safetensors) or an Ichigo / WhisperSpeech checkpoint file (.pth, .model, Lightning .ckpt),
+        read without running code from it.
 
         whisper: the backbone (a name, .pt path, CTranslate2 folder or model); default: the one
-        the checkpoint names.
+        the checkpoint names. An auralm folder loaded with its own backbone must reproduce the hash it
+        records, so changed weights never pass for the tokenizer an LLM was trained on.
         """
-        path = Path(source)
+        path = shipped_model(SHIPPED_TOKENIZER) if source == DEFAULT_SPEECH_TOKENIZER else Path(source)
+        recorded = None
         if path.is_dir():
             fields, state_dict = _read_auralm_folder(path)
+            recorded = fields.pop("tokenizer_hash", None)
         elif path.is_file():
             fields, state_dict = read_whisper_vq(path)
         else:
             raise CheckpointError(f"{path}: no such tokenizer folder or checkpoint file")
+        own_backbone = whisper is None
         if isinstance(whisper, (str, os.PathLike)):
             fields["whisper"] = str(whisper)
         if not isinstance(whisper, Whisper):
@@ -238,6 +253,11 @@ class SpeechTokenizer(nn.Module):
             tokenizer.bottleneck.load_state_dict(state_dict, strict=True)
         except RuntimeError as e:
             raise CheckpointError(f"{path}: weights do not fit the tokenizer config: {e}") from e
+        if own_backbone and recorded is not None and recorded != tokenizer.tokenizer_hash:
+            raise CheckpointError(
+                f"{path}: the weights do not match the hash in {CONFIG_FILE} ({recorded[:12]}…): the files were changed "
+                "or its Whisper backbone differs; save the tokenizer again with save_pretrained"
+            )
         return tokenizer.to(device)
 
     # ---- helpers -------------------------------------------------------------------------
@@ -283,7 +303,6 @@ def _read_auralm_folder(directory: Path) -> tuple[dict[str, Any], dict[str, torc
         raise CheckpointError(f"{config_path}: not an auralm speech tokenizer config")
     if fields.pop("format_version", None) != FORMAT_VERSION:
         raise CheckpointError(f"{config_path}: written by a newer auralm (format version); upgrade auralm")
-    fields.pop("tokenizer_hash", None)
     try:
         state_dict = safetensors.torch.load_file(weights_path)
     except Exception as e:  # safetensors raises its own error types

@@ -53,8 +53,13 @@ class CodeCache:
         self.tokenizer_hash = speech_tokenizer.tokenizer_hash
 
     def key(self, example: Example) -> str:
-        audio = example.audio if isinstance(example.audio, str) else repr(example.audio)
-        return hashlib.sha1(json.dumps([self.tokenizer_hash, example.id, audio]).encode()).hexdigest()
+        """The tokenizer and the clip: a file by its absolute path alone, so recipes that name it from different
+        manifests (pretrain, then sft) share its codes; a dataset row by its example's id too."""
+        if isinstance(example.audio, str):
+            clip = [str(Path(example.audio).absolute())]
+        else:
+            clip = [example.id, repr(example.audio)]
+        return hashlib.sha1(json.dumps([self.tokenizer_hash, *clip]).encode()).hexdigest()
 
     def build(
         self,

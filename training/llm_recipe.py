@@ -23,6 +23,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,7 @@ class LLMTrainingConfig(RunConfig):
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=lambda: list(LLAMA_LINEAR_LAYERS))
     merge: bool = False  # also write output_dir/merged/ (the adapter merged into the LLM) at the end
+    adapter: str | None = None  # an earlier run's adapter to go on training (sft after pretrain), LoRA settings and all
     # sequences
     max_tokens: int = 1024  # a packed row's length; longer conversations are skipped
     pack: bool = True  # several conversations share a row (attention stays within each)
@@ -109,6 +111,7 @@ class LLMRecipe:
         add_sound_tokens(llm, self.tokenizer, self.speech)
         self.code_cache = CodeCache(c.code_cache or self.run_dir / "codes", self.speech)
 
+        self.llm = llm  # as loaded, before anything trains: what a recipe may ask for replies to keep
         conversations, self.skipped = self.conversations()
         sequences = []
         for number, conversation in enumerate(conversations):
@@ -165,6 +168,8 @@ class LLMRecipe:
         c = self.config
         if c.full:
             model = llm.requires_grad_(True)
+        elif c.adapter:
+            model = self._continued(llm, Path(c.adapter))
         else:
             from peft import LoraConfig, get_peft_model
 
@@ -195,6 +200,21 @@ class LLMRecipe:
                     fully_shard(module, mesh=mesh)
             fully_shard(model, mesh=mesh)
         return model
+
+    def _continued(self, llm: PreTrainedModel, adapter: Path) -> torch.nn.Module:
+        """The LLM with an earlier run's adapter (LoRA + sound rows), trainable, so one adapter holds every stage."""
+        from peft import PeftModel
+
+        sound = adapter / SOUND_TOKENS_FILE
+        if not sound.is_file():
+            raise ConfigError(f"adapter={adapter}: no {SOUND_TOKENS_FILE}; give an adapter `auralm train` wrote")
+        recorded = json.loads(sound.read_text()).get(HASH_KEY)
+        if recorded != self.speech.tokenizer_hash:
+            raise ConfigError(f"adapter={adapter}: trained on another speech tokenizer's codes ({str(recorded)[:12]}…)")
+        try:
+            return PeftModel.from_pretrained(llm, adapter, is_trainable=True)
+        except (OSError, ValueError, RuntimeError, KeyError) as e:
+            raise ConfigError(f"adapter={adapter}: does not fit llm={self.config.llm} ({e})") from e
 
     # ---- training --------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """Recipe: instruction tuning of a speech LLM on chat conversations with audio (after `pretrain`).
 
-    auralm train sft --config sft tokenizer=runs/tokenizer/tokenizer llm=… train=data/chat.jsonl
+    auralm train sft --config sft tokenizer=runs/tokenizer/tokenizer adapter=runs/pretrain/adapter train=data/chat.jsonl
     torchrun --nproc_per_node 4 -m auralm train sft --config sft …   (FSDP2, same global batch)
 
 train= is a JSONL manifest, one conversation a line, in SpeechChat's message format:
@@ -12,14 +12,16 @@ train= is a JSONL manifest, one conversation a line, in SpeechChat's message for
 (audio paths relative to the manifest; a content may also be a plain string; system turns allowed). The loss
 covers the assistant's turns only. Spoken instructions and transcription requests are conversations with
 audio; the manifest's text-only conversations keep the LLM's text ability (`text_ratio` of them per spoken
-one, all by default). Generated "noise" conversations (`noise_ratio` per spoken one) teach it to say
-`refusal` when a clip holds no speech: uniformly random sound codes, or the codes of silence or white noise,
-alone or with a request taken from the manifest. Conversations are packed into rows of `max_tokens`.
+one, all by default); with `text_replies=base` their replies are the LLM's own before training (self-
+distillation), so they keep its text answers as they were instead of teaching new ones. Generated "noise"
+conversations (`noise_ratio` per spoken one) teach it to say `refusal` when a clip holds no speech: uniformly
+random sound codes, or the codes of silence or white noise, alone or with a request taken from the manifest. Conversations are packed into rows of `max_tokens`.
 What trains, and the outputs: see llm_recipe.py.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,10 @@ from typing import Any
 
 import numpy as np
 import soundfile
+import torch
+from tqdm import tqdm
 
+from auralm.lm.chat import message_text
 from auralm.tokenizer import SAMPLE_RATE
 from auralm.training.config import ConfigError
 from auralm.training.data import DataError, Example, _json_lines
@@ -39,6 +44,8 @@ from auralm.training.loop import run_recipe
 ROLES = ("system", "user", "assistant")
 NOISE_SECONDS = (1.0, 8.0)  # a noise clip's length, drawn uniformly
 RANDOM_CODES, SILENCE, WHITE_NOISE = range(3)  # the kinds of noise, drawn uniformly
+TEXT_REPLIES = ("manifest", "base")  # where text-only conversations' replies come from
+REFUSAL = "I couldn't hear any speech in that."  # the default reply to a clip without speech
 
 
 @dataclass
@@ -46,8 +53,16 @@ class SFTConfig(LLMTrainingConfig):
     output_dir: str = "runs/sft"
     train: str = ""  # a JSONL manifest of conversations (see the module docstring)
     text_ratio: float | None = None  # text-only conversations per spoken one, drawn from the manifest's; null: all
+    text_replies: str = "manifest"  # "base": text-only conversations answered by the LLM itself before training
+    text_reply_tokens: int = 96  # the longest such reply
     noise_ratio: float = 0.05  # generated noise conversations per spoken one
-    refusal: str = "I couldn't hear any speech in that."  # the assistant's reply to a clip without speech
+    refusal: str = REFUSAL  # the assistant's reply to a clip without speech
+
+
+def noise_samples(kind: int, samples: int, generator: np.random.Generator) -> np.ndarray:
+    """A 16 kHz clip without speech (samples,): SILENCE, or WHITE_NOISE at an RMS drawn from −60 to −20 dBFS."""
+    level = 0.0 if kind == SILENCE else 10 ** generator.uniform(-3, -1)
+    return np.clip(generator.standard_normal(samples) * level, -1, 1)
 
 
 def read_conversations(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -99,6 +114,12 @@ def _message(message: Any, where: str, folder: Path) -> dict[str, Any]:
     return {"role": message["role"], "content": checked}
 
 
+def _prompt_key(messages: Conversation) -> str:
+    """A text-only conversation so far, as the JSON of its string messages."""
+    return json.dumps([{"role": m["role"], "content": message_text(m["content"]) if isinstance(m["content"], list)
+                        else m["content"]} for m in messages], ensure_ascii=False)  # fmt: skip
+
+
 def _audio_paths(conversation: dict[str, Any]) -> list[str]:
     return [p["audio"] for m in conversation["messages"] for p in m["content"] if isinstance(p, dict)]
 
@@ -109,6 +130,8 @@ class SFTRecipe(LLMRecipe):
     def __init__(self, config: SFTConfig, resume: bool = False):
         if not config.train:
             raise ConfigError("no training data: set train= (a JSONL manifest of conversations)")
+        if config.text_replies not in TEXT_REPLIES:
+            raise ConfigError(f"text_replies={config.text_replies}: use one of {', '.join(TEXT_REPLIES)}")
         super().__init__(config, resume)
 
     def conversations(self) -> tuple[list[Conversation], SkippedExamples]:
@@ -148,6 +171,8 @@ class SFTRecipe(LLMRecipe):
         if c.text_ratio is not None and len(text_only) > round(c.text_ratio * len(spoken)):
             chosen = rng.choice(len(text_only), size=round(c.text_ratio * len(spoken)), replace=False)
             text_only = [text_only[i] for i in sorted(chosen)]
+        if c.text_replies == "base":
+            text_only = self._base_replies(text_only)
         user_parts = [p for conversation in spoken for m in conversation if m["role"] == "user" for p in m["content"]]
         requests = sorted({p for p in user_parts if isinstance(p, str)})  # what noise clips come with, half the time
         noise = []
@@ -167,6 +192,46 @@ class SFTRecipe(LLMRecipe):
             )
         return spoken + text_only + noise, skipped
 
+    def _base_replies(self, conversations: list[Conversation]) -> list[Conversation]:
+        """The text-only conversations with every assistant turn replaced by the LLM's own greedy reply before
+        training (self-distillation): they then teach it to keep its text behaviour, not to change it. Rank 0
+        asks; the replies are kept in output_dir/text_replies.json, so a resumed run asks for none again."""
+        file = self.run_dir / "text_replies.json"
+        replies: dict[str, str] = json.loads(file.read_text()) if file.is_file() else {}
+        conversations = [[dict(m) for m in conversation] for conversation in conversations]
+        turns = max((sum(m["role"] == "assistant" for m in c) for c in conversations), default=0)
+        for turn in range(turns):  # every conversation's first reply, then every second one, …
+            prompts = {}
+            for conversation in conversations:
+                at = [i for i, m in enumerate(conversation) if m["role"] == "assistant"][turn:][:1]
+                if at:
+                    prompts[_prompt_key(conversation[: at[0]])] = (conversation, at[0])
+            missing = [key for key in prompts if key not in replies]
+            if self.world.is_main and missing:
+                replies |= dict(zip(missing, self._generate([json.loads(k) for k in missing]), strict=True))
+                partial = file.with_name(f".{file.name}.partial")
+                partial.write_text(json.dumps(replies, ensure_ascii=False, indent=0))
+                partial.rename(file)
+            self.world.barrier()
+            replies = json.loads(file.read_text()) if missing else replies
+            for key, (conversation, at) in prompts.items():
+                conversation[at]["content"] = replies[key]
+        return conversations
+
+    def _generate(self, prompts: list[list[dict[str, str]]], batch_size: int = 16) -> list[str]:
+        """Greedy replies of the LLM as loaded to text-only prompts (lists of messages)."""
+        tokenizer, model = self.tokenizer, self.llm.to(self.world.device).eval()
+        replies = []
+        for start in tqdm(range(0, len(prompts), batch_size), desc="base replies", disable=not self._progress):
+            texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+                     for p in prompts[start : start + batch_size]]  # fmt: skip
+            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            with torch.no_grad():
+                out = model.generate(**batch, do_sample=False, max_new_tokens=self.config.text_reply_tokens,
+                                     pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+            replies += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        return [reply.strip() for reply in replies]
+
     def _noise_audio(self, kinds: np.ndarray, seconds: np.ndarray) -> list[str | None]:
         """The audio files of the silence and white-noise clips (None for random codes), written once by rank 0
         into output_dir/noise/ (a clip depends only on the seed and its number)."""
@@ -179,13 +244,10 @@ class SFTRecipe(LLMRecipe):
             file = folder / f"noise-{self.config.seed}-{number:06d}.flac"
             if self.world.is_main and not file.is_file():
                 generator = np.random.default_rng([self.config.seed, 2, number])
-                samples = round(length * SAMPLE_RATE)
-                level = 0.0 if kind == SILENCE else 10 ** generator.uniform(-3, -1)  # RMS from -60 to -20 dBFS
+                samples = noise_samples(kind, round(length * SAMPLE_RATE), generator)
                 folder.mkdir(parents=True, exist_ok=True)
                 partial = file.with_name(f".{file.name}.partial")
-                soundfile.write(
-                    partial, np.clip(generator.standard_normal(samples) * level, -1, 1), SAMPLE_RATE, format="FLAC"
-                )
+                soundfile.write(partial, samples, SAMPLE_RATE, format="FLAC")
                 partial.rename(file)
             files.append(str(file))
         self.world.barrier()

@@ -6,6 +6,8 @@ writes
     DIR/audio/NNNNNN.flac   16 kHz mono 16-bit FLAC, one utterance each
     DIR/train.jsonl         one line per example: id, audio (relative to DIR), text, kind, answer (questions),
     DIR/val.jsonl           source, voice, augment, duration, language; `auralm.training.read_examples` reads them
+    DIR/chat_train.jsonl    the same clips as conversations for `auralm train sft`: transcription requests,
+    DIR/chat_val.jsonl      spoken questions → answers, and the questions as text (speech_conversations.py)
     DIR/summary.json        hours, examples, counts per split, voice, kind and source, time taken
     DIR/options.json        the seed and settings the folder was made with; a rerun must match them
 
@@ -47,6 +49,7 @@ import torchaudio.functional as AF
 
 from auralm.errors import AuralmError
 from auralm.tokenizer import SAMPLE_RATE
+from auralm.training.speech_conversations import clip_conversations
 from auralm.training.speech_texts import SpokenText, normalize, split_texts, spoken_texts
 
 ESPEAK_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029",
@@ -65,6 +68,7 @@ SOURCE_WEIGHTS = {"fortunes": 0.45, "pyjokes": 0.05, "arithmetic": 0.12, "facts"
                   "instructions": 0.06, "repeat": 0.14}  # fmt: skip
 RATE_STEP = 50  # Hz; see _speed_rate
 MANIFESTS = {"train": "train.jsonl", "val": "val.jsonl"}
+CHAT_MANIFESTS = {"train": "chat_train.jsonl", "val": "chat_val.jsonl"}  # for `auralm train sft`
 
 
 class SynthesisError(AuralmError):
@@ -424,7 +428,9 @@ def generate(
 
     # Final manifests: the planned examples in plan order, so a resumed run ends byte-identical to a fresh one.
     for split, name in MANIFESTS.items():
-        _write_atomically(out / name, _manifest_text([done[e.id] for e in plan if e.split == split]))
+        rows = [done[e.id] for e in plan if e.split == split]
+        _write_atomically(out / name, _manifest_text(rows))
+        _write_atomically(out / CHAT_MANIFESTS[split], _manifest_text([c for r in rows for c in clip_conversations(r)]))
     summary = _summary([done[e.id] for e in plan], plan, seed, piper, len(pending), time.monotonic() - start)
     _write_atomically(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

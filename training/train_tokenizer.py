@@ -37,6 +37,7 @@ from auralm.training.sampler import BucketBatchSampler
 
 IGNORE = -100  # target positions without a loss: the task prompt and padding
 HEAD_WIDTH = 64  # the bottleneck's attention heads are 64 wide, as Ichigo's
+TRAINING_KNOBS = ("codebook_decay", "kmeans_init", "dead_code_threshold")
 
 
 @dataclass
@@ -44,6 +45,7 @@ class TokenizerTrainingConfig(RunConfig):
     train: str = ""  # a manifest, folder, datasets folder or Parquet file (see auralm.training.read_examples)
     val: str | None = None  # held-out examples for the word error rate of text decoded from tokens
     output_dir: str = "runs/tokenizer"
+    init: str | None = None  # a tokenizer folder whose bottleneck a fresh run starts from (fine-tuning)
     feature_cache: str | None = None  # where encoder frames are kept; default output_dir/features
     # the tokenizer
     whisper: str = "tiny.en"
@@ -141,6 +143,8 @@ class TokenizerRecipe:
             self.skipped.load_state_dict(state["skipped"])
             restore_rng(state["rng"])
             self.step = state["step"]
+        elif c.init:
+            self._start_from(c.init)
         if self.world.is_main:
             print(
                 f"tokenizer training: {len(windows)} windows of ≤ {c.window_seconds} s, {len(self.val_examples)} "
@@ -148,6 +152,14 @@ class TokenizerRecipe:
                 + (f"; resuming at step {self.step}" if self.step else ""),
                 flush=True,
             )
+
+    def _start_from(self, folder: str) -> None:
+        """The bottleneck weights (codebook and its EMA state included) of a saved tokenizer of the same shape."""
+        init = SpeechTokenizer.from_pretrained(folder, whisper=self.whisper)
+        knobs = dict.fromkeys(TRAINING_KNOBS)  # may change between runs; the shape may not
+        if init.config.to_dict() | knobs != self.tokenizer.config.to_dict() | knobs:
+            raise ConfigError(f"init={folder}: its config {init.config.to_dict()} differs from this run's")
+        self.bottleneck.load_state_dict(init.bottleneck.state_dict())
 
     # ---- training --------------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
-"""Re-create the speech fixtures in this folder (run once by hand; tests only read the files).
+"""Re-create the speech fixtures in this folder and auralm/samples (run once by hand; tests only read the files).
 
 Needs espeak-ng (`apt-get install espeak-ng`). Each clip is synthesised at
 espeak's 22.05 kHz, then resampled and encoded as its name says; texts.json
-beside them holds what each one says.
+beside them holds what each one says. The demo's spoken question is said by the
+training data's Piper voice (`pip install 'auralm[train]'`), its answer in answers.json.
 """
 
 import io
@@ -51,6 +52,21 @@ CLIPS = {
 }
 
 
+# the main job's spoken question: a training-set question (facts:capital France) in a plain new rendering
+QUESTION = (SAMPLES / "question_en.flac", "What is the capital of France?", "Paris.")
+
+
+def make_question() -> tuple[np.ndarray, int]:
+    from auralm.training import synthetic_speech as synth
+    from auralm.training.speech_texts import SpokenText
+
+    _, text, answer = QUESTION
+    plain = {"tts": {"length_scale": 1.0, "noise_scale": 0.667, "noise_w_scale": 0.8}, "speed": 1.0, "reverb": None,
+             "noise": None, "telephone": False, "level_dbfs": -3.0, "seed": 0}  # fmt: skip
+    item = SpokenText(text, "question", answer, "facts", "facts:capital France")
+    return synth.make_clip(synth.PlannedExample(0, "train", item, synth.PIPER_VOICE, plain)).numpy(), 16000
+
+
 def synthesise(voice: str, wpm: int, text: str) -> tuple[np.ndarray, int]:
     wav = subprocess.run(
         ["espeak-ng", "-v", voice, "-s", str(wpm), "--stdout", text], check=True, capture_output=True
@@ -71,6 +87,12 @@ def main() -> None:
         soundfile.write(path, audio, rate, **opus)
         texts.setdefault(path.parent, {})[path.name] = text
         print(f"{path.name}: {len(audio) / rate:.1f} s, {rate} Hz, {channels} ch, {path.stat().st_size // 1024} KiB")
+    path, text, answer = QUESTION
+    audio, rate = make_question()
+    soundfile.write(path, audio, rate, format="FLAC")
+    texts[SAMPLES][path.name] = text
+    (SAMPLES / "answers.json").write_text(json.dumps({path.name: answer}, indent=2) + "\n")
+    print(f"{path.name}: {len(audio) / rate:.1f} s, Piper")
     for folder, folder_texts in texts.items():
         (folder / "texts.json").write_text(json.dumps(folder_texts, indent=2, ensure_ascii=False) + "\n")
 

@@ -1,6 +1,6 @@
 """The real server on localhost, driven by the official `openai` client and by malformed requests.
 
-Two servers: `auralm serve` in a subprocess on the packaged SmolLM2 (integration), and the same app in a
+Two servers: `auralm serve` in a subprocess on the shipped speech models (integration), and the same app in a
 thread on tiny random models, whose numbers (token counts, segments) the tests can check exactly.
 """
 
@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import openai
 import pytest
@@ -27,6 +28,8 @@ import uvicorn
 import auralm.lm.chat
 import auralm.lm.server
 import auralm.tokenizer.speech_tokenizer
+from auralm.demo import QUESTION as QUESTION_CLIP
+from auralm.demo import SAMPLES
 from auralm.lm import SpeechChat, add_sound_tokens
 from auralm.lm.server import ServerLimits, create_app, listen
 from auralm.tokenizer import SAMPLE_RATE, load_audio
@@ -41,12 +44,13 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server_log(tokenizer_folder, tmp_path_factory):
-    """The log file of an `auralm serve` subprocess, and the address it says it listens on."""
+def server_log(tmp_path_factory):
+    """The log file of an `auralm serve` subprocess with no model flags (the shipped speech models), and the
+    address it says it listens on."""
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with open(log, "w") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "auralm", "serve", "--checkpoint", str(tokenizer_folder), "--port", str(free_port()),
+            [sys.executable, "-m", "auralm", "serve", "--port", str(free_port()),
              "--max-audio-seconds", "5", "--max-body-mb", "1", "--max-new-tokens", "64"],
             stdout=output, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
@@ -71,8 +75,8 @@ def client(server):
     return openai.OpenAI(base_url=f"{server}/v1", api_key="unused", max_retries=0)
 
 
-def wav_part(name: str = "en_8k.wav") -> dict:
-    data = base64.b64encode((DATA / name).read_bytes()).decode()
+def wav_part(name: str = "en_8k.wav", folder: Path = DATA) -> dict:
+    data = base64.b64encode((folder / name).read_bytes()).decode()
     return {"type": "input_audio", "input_audio": {"data": data, "format": name.rsplit(".", 1)[1]}}
 
 
@@ -81,7 +85,7 @@ def audio_url_part(name: str = "en_8k.wav") -> dict:
     return {"type": "audio_url", "audio_url": {"url": f"data:audio/wav;base64,{data}"}}
 
 
-QUESTION = [{"role": "user", "content": [{"type": "text", "text": "What is the capital of France?"}, wav_part()]}]
+QUESTION = [{"role": "user", "content": [wav_part(QUESTION_CLIP.name, SAMPLES)]}]  # "What is the capital of France?"
 
 
 def post(server: str, path: str, body: bytes, content_type: str = "application/json") -> tuple[int, dict]:
@@ -104,7 +108,11 @@ def chat_body(content, **options) -> bytes:
 def test_models_and_chat_with_audio(client):
     assert [m.id for m in client.models.list().data] == ["smollm2", "whisper-1"]
     reply = client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=40)
-    assert "Paris" in reply.choices[0].message.content
+    # the shipped models' own answer to the spoken question, asked here without the server
+    spoken = [{"role": "user", "content": [{"type": "audio", "path": QUESTION_CLIP}]}]
+    assert reply.choices[0].message.content == SpeechChat.from_pretrained(device="cpu").generate(
+        spoken, max_new_tokens=40
+    )
     assert reply.model == "smollm2"
 
 

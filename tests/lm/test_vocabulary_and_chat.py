@@ -254,8 +254,6 @@ def test_a_reply_says_why_it_ended_and_counts_its_tokens(chat):
 
 
 def test_from_pretrained_builds_the_chat_from_folders(tmp_path, tiny_tokenizer, tiny_whisper, caplog):
-    from auralm.checkpoints import CheckpointError
-
     tiny_llama(False).save_pretrained(tmp_path / "llm")
     tiny_text_tokenizer().save_pretrained(tmp_path / "llm")
     tiny_tokenizer.save_pretrained(tmp_path / "speech")  # its Whisper is random: passed, not named
@@ -275,5 +273,3 @@ def test_from_pretrained_builds_the_chat_from_folders(tmp_path, tiny_tokenizer, 
     )
     assert flash.model.config._attn_implementation == "auralm"
     assert flash.generate(conversation("en_8k.wav"), max_new_tokens=8) == expected
-    with pytest.raises(CheckpointError, match="no default speech tokenizer ships yet; pass checkpoint="):
-        SpeechChat.from_pretrained(tmp_path / "llm")

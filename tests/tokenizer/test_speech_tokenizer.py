@@ -2,11 +2,13 @@
 batching, code counts, token strings, save/load and the hash."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 import torch
 import whisper
+from safetensors.torch import load_file, save_file
 from vector_quantize_pytorch import ResidualVQ
 
 from auralm.checkpoints import CheckpointError
@@ -178,6 +180,32 @@ def test_save_load_round_trip_keeps_codes_and_hash(tmp_path, tiny_tokenizer, tin
     assert loaded.tokenizer_hash == tiny_tokenizer.tokenizer_hash
     audio = load_audio(DATA / "en_16k.wav")
     assert torch.equal(loaded.encode(audio), tiny_tokenizer.encode(audio))
+
+
+def test_float16_save_loads_with_its_hash_and_changed_weights_are_refused(tmp_path, tiny_tokenizer, tiny_whisper_file):
+    # a config that names its backbone's file, as a shipped tokenizer names tiny.en
+    tokenizer = SpeechTokenizer(dataclasses.replace(tiny_tokenizer.config, whisper=str(tiny_whisper_file)),
+                                tiny_tokenizer.whisper)  # fmt: skip
+    tokenizer.bottleneck.load_state_dict(tiny_tokenizer.bottleneck.state_dict())
+    full = tokenizer.save_pretrained(tmp_path / "full")
+    half = tokenizer.save_pretrained(tmp_path / "half", dtype=torch.float16)
+    weights = load_file(half / "model.safetensors")
+    assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float16}
+    assert (half / "model.safetensors").stat().st_size < 0.6 * (full / "model.safetensors").stat().st_size
+    loaded = SpeechTokenizer.from_pretrained(half)  # the named backbone; the recorded hash must match
+    assert (
+        loaded.tokenizer_hash
+        == tokenizer.tokenizer_hash
+        == json.loads((half / "config.json").read_text())["tokenizer_hash"]
+    )
+    audio = load_audio(DATA / "en_16k.wav")
+    assert torch.equal(loaded.encode(audio), tokenizer.encode(audio))
+
+    weights["mlp.0.weight"] += 0.01
+    save_file(weights, half / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"do not match the hash in config\.json"):
+        SpeechTokenizer.from_pretrained(half)
+    SpeechTokenizer.from_pretrained(half, whisper=tiny_whisper_file)  # another backbone named: no hash to hold
 
 
 def test_hash_follows_the_weights_that_decide_codes(tiny_tokenizer):

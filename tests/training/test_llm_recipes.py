@@ -26,6 +26,7 @@ from auralm.lm import SpeechChat, SpeechTokenizerMismatchError, add_sound_tokens
 from auralm.lm.chat import TRANSCRIBE_PROMPT
 from auralm.tokenizer import SpeechTokenizer, TokenizerConfig, load_audio
 from auralm.training.checkpointing import Checkpoints
+from auralm.training.config import ConfigError
 from auralm.training.data import DataError
 from auralm.training.llm_data import IGNORE, PackedSequences, chat_tokens, collate_packs, user_turn
 from auralm.training.sft import SFTConfig, SFTRecipe, read_conversations
@@ -124,6 +125,18 @@ def asr_manifest(folder: Path) -> Path:
     return path
 
 
+def asr_chat_manifest(folder: Path) -> Path:
+    """The 7 clips as transcription conversations, for sft."""
+    lines = [
+        {"messages": [{"role": "user", "content": [{"type": "audio", "path": str(DATA / name)}, TRANSCRIBE_PROMPT]},
+                      {"role": "assistant", "content": TEXTS[name]}]}
+        for name in CLIPS
+    ]  # fmt: skip
+    path = folder / "asr-chat.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
 def train(recipe: str, *settings: str, extra_args: tuple[str, ...] = (), **kwargs) -> subprocess.CompletedProcess:
     command = [*AURALM, "train", recipe, *settings, "progress=false", "--threads", "1", *extra_args]
     return subprocess.run(command, capture_output=True, text=True, timeout=600, **kwargs)
@@ -169,6 +182,17 @@ def test_pretrain_overfits_and_its_adapter_transcribes_through_speech_chat(
 
     merged = SpeechChat(*load_llm(run / "merged"), speech)  # merge=true: the same model as a plain folder
     assert merged.transcribe(DATA / "en_16k.wav") == TEXTS["en_16k.wav"]
+
+    # sft going on with the pretrain adapter (lr 0 here): one adapter on the plain LLM holds both stages
+    sft = [f"train={asr_chat_manifest(tmp_path)}", f"llm={llm_folder}", f"adapter={run / 'adapter'}",
+           "max_tokens=400", "batch_size=2", "max_steps=1", "lr=0", "noise_ratio=0"]  # fmt: skip
+    result = train("sft", *sft, f"tokenizer={speech_folder}", f"output_dir={tmp_path / 'sft'}")
+    assert result.returncode == 0, result.stderr
+    continued = SpeechChat(*load_llm(llm_folder, adapter=tmp_path / "sft" / "adapter"), speech)
+    assert continued.transcribe(DATA / "en_16k.wav") == TEXTS["en_16k.wav"]
+    other = tiny_speech_tokenizer(tiny_whisper_file, seed=2).save_pretrained(tmp_path / "other-tok")
+    result = train("sft", *sft, f"tokenizer={other}", f"output_dir={tmp_path / 'other'}")
+    assert result.returncode == 2 and "trained on another speech tokenizer's codes" in result.stderr
 
 
 def test_full_training_writes_a_whole_model(tmp_path, speech_folder, llm_folder):
@@ -252,6 +276,56 @@ def test_sft_learns_only_assistant_tokens_noise_asks_for_the_refusal_and_packs_s
             torch.testing.assert_close(recipe.loss_sum(together), recipe.loss_sum(alone), rtol=1e-5, atol=1e-4)
     finally:
         recipe.cleanup()
+
+
+def test_a_clip_has_one_cache_key_whichever_manifest_names_it(tmp_path, monkeypatch, tiny_tokenizer):
+    from auralm.training.data import ArrowAudio, Example
+    from auralm.training.llm_data import CodeCache
+
+    cache = CodeCache(tmp_path / "codes", tiny_tokenizer)
+    monkeypatch.chdir(DATA.parent)
+    pretrain = Example(id="000001", text="hi", audio=f"{DATA.name}/en_16k.wav")  # a manifest's relative path
+    sft = Example(id=str(DATA / "en_16k.wav"), text="", audio=str(DATA / "en_16k.wav"))  # sft's: absolute
+    assert cache.key(pretrain) == cache.key(sft)
+    assert cache.key(pretrain) != cache.key(Example(id="000001", text="hi", audio=str(DATA / "en_8k.wav")))
+    rows = [Example(id=name, text="", audio=ArrowAudio(None, 0)) for name in ("a", "b")]  # row 0 of two datasets
+    assert cache.key(rows[0]) != cache.key(rows[1])
+
+
+def test_sft_text_replies_from_the_base_llm_keep_its_own_answers(tmp_path, speech_folder, llm_folder, chat_manifest):
+    config = SFTConfig(
+        train=str(chat_manifest), tokenizer=str(speech_folder), llm=str(llm_folder), output_dir=str(tmp_path / "run"),
+        noise_ratio=0.0, max_tokens=600, batch_size=2, bf16=False, progress=False, text_replies="base",
+        text_reply_tokens=4,
+    )  # fmt: skip
+    # what the LLM says to the manifest's text-only prompt before training, computed here on its own
+    model, tokenizer = load_llm(llm_folder)
+    add_sound_tokens(model, tokenizer, SpeechTokenizer.from_pretrained(speech_folder))
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "hello"}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)  # fmt: skip
+    out = model.generate(**prompt, do_sample=False, max_new_tokens=4, pad_token_id=tokenizer.pad_token_id)
+    expected = tokenizer.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    assert expected != "hello ."  # the manifest's reply: replaced
+
+    def text_only_reply(recipe: SFTRecipe) -> str:
+        sequence = recipe.loader.dataset.sequences[2 * len(CLIPS)]
+        return recipe.tokenizer.decode(sequence.ids[sequence.learned.astype(bool)], skip_special_tokens=True).strip()
+
+    recipe = SFTRecipe(config)
+    recipe.setup()
+    assert text_only_reply(recipe) == expected
+    recipe.cleanup()
+
+    def asks_again(*args):
+        raise AssertionError("the kept replies were asked for again")
+
+    again = SFTRecipe(config, resume=True)
+    again._generate = asks_again  # the kept replies serve a resumed run
+    again.setup()
+    assert text_only_reply(again) == expected
+    again.cleanup()
+    with pytest.raises(ConfigError, match="text_replies=teacher"):
+        SFTRecipe(dataclasses.replace(config, text_replies="teacher"))
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,11 @@ import pytest
 import soundfile
 import torch
 
+from auralm.lm.chat import TRANSCRIBE_PROMPT
 from auralm.tokenizer import SAMPLE_RATE, load_audio
 from auralm.training import synthetic_speech as synth
+from auralm.training.sft import read_conversations
+from auralm.training.speech_conversations import ANSWER_PROMPT
 from auralm.training.speech_texts import (
     FORTUNES_DIR,
     SpokenText,
@@ -67,6 +70,24 @@ def test_layout_and_manifest_rows(made):
         assert row["kind"] in ("transcript", "question") and ("answer" in row) == (row["kind"] == "question")
         assert set(row["augment"]) == {"tts", "speed", "reverb", "noise", "telephone", "level_dbfs", "seed"}
         assert 0.5 < row["duration"] < 15 and row["voice"].split(":")[0] in ("espeak-ng", "piper")
+
+
+def test_chat_manifests_hold_every_clip_as_sft_conversations(made):
+    for split, name in synth.MANIFESTS.items():
+        clips = [json.loads(line) for line in (made / name).read_text().splitlines()]
+        conversations = {c["id"]: c["messages"] for c in read_conversations(made / synth.CHAT_MANIFESTS[split])}
+        for row in clips:
+            audio = str((made / row["audio"]).absolute())
+            if row["kind"] == "transcript":
+                user, reply = conversations.pop(f"{row['id']}-transcribe")
+                assert user["content"] == [{"audio": audio}, TRANSCRIBE_PROMPT] and reply["content"] == [row["text"]]
+                continue
+            user, reply = conversations.pop(f"{row['id']}-spoken")
+            assert user["content"][0] == {"audio": audio} and user["content"][1:] in ([], [ANSWER_PROMPT])
+            assert reply["content"] == [row["answer"]]
+            user, reply = conversations.pop(f"{row['id']}-text")
+            assert user["content"] == [row["text"]] and reply["content"] == [row["answer"]]
+        assert not conversations, "conversations without a clip"
 
 
 def test_same_seed_same_bytes_whatever_the_workers(made, tmp_path):

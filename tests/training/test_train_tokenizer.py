@@ -94,6 +94,25 @@ def test_a_run_with_checkpoints_is_not_overwritten(tmp_path, tiny_whisper_file):
     assert bad.returncode == 2 and "unknown config key(s) max_step" in bad.stderr
 
 
+def test_init_starts_from_a_saved_tokenizer_of_the_same_shape(tmp_path, tiny_whisper_file):
+    assert train(*tiny_run(tmp_path, tiny_whisper_file, "first", "max_steps=2")).returncode == 0
+    first = tmp_path / "first" / "tokenizer"
+    # lr 0: AdamW changes nothing, so every weight the optimizer owns is still the init's after a step
+    tuned = train(*tiny_run(tmp_path, tiny_whisper_file, "tuned", "max_steps=1", "lr=0", f"init={first}"))
+    assert tuned.returncode == 0, tuned.stderr
+    ours = load_file(tmp_path / "tuned" / "tokenizer" / "model.safetensors")
+    init = load_file(first / "model.safetensors")
+    learned = [k for k in init if not k.startswith("rq.") or "project" in k]  # not the EMA codebook
+    assert learned and all(torch.equal(ours[k], init[k]) for k in learned)
+    fresh = train(*tiny_run(tmp_path, tiny_whisper_file, "fresh", "max_steps=1", "lr=0"))
+    assert fresh.returncode == 0
+    assert not torch.equal(
+        load_file(tmp_path / "fresh" / "tokenizer" / "model.safetensors")[learned[0]], init[learned[0]]
+    )
+    other = train(*tiny_run(tmp_path, tiny_whisper_file, "other", "max_steps=1", "n_codes=16", f"init={first}"))
+    assert other.returncode == 2 and "differs from this run's" in other.stderr
+
+
 def test_a_checkpoint_cut_short_leaves_the_previous_one(tmp_path, monkeypatch):
     checkpoints = Checkpoints(tmp_path, keep=2)
     checkpoints.save(1, {"step": 1, "weights": torch.ones(3)})

@@ -1,0 +1,452 @@
+"""How good a speech tokenizer + speech LLM are, measured on held-out clips (`auralm eval`, benchmarks/quality.py).
+
+    clips = read_clips("data/speech-v1/val.jsonl", limit=100)
+    report = evaluate(SpeechChat.from_pretrained(...), clips)
+    print(format_report(report))             # a markdown table: each metric, its goal, met or not
+
+The clip manifest is the one `auralm.training.synthetic_speech` writes: one JSON object a line with `audio`
+(relative to the manifest), `text`, `kind` ("transcript" or "question"), `answer` (questions), and optional
+`id`, `language`. What is measured, greedy decoding everywhere so a rerun gives the same report:
+
+    tokens → text WER     the tokenizer's codes read back by its Whisper decoder, against the manifest's text
+    Whisper WER           the tokenizer's own Whisper backbone transcribing the same audio (the reference)
+    LLM WER               `SpeechChat.transcribe` of each clip
+    spoken-QA accuracy    question clips sent alone (and with ANSWER_PROMPT), scored by `is_correct`
+    noise → refusal       silence, white noise and random sound codes sent alone; the reply should refuse
+    text answers kept     TEXT_QUESTIONS answered by the base LLM and by the speech LLM: share left unchanged
+    codebook use          share of the K + 1 codes the clips use, and the perplexity of their histogram
+    real-time factors     encoding seconds ÷ audio seconds; a whole transcription reply ÷ audio seconds
+
+Word error rates are corpus rates (all errors over all reference words) after Whisper's English normaliser.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from auralm.lm import DEFAULT_LLM, SpeechChat, load_llm
+from auralm.lm.chat import Message
+from auralm.tokenizer import SAMPLE_RATE, corpus_word_error_rate, load_audio, normalize_text, transcribe
+from auralm.tokenizer.backbone import MIN_TEXT_TOKENS, TEXT_TOKENS_PER_SECOND
+from auralm.training.data import DataError, _json_lines
+from auralm.training.sft import NOISE_SECONDS, RANDOM_CODES, REFUSAL, SILENCE, WHITE_NOISE, noise_samples
+from auralm.training.speech_conversations import ANSWER_PROMPT
+from auralm.training.train_tokenizer import codebook_usage
+
+KINDS = ("transcript", "question")
+NOISE_NAMES = {RANDOM_CODES: "random codes", SILENCE: "silence", WHITE_NOISE: "white noise"}
+ANSWER_TOKENS = 48  # longest reply to a question or a noise clip; a right answer is a few words
+# Questions whose answers the speech LLM should give as the base LLM did: facts, arithmetic, definitions and
+# instructions, phrased unlike the templates of the synthetic speech (auralm.training.speech_texts).
+TEXT_QUESTIONS = (
+    "Which planet is closest to the Sun?",
+    "Who wrote the play Romeo and Juliet?",
+    "What gas do plants take in from the air?",
+    "How many legs does a spider have?",
+    "What is the largest ocean on Earth?",
+    "At what temperature in Celsius does water boil at sea level?",
+    "What is 15 multiplied by 4?",
+    "What is the square root of 81?",
+    "If I have 3 apples and buy 9 more, how many apples do I have?",
+    "What is half of 250?",
+    "Define the word photosynthesis in one sentence.",
+    "What is a noun?",
+    "What does a thermometer measure?",
+    "What is the opposite of ancient?",
+    "Name three primary colors.",
+    "Write the word computer backwards.",
+    "List the first five prime numbers.",
+    "Give me a synonym for happy.",
+    "Translate the word thank you into Spanish.",
+    "Suggest a name for a pet goldfish.",
+)
+
+# ---- goals: the quality report of issue 12 -----------------------------------------------------------
+WER_RATIO_GOAL = 2.0  # tokens → text WER at most this many times Whisper's on the same clips
+QA_GOAL = 0.8
+TEXT_KEPT_GOAL = 0.9
+REFUSAL_GOAL = 0.9
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One held-out clip. audio: an absolute path; answer: the expected reply to a question, else None."""
+
+    id: str
+    audio: str
+    text: str
+    kind: str
+    answer: str | None = None
+    language: str | None = None
+
+
+@dataclass
+class ClipResult:
+    """What each path made of one clip; replies are None for transcript clips."""
+
+    id: str
+    kind: str
+    seconds: float
+    reference: str
+    tokens_text: str  # the tokenizer's Whisper decoder reading the codes
+    whisper_text: str  # the plain Whisper backbone on the audio
+    llm_text: str  # SpeechChat.transcribe
+    answer: str | None = None
+    reply: str | None = None  # to the clip alone
+    reply_with_prompt: str | None = None  # to the clip + ANSWER_PROMPT
+
+
+@dataclass
+class NoiseReply:
+    kind: str  # one of NOISE_NAMES' values
+    seconds: float
+    reply: str
+
+
+@dataclass
+class TextAnswer:
+    question: str
+    base: str  # the base LLM's reply
+    speech: str  # the speech LLM's reply
+
+
+@dataclass
+class Goal:
+    metric: str
+    value: str
+    target: str
+    met: bool | None  # None: not measured
+
+
+@dataclass
+class QualityReport:
+    """Everything `evaluate` measured. Rates are fractions (0.25 = 25 %); None where nothing was measured
+    (no question clips, no noise clips, no text questions)."""
+
+    device: str
+    whisper: str  # the tokenizer's backbone, the reference transcriber
+    clips: int
+    questions: int
+    audio_seconds: float
+    tokens_wer: float
+    whisper_wer: float
+    llm_wer: float
+    qa_accuracy: float | None
+    qa_accuracy_with_prompt: float | None
+    refusal_rate: float | None
+    text_unchanged: float | None
+    codebook_size: int  # K + 1: the codes a tokenizer can emit, the mask code included
+    codes_used: float
+    code_perplexity: float
+    tokenizer_rtf: float  # SpeechTokenizer.encode seconds ÷ audio seconds
+    llm_rtf: float  # SpeechChat.transcribe seconds (encoding, prefill and decoding) ÷ audio seconds
+    refusal: str = REFUSAL  # the reply noise clips should get
+    clip_results: list[ClipResult] = field(default_factory=list)
+    noise_replies: list[NoiseReply] = field(default_factory=list)
+    text_answers: list[TextAnswer] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def goals(self) -> list[Goal]:
+        """The issue's four goals, each with the value measured and whether it is met."""
+        wer_limit = WER_RATIO_GOAL * self.whisper_wer
+        return [
+            Goal(
+                "tokens → text WER",
+                _percent(self.tokens_wer),
+                f"≤ {WER_RATIO_GOAL:g} × Whisper {self.whisper} ({_percent(wer_limit)})",
+                self.tokens_wer <= wer_limit,
+            ),
+            _share_goal("spoken-QA accuracy", self.qa_accuracy, QA_GOAL),
+            _share_goal("text answers unchanged", self.text_unchanged, TEXT_KEPT_GOAL),
+            _share_goal("noise → refusal", self.refusal_rate, REFUSAL_GOAL),
+        ]
+
+    def summary(self) -> str:
+        """One line: the goals met, on what, on which device."""
+        goals = self.goals()
+        met = [g.metric for g in goals if g.met]
+        measured = sum(g.met is not None for g in goals)
+        return (
+            f"{len(met)} of {measured} goals met{' (' + ', '.join(met) + ')' if met else ''}; {self.clips} clips "
+            f"({self.questions} question{'s' * (self.questions != 1)}, {self.audio_seconds:.0f} s of audio) "
+            f"on {self.device}"
+        )
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f} %"
+
+
+def _share_goal(metric: str, value: float | None, goal: float) -> Goal:
+    return Goal(metric, _percent(value), f"≥ {100 * goal:.0f} %", None if value is None else value >= goal)
+
+
+# ---- reading the clips ------------------------------------------------------------------------------------
+
+
+def read_clips(manifest: str | os.PathLike, limit: int | None = None) -> list[Clip]:
+    """The first `limit` clips (all when None) of a clip manifest, checked: a bad line or a missing audio file
+    is a DataError naming it."""
+    path = Path(manifest)
+    if not path.is_file():
+        raise DataError(f"{path}: no such clip manifest")
+    folder = path.absolute().parent
+    clips = []
+    for number, row in _json_lines(path):
+        if limit is not None and len(clips) == limit:
+            break
+        where = f"{path}:{number}"
+        audio, text, kind, answer = (row.get(key) for key in ("audio", "text", "kind", "answer"))
+        if not isinstance(audio, str) or not audio or not isinstance(text, str):
+            raise DataError(f"{where}: a clip needs 'audio' (a file path) and 'text' (its transcript)")
+        if kind not in KINDS:
+            raise DataError(f"{where}: 'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
+        if kind == "question" and not isinstance(answer, str):
+            raise DataError(f"{where}: a question needs its 'answer' (a string)")
+        file = os.path.normpath(folder / audio)
+        if not os.path.isfile(file):
+            raise DataError(f"{where}: {file}: no such audio file")
+        clips.append(Clip(str(row.get("id", audio)), file, text, kind, answer, row.get("language")))
+    if not clips:
+        raise DataError(f"{path}: no clips in this manifest")
+    return clips
+
+
+# ---- scoring ----------------------------------------------------------------------------------------------
+
+
+def is_correct(expected: str, reply: str) -> bool:
+    """Whether a reply gives the expected answer: after Whisper's English normaliser (case, punctuation,
+    "twelve" → "12"), the expected words equal the reply's or occur in it as a contiguous run of whole words
+    ("12." is in "It is 12.", not in "112"). Used for spoken answers and for refusals alike."""
+    want, got = normalize_text(expected).split(), normalize_text(reply).split()
+    if not want:
+        return not got
+    return any(got[i : i + len(want)] == want for i in range(len(got) - len(want) + 1))
+
+
+def transcript_token_budget(seconds: float) -> int:
+    """Most LLM tokens a transcription reply may take: Whisper's text budget for a clip of `seconds`."""
+    return MIN_TEXT_TOKENS + math.ceil(seconds * TEXT_TOKENS_PER_SECOND)
+
+
+@torch.no_grad()
+def text_reply(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, question: str, max_new_tokens: int = ANSWER_TOKENS
+) -> str:
+    """The greedy reply of any chat LLM to one text question, prompted as SpeechChat prompts a text turn."""
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+    )
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(model.device)  # (1, L)
+    output = model.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+        temperature=None, top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    return tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+def noise_conversations(chat: SpeechChat, count: int, seed: int = 0) -> list[tuple[NoiseReply, list[Message]]]:
+    """`count` audio-only user turns without speech, the kinds taking turns (random codes, silence, white noise,
+    as the sft recipe makes them), each 1–8 s long. Random codes go in as their token string (the text an audio
+    part becomes). Returns (the clip's description with an empty reply, the conversation)."""
+    speech = chat.speech_tokenizer
+    made = []
+    for number in range(count):
+        generator = np.random.default_rng([seed, number])
+        kind = (RANDOM_CODES, SILENCE, WHITE_NOISE)[number % 3]
+        seconds = float(generator.uniform(*NOISE_SECONDS))
+        samples = round(seconds * SAMPLE_RATE)
+        if kind == RANDOM_CODES:
+            codes = generator.integers(0, speech.config.vocab_size, size=speech.num_codes(samples))
+            content: Any = speech.to_string(codes.tolist())
+        else:
+            array = noise_samples(kind, samples, generator).astype(np.float32)
+            content = [{"type": "audio", "array": array, "sampling_rate": SAMPLE_RATE}]
+        made.append((NoiseReply(NOISE_NAMES[kind], seconds, ""), [{"role": "user", "content": content}]))
+    return made
+
+
+def device_name(device: torch.device) -> str:
+    """The accelerator's name, or the CPU's model and the threads torch uses."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    threads = torch.get_num_threads()
+    return f"CPU {model}, {threads} thread{'s' * (threads != 1)}"
+
+
+# ---- the evaluation ---------------------------------------------------------------------------------------
+
+
+def evaluate(
+    chat: SpeechChat,
+    clips: Sequence[Clip],
+    base_llm: str | os.PathLike = DEFAULT_LLM,
+    noise_clips: int = 30,
+    text_questions: Sequence[str] = TEXT_QUESTIONS,
+    refusal: str = REFUSAL,
+    seed: int = 0,
+    progress: bool = False,
+) -> QualityReport:
+    """Measure `chat` (its speech tokenizer and LLM) on `clips`; see the module docstring for each metric.
+
+    base_llm: the LLM the speech LLM was made from (default: the packaged SmolLM2-135M-Instruct), for the text
+    answers; it is loaded on the chat's device and dropped afterwards. noise_clips: how many clips without
+    speech to send; refusal: the reply they should get (the sft recipe's default). seed: draws the noise clips.
+    """
+    speech = chat.speech_tokenizer
+    device = speech.device
+    chat.forget()  # a clip encoded earlier would make the LLM's real-time factor look better than it is
+    steps = len(clips) * 4 + noise_clips + 2 * len(text_questions)
+    stages = tqdm(total=steps, desc="eval", unit="step", disable=not progress, file=sys.stderr)
+
+    audio = [load_audio(clip.audio) for clip in clips]
+    seconds = sum(len(a) for a in audio) / SAMPLE_RATE
+    encode_seconds, codes = _timed(device, speech.encode, audio, batch_size=16 if device.type == "cuda" else 1)
+    stages.update(len(clips))
+    tokens_texts = [
+        speech.decode_text(c, language=clip.language, temperatures=(0.0,)) for c, clip in _with(stages, codes, clips)
+    ]
+    whisper_texts = [
+        transcribe(speech.whisper, a, language=clip.language, temperatures=(0.0,)).text
+        for a, clip in _with(stages, audio, clips)
+    ]
+
+    results, reply_seconds = [], 0.0
+    for clip, clip_audio, tokens_text, whisper_text in zip(clips, audio, tokens_texts, whisper_texts, strict=True):
+        clip_seconds = len(clip_audio) / SAMPLE_RATE
+        budget = transcript_token_budget(clip_seconds)
+        elapsed, llm_text = _timed(device, chat.transcribe, clip.audio, max_new_tokens=budget)
+        reply_seconds += elapsed
+        result = ClipResult(clip.id, clip.kind, clip_seconds, clip.text, tokens_text, whisper_text, llm_text)
+        if clip.kind == "question":
+            part = {"type": "audio", "path": clip.audio}  # encoded once: the chat keeps the clip's tokens
+            result.answer = clip.answer
+            result.reply = chat.generate([{"role": "user", "content": [part]}], ANSWER_TOKENS)
+            result.reply_with_prompt = chat.generate(
+                [{"role": "user", "content": [part, {"type": "text", "text": ANSWER_PROMPT}]}], ANSWER_TOKENS
+            )
+        results.append(result)
+        stages.update(1)
+
+    noise = []
+    for reply, conversation in noise_conversations(chat, noise_clips, seed):
+        reply.reply = chat.generate(conversation, ANSWER_TOKENS)
+        noise.append(reply)
+        stages.update(1)
+
+    speech_answers = [text_reply(chat.model, chat.tokenizer, q) for q in _with(stages, text_questions)]
+    if text_questions:
+        base_model, base_tokenizer = load_llm(base_llm, device=chat.model.device)
+        base_model.set_attn_implementation(chat.model.config._attn_implementation)  # the same kernels: the same sums
+        base_answers = [text_reply(base_model, base_tokenizer, q) for q in _with(stages, text_questions)]
+        del base_model
+    else:
+        base_answers = []
+    stages.close()
+    answers = [TextAnswer(*a) for a in zip(text_questions, base_answers, speech_answers, strict=True)]
+
+    questions = [r for r in results if r.kind == "question"]
+    usage = codebook_usage(torch.bincount(torch.cat(codes), minlength=speech.config.vocab_size).float())
+    return QualityReport(
+        device=device_name(device),
+        whisper=speech.config.whisper,
+        clips=len(clips),
+        questions=len(questions),
+        audio_seconds=seconds,
+        tokens_wer=corpus_word_error_rate([c.text for c in clips], tokens_texts),
+        whisper_wer=corpus_word_error_rate([c.text for c in clips], whisper_texts),
+        llm_wer=corpus_word_error_rate([c.text for c in clips], [r.llm_text for r in results]),
+        qa_accuracy=_share(is_correct(r.answer, r.reply) for r in questions),
+        qa_accuracy_with_prompt=_share(is_correct(r.answer, r.reply_with_prompt) for r in questions),
+        refusal_rate=_share(is_correct(refusal, n.reply) for n in noise),
+        text_unchanged=_share(normalize_text(a.base) == normalize_text(a.speech) for a in answers),
+        codebook_size=speech.config.vocab_size,
+        codes_used=usage["codes_used"],
+        code_perplexity=usage["code_perplexity"],
+        tokenizer_rtf=encode_seconds / seconds,
+        llm_rtf=reply_seconds / seconds,
+        clip_results=results,
+        noise_replies=noise,
+        text_answers=answers,
+        refusal=refusal,
+    )
+
+
+def _timed(device: torch.device, work: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[float, Any]:
+    """(seconds, result) of work(*args, **kwargs); on CUDA the queued kernels are waited for."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    result = work(*args, **kwargs)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started, result
+
+
+def _with(bar: tqdm, *columns: Iterable) -> Iterable:
+    """zip(*columns) (or the one column's items), moving the progress bar one step per item."""
+    for item in zip(*columns, strict=True) if len(columns) > 1 else columns[0]:
+        yield item
+        bar.update(1)
+
+
+def _share(outcomes: Iterable[bool]) -> float | None:
+    outcomes = list(outcomes)
+    return sum(outcomes) / len(outcomes) if outcomes else None
+
+
+# ---- the report -------------------------------------------------------------------------------------------
+
+
+def format_report(report: QualityReport, verbose: bool = False) -> str:
+    """The report as a markdown table (metric, value, goal, met), then its one-line summary. verbose adds the
+    questions answered wrongly, the noise not refused and the text answers that changed."""
+    marks = {True: "yes", False: "no", None: "—"}
+    rows = [(g.metric, g.value, g.target, marks[g.met]) for g in report.goals()]
+    rows += [
+        (f"Whisper {report.whisper} WER (reference)", _percent(report.whisper_wer), "", ""),
+        ("LLM transcription WER", _percent(report.llm_wer), "", ""),
+        (f'spoken-QA accuracy, with "{ANSWER_PROMPT}"', _percent(report.qa_accuracy_with_prompt), "", ""),
+        (f"codebook use (of {report.codebook_size} codes)", _percent(report.codes_used), "", ""),
+        ("codebook perplexity", f"{report.code_perplexity:.1f}", "", ""),
+        ("tokenizer real-time factor", f"{report.tokenizer_rtf:.3f}", "", ""),
+        ("LLM transcription real-time factor", f"{report.llm_rtf:.3f}", "", ""),
+    ]
+    lines = ["| metric | value | goal | met |", "|---|---:|---|---|"]
+    lines += [f"| {' | '.join(row)} |" for row in rows]
+    lines += ["", report.summary()]
+    if verbose:
+        lines += [""]
+        for r in report.clip_results:
+            if r.answer is not None and not is_correct(r.answer, r.reply):
+                lines.append(f"wrong answer  {r.id}: {r.reference!r} → {r.reply!r} (expected {r.answer!r})")
+        for n in report.noise_replies:
+            if not is_correct(report.refusal, n.reply):
+                lines.append(f"not refused   {n.kind}, {n.seconds:.1f} s → {n.reply!r}")
+        for a in report.text_answers:
+            if normalize_text(a.base) != normalize_text(a.speech):
+                lines.append(f"changed       {a.question!r}: {a.base!r} → {a.speech!r}")
+    return "\n".join(lines)

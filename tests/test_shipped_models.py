@@ -1,0 +1,74 @@
+"""The speech models shipped inside the package: they load by default, are pinned to each other, fit the size
+budget, and do what their model card says on held-out speech made again here from the data recipe's seed."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from safetensors import safe_open
+
+from auralm.checkpoints import shipped_model
+from auralm.checkpoints.registry import SHIPPED_ADAPTER, SHIPPED_DIR, SHIPPED_TOKENIZER
+from auralm.demo import QUESTION, SAMPLES
+from auralm.lm import SpeechChat
+from auralm.lm.loading import SOUND_TOKENS_FILE
+from auralm.lm.vocabulary import HASH_KEY
+from auralm.tokenizer import SpeechTokenizer, corpus_word_error_rate
+from auralm.training import synthetic_speech as synth
+from auralm.training.ship import SHIPPED_BUDGET_MB, shipped_megabytes
+
+pytestmark = pytest.mark.integration
+CARD = json.loads((SHIPPED_DIR / "metrics.json").read_text())  # what the model card reports
+
+
+@pytest.fixture(scope="module")
+def chat() -> SpeechChat:
+    return SpeechChat.from_pretrained(device="cpu")
+
+
+def test_the_pair_is_pinned_stored_in_float16_and_within_budget(chat):
+    recorded = json.loads((shipped_model(SHIPPED_ADAPTER) / SOUND_TOKENS_FILE).read_text())[HASH_KEY]
+    default = SpeechTokenizer.from_pretrained("default")  # checks the hash its config records
+    assert recorded == default.tokenizer_hash == chat.speech_tokenizer.tokenizer_hash
+    assert getattr(chat.model.config, HASH_KEY) == recorded
+    for folder, weights in ((SHIPPED_TOKENIZER, "model.safetensors"), (SHIPPED_ADAPTER, "adapter_model.safetensors")):
+        with safe_open(shipped_model(folder) / weights, "pt") as f:
+            assert {f.get_slice(k).get_dtype() for k in f.keys()} <= {"F16", "BOOL", "I64"}
+    assert shipped_megabytes() <= SHIPPED_BUDGET_MB
+
+
+def held_out_examples(count: int) -> list[synth.PlannedExample]:
+    """The first `count` held-out clips of the shipped models' data set, planned from its seed as it was."""
+    plan = synth.plan_examples(CARD["data"]["seed"], examples=CARD["data"]["examples"])
+    return [example for example in plan if example.split == "val"][:count]
+
+
+def test_held_out_tokens_decode_within_the_reported_word_error_rate(chat):
+    examples = held_out_examples(CARD["quality"]["clips"])  # the clips the card's figures come from
+    codes = chat.speech_tokenizer.encode([synth.make_clip(e) for e in examples])
+    # as `auralm eval` measured them: one clip at a time, greedy
+    texts = [chat.speech_tokenizer.decode_text(c, temperatures=(0.0,)) for c in codes]
+    measured = corpus_word_error_rate([e.item.text for e in examples], texts)
+    assert measured <= 1.25 * CARD["quality"]["tokens_wer"] + 0.05, (measured, texts)
+
+
+def test_the_main_job_hears_and_answers_offline():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    command = [sys.executable, "-m", "auralm", "demo"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    said = json.loads((SAMPLES / "texts.json").read_text())[QUESTION.name]
+    assert "[4/4] answer" in result.stdout and f'done: said "{said}", answered' in result.stdout, result.stdout
+
+
+def test_chat_without_model_flags_uses_the_shipped_models():
+    result = subprocess.run(
+        [sys.executable, "-m", "auralm", "chat", "--audio", str(QUESTION), "--prompt", "Transcribe the speech.",
+         "--max-new-tokens", "32"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "untrained" not in result.stderr  # the shipped adapter's sound tokens, not fresh ones
+    assert result.stdout.strip()
