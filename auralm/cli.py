@@ -25,8 +25,10 @@ from auralm.errors import AuralmError
 from auralm.token_export import FORMATS, format_line, resume
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
     from whisper.model import Whisper
 
+    from auralm.lm.server import ServerLimits
     from auralm.tokenizer import SpeechTokenizer
 
 
@@ -129,6 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-waiting", type=positive_int, default=8, help="requests waiting for the model; more get 429 (default: 8)"
     )
+    serve.add_argument(
+        "--upstream",
+        metavar="URL",
+        help="no LLM here: turn audio into sound-token text and forward chats to this OpenAI-compatible server "
+        "(its base URL, e.g. http://localhost:8000/v1) serving a merged model (`auralm merge`); requests run "
+        "concurrently, so --max-new-tokens and --max-waiting are the upstream's business",
+    )
+    serve.add_argument("--upstream-model", metavar="NAME", help="the model to ask upstream (default: the one it lists)")
+    serve.add_argument("--upstream-key", metavar="KEY", help="API key the upstream server wants, if any")
     serve.set_defaults(run=_run_serve)
 
     quality = commands.add_parser(
@@ -170,6 +181,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=positive_int, help="torch CPU threads (on a busy 2-core machine 1 is steadier)"
     )
     train.set_defaults(run=_run_train)
+
+    merge = commands.add_parser(
+        "merge", help="write the speech LLM as one plain Hugging Face folder that any engine serves (vLLM, TGI, …)"
+    )
+    merge.add_argument(
+        "--llm",
+        help="Hugging Face folder or .gguf file; smollm2 = the packaged SmolLM2-135M-Instruct "
+        "(default, with neither --llm nor --adapter: the shipped speech model, SmolLM2 + its speech adapter)",
+    )
+    merge.add_argument("--adapter", help="a LoRA adapter folder (as `auralm train pretrain|sft` writes) to merge in")
+    merge.add_argument("--out", type=Path, required=True, help="the folder to write; it must not exist, or be empty")
+    merge.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "float16"),
+        default="float32",
+        help="of the saved weights (default: float32, exactly the weights auralm runs, so replies match; "
+        "engines cast on load, e.g. vllm --dtype bfloat16; bfloat16 halves the folder)",
+    )
+    merge.set_defaults(run=_run_merge)
 
     models = commands.add_parser("models", help="list the Whisper weights auralm can load offline")
     models.set_defaults(run=_run_models)
@@ -504,15 +534,41 @@ def _run_serve(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         max_waiting=args.max_waiting,
     )
+    if args.upstream is None and (args.upstream_model or args.upstream_key):
+        raise UsageError("--upstream-model and --upstream-key go with --upstream URL")
+    if args.upstream is not None and (args.llm or args.adapter):
+        raise UsageError("with --upstream the LLM runs upstream (a merged folder): drop --llm and --adapter")
     try:  # before the model loads, so a busy port fails at once
         sock = listen(args.host, args.port)
     except OSError as e:
         raise UsageError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e})") from e
+    if args.upstream is not None:
+        serve(_upstream_app(args, limits), sock)
+        return 0
     app = create_app(
         chat_repl.load_chat(args), model_name=Path(args.llm).stem if args.llm else DEFAULT_LLM, limits=limits
     )
     serve(app, sock)
     return 0
+
+
+def _upstream_app(args: argparse.Namespace, limits: ServerLimits) -> FastAPI:
+    """`auralm serve --upstream`: the speech tokenizer here, the LLM at the upstream server (checked now)."""
+    import logging.config
+
+    from auralm.checkpoints import DEFAULT_SPEECH_TOKENIZER
+    from auralm.lm.server import log_config
+    from auralm.lm.upstream import connect_upstream, create_upstream_app
+    from auralm.tokenizer import SpeechTokenizer
+
+    logging.config.dictConfig(log_config())  # the start-up notes go where the access log goes
+    speech = SpeechTokenizer.from_pretrained(
+        args.checkpoint or DEFAULT_SPEECH_TOKENIZER, whisper=args.whisper, device=args.device
+    )
+    upstream = connect_upstream(
+        args.upstream, speech, args.upstream_model, args.upstream_key, allow_mismatch=args.allow_mismatch
+    )
+    return create_upstream_app(speech, upstream, limits)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
@@ -546,6 +602,20 @@ def _run_train(args: argparse.Namespace) -> int:
     overrides += [f"threads={args.threads}"] if args.threads else []
     config = load_config(recipe.CONFIG, packaged_config(args.config or args.recipe), overrides)
     return recipe.run(config, resume=args.resume)
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    import torch
+
+    from auralm.lm.merge import describe_merged, merge_speech_llm
+
+    folder = merge_speech_llm(args.llm, args.adapter, out=args.out, dtype=getattr(torch, args.dtype))
+    print(describe_merged(folder))
+    print(
+        f"serve it with any engine that loads Llama-family folders, e.g. `vllm serve {folder}` or "
+        f"`transformers serve`; send audio as `auralm tokenize --format string` text"
+    )
+    return 0
 
 
 def _run_demo(args: argparse.Namespace) -> int:

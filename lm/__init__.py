@@ -3,6 +3,7 @@
 from auralm.lm.attention import ATTENTION_NAME, register_attention
 from auralm.lm.chat import SpeechChat, tokens_to_prompt
 from auralm.lm.loading import DEFAULT_LLM, load_llm
+from auralm.lm.merge import merge_speech_llm
 from auralm.lm.vocabulary import SpeechTokenizerMismatchError, add_sound_tokens, check_speech_tokenizer
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "add_sound_tokens",
     "check_speech_tokenizer",
     "load_llm",
+    "merge_speech_llm",
     "register_attention",
     "tokens_to_prompt",
 ]

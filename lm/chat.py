@@ -104,7 +104,7 @@ class SpeechChat:
             )
         self.model, self.tokenizer, self.speech_tokenizer = model, tokenizer, speech_tokenizer
         self.reuse_cache = reuse_cache
-        self._encoded: OrderedDict[tuple, str] = OrderedDict()  # token strings of recent clips, by _audio_key
+        self._clips = ClipStrings(speech_tokenizer)
         self._last_turn: tuple[Cache, list[int]] | None = None  # the last single-conversation KV cache, its ids
 
     @classmethod
@@ -147,35 +147,17 @@ class SpeechChat:
     def forget(self) -> None:
         """Drop what is kept between calls: the last turn's KV cache and the token strings of recent clips."""
         self._last_turn = None
-        self._encoded.clear()
+        self._clips.clear()
 
     # ---- prompts ---------------------------------------------------------------------------
 
     def render(self, conversations: Sequence[Sequence[Message]]) -> list[list[dict[str, str]]]:
         """Every audio part replaced by its sound-token string. New clips are encoded in one batch; a
-        clip seen lately (the same file, bytes or array) is not encoded again, so each turn of a
-        conversation, even one whose client resends the whole history, costs only its new audio."""
-        parts = [part for messages in conversations for m in messages for part in _parts(m) if _is_audio(part)]
-        keys = [_audio_key(part) for part in parts]
-        strings = [self._encoded.get(key) if key is not None else None for key in keys]
-        missing = [i for i, string in enumerate(strings) if string is None]
-        codes = self.speech_tokenizer.encode([_audio_source(parts[i]) for i in missing]) if missing else []
-        for i, clip_codes in zip(missing, codes, strict=True):
-            strings[i] = self.speech_tokenizer.to_string(clip_codes)
-        for key, string in zip(keys, strings, strict=True):
-            if key is not None:  # most recently used last; the oldest beyond the bound are forgotten
-                self._encoded[key] = string
-                self._encoded.move_to_end(key)
-        while len(self._encoded) > ENCODED_CLIPS_KEPT:
-            self._encoded.popitem(last=False)
-        token_strings = iter(strings)
-        rendered = []
-        for messages in conversations:
-            rendered.append([])
-            for message in messages:
-                pieces = [next(token_strings) if _is_audio(p) else _text(p) for p in _parts(message)]
-                rendered[-1].append({"role": message["role"], "content": message_text(pieces)})
-        return rendered
+        clip seen lately is not encoded again (`ClipStrings`)."""
+        parts = audio_parts(conversations)
+        keys, strings, todo = self._clips.lookup(parts)
+        codes = self.speech_tokenizer.encode(todo) if todo else []
+        return with_audio_strings(conversations, self._clips.complete(keys, strings, codes))
 
     def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
         """Token ids of one conversation, ready for the assistant's turn."""
@@ -349,6 +331,64 @@ def tokens_to_prompt(
         return content
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+class ClipStrings:
+    """Sound-token strings of recent clips, so a clip seen lately (the same file, bytes or array) is not
+    encoded again: each turn of a conversation, even one whose client resends the whole history, costs
+    only its new audio. The encoding itself is the caller's (`SpeechChat.render`; the upstream server
+    batches concurrent requests):
+
+        keys, strings, todo = clips.lookup(parts)  # strings: None where unknown; todo: those clips' audio
+        strings = clips.complete(keys, strings, speech_tokenizer.encode(todo))
+    """
+
+    def __init__(self, speech_tokenizer: SpeechTokenizer, kept: int = ENCODED_CLIPS_KEPT):
+        self.speech_tokenizer, self.kept = speech_tokenizer, kept
+        self._strings: OrderedDict[tuple, str] = OrderedDict()  # by _audio_key, most recently used last
+
+    def lookup(self, parts: Sequence[Message]) -> tuple[list[tuple | None], list[str | None], list[Any]]:
+        """Each audio part's key, its string when known (else None), and the audio of the unknown ones."""
+        keys = [_audio_key(part) for part in parts]
+        strings = [self._strings.get(key) if key is not None else None for key in keys]
+        return keys, strings, [_audio_source(part) for part, s in zip(parts, strings, strict=True) if s is None]
+
+    def complete(
+        self, keys: Sequence[tuple | None], strings: Sequence[str | None], codes: Sequence[torch.Tensor]
+    ) -> list[str]:
+        """`strings` with each None made from the next clip's codes (T,); all kept, the oldest beyond `kept` dropped."""
+        if len(codes) != sum(s is None for s in strings):
+            raise ValueError(f"{len(codes)} clips' codes for {sum(s is None for s in strings)} unknown clips")
+        new = iter(codes)
+        strings = [self.speech_tokenizer.to_string(next(new)) if s is None else s for s in strings]
+        for key, string in zip(keys, strings, strict=True):
+            if key is not None:
+                self._strings[key] = string
+                self._strings.move_to_end(key)
+        while len(self._strings) > self.kept:
+            self._strings.popitem(last=False)
+        return strings
+
+    def clear(self) -> None:
+        self._strings.clear()
+
+
+def audio_parts(conversations: Sequence[Sequence[Message]]) -> list[Message]:
+    """Every audio part of the conversations, in order."""
+    return [part for messages in conversations for m in messages for part in _parts(m) if _is_audio(part)]
+
+
+def with_audio_strings(conversations: Sequence[Sequence[Message]], strings: Sequence[str]) -> list[list[dict]]:
+    """The conversations as text: the audio parts replaced, in order, by `strings` (their sound-token
+    strings), each message's parts joined into its content."""
+    token_strings = iter(strings)
+    rendered = []
+    for messages in conversations:
+        rendered.append([])
+        for message in messages:
+            pieces = [next(token_strings) if _is_audio(p) else _text(p) for p in _parts(message)]
+            rendered[-1].append({"role": message["role"], "content": message_text(pieces)})
+    return rendered
 
 
 class _StopStrings(StoppingCriteria):

@@ -12,7 +12,8 @@ speech tokenizer's windows (30 s by default) at quiet points, one segment each.
 Limits guard the one model every request shares: request body size, audio seconds, new tokens,
 and how many requests may wait for the model (more get 429). A bad request gets a 4xx with an
 OpenAI-style error body and changes nothing; the next request is served as usual. Every request
-leaves one line in the access log (logger "auralm.lm.server").
+leaves one line in the access log (logger "auralm.lm.server"). `auralm serve --upstream` serves the same
+chat requests with the LLM in another engine (auralm.lm.upstream).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,30 +75,9 @@ class RequestError(Exception):
 
 
 def create_app(chat: SpeechChat, model_name: str, limits: ServerLimits = ServerLimits()) -> FastAPI:
-    app = FastAPI(title="auralm")
+    app = base_app(limits)
     model_lock = asyncio.Lock()  # one generation at a time: they share the model
     waiting = 0
-
-    @app.exception_handler(RequestError)
-    async def request_error(_: Request, error: RequestError) -> JSONResponse:
-        body = {"error": {"message": error.message, "type": error.kind, "param": error.param, "code": error.code}}
-        return JSONResponse(body, status_code=error.status)
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
-            # Read and drop what the client is sending (up to a bound) so it hears the 413
-            # instead of a broken pipe; nothing of it is kept.
-            dropped = 0
-            async for chunk in request.stream():
-                dropped += len(chunk)
-                if dropped > 4 * limits.max_body_bytes:
-                    break
-            return await request_error(request, RequestError(413, f"request body over {limits.max_body_bytes} bytes"))
-        return await call_next(request)
-
-    app.add_middleware(AccessLog)  # added last: outermost, so it sees every request and how it ended
 
     async def take_model() -> None:
         """Wait for the model (at most max_waiting requests wait); the caller releases model_lock."""
@@ -222,6 +203,34 @@ def create_app(chat: SpeechChat, model_name: str, limits: ServerLimits = ServerL
             return PlainTextResponse(text + "\n")
         return PlainTextResponse(_subtitles(segments, response_format))
 
+    return app
+
+
+def base_app(limits: ServerLimits, lifespan: Callable[[FastAPI], AbstractAsyncContextManager] | None = None) -> FastAPI:
+    """An app with what every auralm server has: OpenAI-style error bodies for RequestError, the body size
+    limit, and the access log. lifespan: as FastAPI takes it."""
+    app = FastAPI(title="auralm", lifespan=lifespan)
+
+    @app.exception_handler(RequestError)
+    async def request_error(_: Request, error: RequestError) -> JSONResponse:
+        body = {"error": {"message": error.message, "type": error.kind, "param": error.param, "code": error.code}}
+        return JSONResponse(body, status_code=error.status)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
+            # Read and drop what the client is sending (up to a bound) so it hears the 413
+            # instead of a broken pipe; nothing of it is kept.
+            dropped = 0
+            async for chunk in request.stream():
+                dropped += len(chunk)
+                if dropped > 4 * limits.max_body_bytes:
+                    break
+            return await request_error(request, RequestError(413, f"request body over {limits.max_body_bytes} bytes"))
+        return await call_next(request)
+
+    app.add_middleware(AccessLog)  # added last: outermost, so it sees every request and how it ended
     return app
 
 
@@ -462,13 +471,20 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging configuration, with auralm's loggers (the access log, start-up notes) at INFO on stderr."""
+    import uvicorn
+
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["loggers"]["auralm"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config
+
+
 def serve(app: FastAPI, sock: socket.socket) -> None:
     """Serve `app` on a listening socket until interrupted; says where on stderr, then logs each request."""
     import uvicorn
 
-    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    log_config["loggers"]["auralm"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
-    server = uvicorn.Server(uvicorn.Config(app, log_config=log_config, log_level="warning", access_log=False))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=log_config(), log_level="warning", access_log=False))
     host, port = sock.getsockname()[:2]
     logger.info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, port)
     server.run(sockets=[sock])

@@ -21,7 +21,7 @@ def auralm(*args: str) -> subprocess.CompletedProcess:
 def test_help_lists_every_subcommand():
     result = auralm("--help")
     assert result.returncode == 0
-    for command in ("demo", "info", "whisper", "models"):
+    for command in ("demo", "info", "whisper", "models", "merge"):
         assert command in result.stdout
 
 

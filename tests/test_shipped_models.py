@@ -3,6 +3,7 @@ budget, and do what their model card says on held-out speech made again here fro
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ from safetensors import safe_open
 from auralm.checkpoints import shipped_model
 from auralm.checkpoints.registry import SHIPPED_ADAPTER, SHIPPED_DIR, SHIPPED_TOKENIZER
 from auralm.demo import QUESTION, SAMPLES
+from auralm.evaluation import is_correct
 from auralm.lm import SpeechChat
 from auralm.lm.loading import SOUND_TOKENS_FILE
 from auralm.lm.vocabulary import HASH_KEY
@@ -60,7 +62,9 @@ def test_the_main_job_hears_and_answers_offline():
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     said = json.loads((SAMPLES / "texts.json").read_text())[QUESTION.name]
-    assert "[4/4] answer" in result.stdout and f'done: said "{said}", answered' in result.stdout, result.stdout
+    expected = json.loads((SAMPLES / "answers.json").read_text())[QUESTION.name]
+    answered = re.search(rf'done: said "{re.escape(said)}", answered "(.*)"\. Your turn:', result.stdout)
+    assert answered and is_correct(expected, answered[1]), result.stdout  # the spoken question, answered right
 
 
 def test_chat_without_model_flags_uses_the_shipped_models():

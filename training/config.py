@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from collections.abc import Sequence
@@ -104,6 +105,9 @@ def config_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _checked(key: str, value: Any, kind: Any) -> Any:
     options = (
         typing.get_args(kind)
@@ -115,6 +119,8 @@ def _checked(key: str, value: Any, kind: Any) -> Any:
             return None
         if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if option is float and isinstance(value, str) and _FLOAT.fullmatch(value):
+            return float(value)  # YAML 1.1 reads 5e-4 (no dot) as a string
         if option in (int, str, bool) and type(value) is option:
             return value
         if typing.get_origin(option) is list and isinstance(value, list):

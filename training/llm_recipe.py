@@ -41,6 +41,7 @@ from transformers import PreTrainedModel
 
 from auralm.checkpoints import CheckpointError
 from auralm.lm.loading import SOUND_TOKENS_FILE, load_llm
+from auralm.lm.merge import merge_speech_llm
 from auralm.lm.vocabulary import CODES_KEY, HASH_KEY, add_sound_tokens, sound_vocabulary
 from auralm.tokenizer import SpeechTokenizer
 from auralm.training.checkpointing import capture_rng, restore_rng
@@ -357,9 +358,8 @@ class LLMRecipe:
     def save_merged(self) -> None:
         """output_dir/merged/: the LLM with the adapter merged, loaded the way users load it."""
         if self.world.is_main:
-            model, tokenizer = load_llm(self.config.llm, adapter=self.run_dir / "adapter")
-            model.save_pretrained(self.run_dir / "merged")
-            tokenizer.save_pretrained(self.run_dir / "merged")
+            shutil.rmtree(self.run_dir / "merged", ignore_errors=True)  # an earlier merge of this run
+            merge_speech_llm(self.config.llm, self.run_dir / "adapter", out=self.run_dir / "merged")
         self.world.barrier()
 
     def cleanup(self) -> None:

@@ -45,6 +45,7 @@ ROLES = ("system", "user", "assistant")
 NOISE_SECONDS = (1.0, 8.0)  # a noise clip's length, drawn uniformly
 RANDOM_CODES, SILENCE, WHITE_NOISE = range(3)  # the kinds of noise, drawn uniformly
 TEXT_REPLIES = ("manifest", "base")  # where text-only conversations' replies come from
+REPLY_BATCH = 16  # text-only prompts the LLM answers at once (text_replies=base)
 REFUSAL = "I couldn't hear any speech in that."  # the default reply to a clip without speech
 
 
@@ -207,29 +208,29 @@ class SFTRecipe(LLMRecipe):
                 if at:
                     prompts[_prompt_key(conversation[: at[0]])] = (conversation, at[0])
             missing = [key for key in prompts if key not in replies]
-            if self.world.is_main and missing:
-                replies |= dict(zip(missing, self._generate([json.loads(k) for k in missing]), strict=True))
-                partial = file.with_name(f".{file.name}.partial")
-                partial.write_text(json.dumps(replies, ensure_ascii=False, indent=0))
-                partial.rename(file)
+            if self.world.is_main:
+                batches = range(0, len(missing), REPLY_BATCH)
+                for start in tqdm(batches, desc="base replies", disable=not (self._progress and missing)):
+                    batch = missing[start : start + REPLY_BATCH]
+                    replies |= dict(zip(batch, self._generate([json.loads(k) for k in batch]), strict=True))
+                    partial = file.with_name(f".{file.name}.partial")  # saved each batch: a kill loses one
+                    partial.write_text(json.dumps(replies, ensure_ascii=False, indent=0))
+                    partial.rename(file)
             self.world.barrier()
             replies = json.loads(file.read_text()) if missing else replies
             for key, (conversation, at) in prompts.items():
                 conversation[at]["content"] = replies[key]
         return conversations
 
-    def _generate(self, prompts: list[list[dict[str, str]]], batch_size: int = 16) -> list[str]:
-        """Greedy replies of the LLM as loaded to text-only prompts (lists of messages)."""
+    def _generate(self, prompts: list[list[dict[str, str]]]) -> list[str]:
+        """Greedy replies of the LLM as loaded to a batch of text-only prompts (lists of messages)."""
         tokenizer, model = self.tokenizer, self.llm.to(self.world.device).eval()
-        replies = []
-        for start in tqdm(range(0, len(prompts), batch_size), desc="base replies", disable=not self._progress):
-            texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-                     for p in prompts[start : start + batch_size]]  # fmt: skip
-            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            with torch.no_grad():
-                out = model.generate(**batch, do_sample=False, max_new_tokens=self.config.text_reply_tokens,
-                                     pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-            replies += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        with torch.no_grad():
+            out = model.generate(**batch, do_sample=False, max_new_tokens=self.config.text_reply_tokens,
+                                 pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        replies = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
         return [reply.strip() for reply in replies]
 
     def _noise_audio(self, kinds: np.ndarray, seconds: np.ndarray) -> list[str | None]:

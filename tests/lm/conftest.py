@@ -1,7 +1,21 @@
+import contextlib
+import json
+import threading
+import time
+from pathlib import Path
+
 import pytest
 import torch
+import uvicorn
+from peft import LoraConfig, get_peft_model
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from auralm.lm import add_sound_tokens
+from auralm.lm.loading import SOUND_TOKENS_FILE
+from auralm.lm.server import listen
+from auralm.lm.vocabulary import CODES_KEY, HASH_KEY, sound_vocabulary
+from auralm.tokenizer import SpeechTokenizer
 
 WORDS = [
     "<unk>",
@@ -53,3 +67,43 @@ def tiny_llama(tied: bool, initializer_range: float = 0.02) -> LlamaForCausalLM:
 @pytest.fixture
 def text_tokenizer():
     return tiny_text_tokenizer()
+
+
+def save_sound_adapter(
+    folder: Path, llm: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, speech: SpeechTokenizer, output_rows: bool
+) -> torch.nn.Module:
+    """folder/base: `llm` as it is; folder/adapter: LoRA plus trained (random) sound-token rows, saved the way
+    `auralm train pretrain` saves them (no whole embeddings, the tokenizer, sound_tokens.json). output_rows: the
+    sound tokens' lm_head rows train too (untied models). Returns the peft model in memory."""
+    llm.save_pretrained(folder / "base")
+    tokenizer.save_pretrained(folder / "base")
+    add_sound_tokens(llm, tokenizer, speech)
+    sound_ids = tokenizer.convert_tokens_to_ids(sound_vocabulary(speech.config.vocab_size))
+    rows = {"embed_tokens": sound_ids} | ({"lm_head": sound_ids} if output_rows else {})
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False, trainable_token_indices=rows)
+    lora = get_peft_model(llm, config)
+    with torch.no_grad():  # trained sound rows: far from the mean rows the base gets when it grows
+        for name, parameter in lora.named_parameters():
+            if "trainable_tokens_delta" in name:
+                parameter.normal_()
+    lora.save_pretrained(folder / "adapter", save_embedding_layers=False)
+    tokenizer.save_pretrained(folder / "adapter")
+    sound = {HASH_KEY: speech.tokenizer_hash, CODES_KEY: speech.config.vocab_size}
+    (folder / "adapter" / SOUND_TOKENS_FILE).write_text(json.dumps(sound))
+    return lora
+
+
+@contextlib.contextmanager
+def running(app):
+    """The app served by uvicorn in a thread on a free loopback port: its base URL."""
+    sock = listen("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

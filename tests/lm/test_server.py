@@ -13,7 +13,6 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,7 +22,6 @@ import openai
 import pytest
 import soundfile
 import torch
-import uvicorn
 
 import auralm.lm.chat
 import auralm.lm.server
@@ -31,10 +29,10 @@ import auralm.tokenizer.speech_tokenizer
 from auralm.demo import QUESTION as QUESTION_CLIP
 from auralm.demo import SAMPLES
 from auralm.lm import SpeechChat, add_sound_tokens
-from auralm.lm.server import ServerLimits, create_app, listen
+from auralm.lm.server import ServerLimits, create_app
 from auralm.tokenizer import SAMPLE_RATE, load_audio
 from tests.conftest import DATA
-from tests.lm.conftest import tiny_llama, tiny_text_tokenizer
+from tests.lm.conftest import running, tiny_llama, tiny_text_tokenizer
 
 
 def free_port() -> int:
@@ -211,15 +209,8 @@ def tiny_chat(tiny_tokenizer):
 @pytest.fixture
 def tiny_server(tiny_chat):
     app = create_app(tiny_chat, "tiny", ServerLimits(max_audio_seconds=60, max_new_tokens=16))
-    sock = listen("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with running(app) as url:
+        yield url
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from auralm.checkpoints import load_whisper
 from auralm.lm import SpeechChat, SpeechTokenizerMismatchError, add_sound_tokens, load_llm
 from auralm.lm.chat import TRANSCRIBE_PROMPT
 from auralm.tokenizer import SpeechTokenizer, TokenizerConfig, load_audio
+from auralm.training import sft as sft_module
 from auralm.training.checkpointing import Checkpoints
 from auralm.training.config import ConfigError
 from auralm.training.data import DataError
@@ -326,6 +327,43 @@ def test_sft_text_replies_from_the_base_llm_keep_its_own_answers(tmp_path, speec
     again.cleanup()
     with pytest.raises(ConfigError, match="text_replies=teacher"):
         SFTRecipe(dataclasses.replace(config, text_replies="teacher"))
+
+
+def test_base_replies_asked_before_a_kill_are_kept(tmp_path, monkeypatch, speech_folder, llm_folder):
+    questions = ["hello", "what is the dog ?", "the cat ."]
+    manifest = tmp_path / "text.jsonl"
+    manifest.write_text("".join(
+        json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "?"}]}) + "\n"
+        for q in questions
+    ))  # fmt: skip
+    config = SFTConfig(
+        train=str(manifest), tokenizer=str(speech_folder), llm=str(llm_folder), output_dir=str(tmp_path / "run"),
+        noise_ratio=0.0, batch_size=1, bf16=False, progress=False, text_replies="base", text_reply_tokens=2,
+    )  # fmt: skip
+    monkeypatch.setattr(sft_module, "REPLY_BATCH", 1)
+    asked: list[str] = []
+
+    def killed_after_one_batch(prompts):
+        if asked:
+            raise KeyboardInterrupt
+        asked.extend(p[-1]["content"] for p in prompts)
+        return ["reply"] * len(prompts)
+
+    recipe = SFTRecipe(config)
+    recipe._generate = killed_after_one_batch
+    with pytest.raises(KeyboardInterrupt):
+        recipe.setup()
+    assert len(json.loads((tmp_path / "run" / "text_replies.json").read_text())) == 1
+
+    def answers(prompts):
+        asked.extend(p[-1]["content"] for p in prompts)
+        return ["reply"] * len(prompts)
+
+    again = SFTRecipe(config, resume=True)
+    again._generate = answers
+    again.setup()
+    again.cleanup()
+    assert sorted(asked) == sorted(questions)  # each asked once, across the kill
 
 
 @pytest.mark.parametrize(
