@@ -120,9 +120,9 @@ def create_app(chat: SpeechChat, model_name: str, limits: ServerLimits = ServerL
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body = await _json_body(request, limits)
+        body = await json_body(request, limits)
         check_model(body.get("model"), (model_name,))
-        messages = _messages(body.get("messages"), limits)
+        messages = checked_messages(body.get("messages"), limits)
         options = _options(body, limits)
         created, completion_id = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
         include_usage = _include_usage(body)
@@ -234,7 +234,7 @@ def base_app(limits: ServerLimits, lifespan: Callable[[FastAPI], AbstractAsyncCo
     return app
 
 
-async def _json_body(request: Request, limits: ServerLimits) -> dict[str, Any]:
+async def json_body(request: Request, limits: ServerLimits) -> dict[str, Any]:
     raw = await request.body()
     if len(raw) > limits.max_body_bytes:  # a chunked body declares no length up front
         raise RequestError(413, f"request body over {limits.max_body_bytes} bytes")
@@ -247,7 +247,7 @@ async def _json_body(request: Request, limits: ServerLimits) -> dict[str, Any]:
     return body
 
 
-def _messages(messages: Any, limits: ServerLimits) -> list[dict[str, Any]]:
+def checked_messages(messages: Any, limits: ServerLimits) -> list[dict[str, Any]]:
     """OpenAI messages → SpeechChat messages; audio parts decoded (once) and checked here."""
     if not isinstance(messages, list) or not messages:
         raise RequestError(400, "'messages' must be a non-empty list", param="messages")

@@ -35,7 +35,7 @@ from starlette.concurrency import run_in_threadpool
 
 from auralm.errors import AuralmError
 from auralm.lm.chat import ClipStrings, Message, audio_parts, with_audio_strings
-from auralm.lm.server import RequestError, ServerLimits, _json_body, _messages, base_app
+from auralm.lm.server import RequestError, ServerLimits, base_app, checked_messages, json_body
 from auralm.lm.vocabulary import SpeechTokenizerMismatchError
 from auralm.tokenizer import SpeechTokenizer, codes_to_string
 
@@ -139,8 +139,9 @@ def create_upstream_app(speech: SpeechTokenizer, upstream: Upstream, limits: Ser
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        body = await _json_body(request, limits)
-        messages = await run_in_threadpool(_messages, body.get("messages"), limits)  # decoding audio takes a while
+        body = await json_body(request, limits)
+        # decoding the audio takes a while: off the event loop
+        messages = await run_in_threadpool(checked_messages, body.get("messages"), limits)
         body |= {"messages": await render(messages), "model": body.get("model") or upstream.model}
         return await _forward(request.app.state.client, upstream.url, body)
 
