@@ -98,6 +98,60 @@ def build_parser() -> argparse.ArgumentParser:
     tokenize.add_argument("--output", type=Path, help="write here instead of stdout; a rerun skips files already in it")
     tokenize.set_defaults(run=_run_tokenize)
 
+    export = commands.add_parser(
+        "export",
+        help="tokenize a whole dataset into Parquet shards (or JSONL token strings); resumable, torchrun for many GPUs",
+    )
+    export.add_argument(
+        "input",
+        metavar="INPUT",
+        help="a folder of audio, a JSONL manifest (audio, optional text and id), "
+        "a datasets save_to_disk folder or Parquet files with an Audio column",
+    )
+    export.add_argument("--out", type=Path, required=True, help="the folder to write; run again to resume it")
+    export.add_argument(
+        "--checkpoint",
+        default="default",
+        help="tokenizer: an auralm folder, or an Ichigo / WhisperSpeech file (default: the shipped one)",
+    )
+    export.add_argument(
+        "--whisper", help="Whisper backbone (name, .pt or CTranslate2 folder); default: the checkpoint's"
+    )
+    export.add_argument(
+        "--format",
+        choices=("parquet", "jsonl"),
+        default="parquet",
+        help="parquet: codes as int16 lists (default); jsonl: Ichigo token strings, ready for LLM training",
+    )
+    export.add_argument("--batch-size", type=positive_int, default=16, help="windows encoded together (default: 16)")
+    export.add_argument("--num-workers", type=non_negative_int, default=2, help="processes decoding audio (default: 2)")
+    export.add_argument(
+        "--shard-size",
+        type=positive_int,
+        default=1000,
+        help="inputs per shard; a kill loses at most the shards in flight (default: 1000)",
+    )
+    export.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto: each process its GPU (LOCAL_RANK) when there is one (default)",
+    )
+    export.add_argument(
+        "--max-seconds",
+        type=positive_float,
+        default=3600.0,
+        help="longer inputs go to errors.jsonl undecoded (default: 3600)",
+    )
+    export.add_argument(
+        "--audio-column", default="audio", help="of a datasets folder or Parquet input (default: audio)"
+    )
+    export.add_argument("--text-column", default="text", help="of a datasets folder or Parquet input (default: text)")
+    export.add_argument(
+        "--progress", action="store_true", help="show a progress bar even when stderr is not a terminal"
+    )
+    export.set_defaults(run=_run_export)
+
     to_text = commands.add_parser(
         "transcribe", help="audio → sound tokens → text through the tokenizer's Whisper decoder"
     )
@@ -276,6 +330,13 @@ def positive_float(text: str) -> float:
     value = _number(text, float)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
 
 
@@ -491,6 +552,35 @@ def _run_tokenize(args: argparse.Namespace) -> int:
         raise UsageError(f"--output {args.output}: {e.strerror}") from None
     with output:
         return for_each_file(todo, tokenize_files, "tokenize", args.batch_size, output, args.progress)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from auralm.dataset_export import export_dataset
+    from auralm.tokenizer import SpeechTokenizer
+    from auralm.training.distributed import init_distributed
+
+    world = init_distributed(args.device)
+    try:
+        tokenizer = SpeechTokenizer.from_pretrained(args.checkpoint, whisper=args.whisper, device=world.device)
+        summary = export_dataset(
+            args.input,
+            args.out,
+            tokenizer,
+            world=world,
+            fmt=args.format,
+            shard_size=args.shard_size,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            max_seconds=args.max_seconds,
+            audio_column=args.audio_column,
+            text_column=args.text_column,
+            progress=args.progress or sys.stderr.isatty(),
+        )
+    finally:
+        world.close()
+    if world.is_main:
+        print(summary, file=sys.stderr)
+    return 1 if summary.failed else 0
 
 
 def _run_transcribe(args: argparse.Namespace) -> int:

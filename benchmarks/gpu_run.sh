@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # One GPU session's whole check of auralm, in one command of at most DEADLINE seconds (default 420):
 # install from the carried wheels, `pytest -m gpu`, benchmarks/kernels.py, the tokenizer throughput
-# benchmark, and the latency benchmark (default shape, then --shape ichigo), all on CUDA. Each step runs
-# under `timeout`, cut short to what is left before the deadline, so one hang cannot eat the rest; a step
-# with under 10 s left is skipped. Everything goes to $OUT/gpu_run.log (pytest's report to
-# $OUT/pytest.xml); a dated section headed with the device name is appended to benchmarks/RESULTS.md
-# and, since the tree does not come back, copied to $OUT/results_section.md: paste it into RESULTS.md.
+# benchmark, the latency benchmark (default shape, then --shape ichigo) and the dataset export benchmark
+# (a Whisper-medium shape), all on CUDA. Each step runs under `timeout`, cut short to what is left
+# before the deadline, so one hang cannot eat the rest; a step with under 10 s left is skipped.
+# Everything goes to $OUT/gpu_run.log (pytest's report to $OUT/pytest.xml); a dated section headed with
+# the device name is appended to benchmarks/RESULTS.md and, since the tree does not come back, copied to
+# $OUT/results_section.md: paste it into RESULTS.md.
 #
 # Before, here (no GPU needed):
 #   bash benchmarks/gpu_wheels.sh          # .whl/: the wheels the GPU image lacks + the models' shapes
@@ -79,6 +80,7 @@ if ((DRY_RUN)); then
     BUILD=()
     KERNELS_SIZES=(--codebook-sizes 513 --repeats 2)
     TOKENIZER_SIZES=(--clips 2 --batch-sizes "1,2")
+    EXPORT_SIZES=(--files 4 --batch-size 4 --num-workers 1)
     LATENCY_SIZES=(--new-tokens 4 --repeats 1)
 else
     PY=${PYTHON:-python3}
@@ -87,6 +89,7 @@ else
     WHEEL_TAGS=()
     BUILD=(--no-build-isolation --no-index)
     KERNELS_SIZES=() TOKENIZER_SIZES=() LATENCY_SIZES=()  # each script's defaults
+    EXPORT_SIZES=(--files 1000 --batch-size 64 --num-workers 8)  # the issue's goal: ≥ 1000× real time, medium shape
 fi
 
 {
@@ -122,6 +125,8 @@ else
     step latency-ichigo 240 "$PY" benchmarks/latency.py --shape ichigo --device "$DEVICE" \
         --llm "$MODELS/smollm2-135m-random"
 fi
+# last, in what time is left; jsonl: the image has no pyarrow, and the codes are the same
+step export 120 "$PY" benchmarks/export.py --device "$DEVICE" --shape medium --format jsonl "${EXPORT_SIZES[@]}"
 
 if [[ $DEVICE == cuda ]]; then
     NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)

@@ -83,14 +83,14 @@ class SpeechTokenizer(nn.Module):
         """
         single = not isinstance(audio, (list, tuple))
         clips = [self._load(item, sample_rate) for item in ([audio] if single else audio)]
-        windows = [(i, clip[w.start : w.end]) for i, clip in enumerate(clips) for w in self.windows(clip)]
+        windows = [(i, w) for i, clip in enumerate(clips) for w in self.windows(clip)]
         pieces: list[list[torch.Tensor]] = [[] for _ in clips]
         batches = range(0, len(windows), batch_size)
         for first in tqdm(batches, desc="encode", unit="batch", disable=not progress or len(batches) < 2):
             batch = windows[first : first + batch_size]
-            codes = self.encode_windows(torch.stack([self.log_mel(w) for _, w in batch]))
-            for (clip_index, window), window_codes in zip(batch, codes, strict=True):
-                pieces[clip_index].append(window_codes[: self.num_codes(len(window))].cpu())
+            mels = torch.stack([self.log_mel(clips[i][w.start : w.end]) for i, w in batch])
+            for (clip_index, window), window_codes in zip(batch, self.encode_windows(mels), strict=True):
+                pieces[clip_index].append(window_codes[: self.num_codes(window.end - window.start)].cpu())
         results = [torch.cat(parts) for parts in pieces]
         return results[0] if single else results
 
@@ -100,8 +100,7 @@ class SpeechTokenizer(nn.Module):
 
     def windows(self, audio: torch.Tensor) -> list[Window]:
         """A 16 kHz clip (samples,) cut into this tokenizer's windows, at quiet points, on code boundaries."""
-        seconds = self.config.window_seconds
-        return split_windows(audio, seconds, seconds * 2 / 3, step=self.config.samples_per_code)
+        return clip_windows(audio, self.config)
 
     def log_mel(self, window: torch.Tensor) -> torch.Tensor:
         """The log-mel of one window's audio (samples,), padded as Ichigo pads: (n_mels, 100 · window_seconds)."""
@@ -275,6 +274,20 @@ class SpeechTokenizer(nn.Module):
         if len(codes) and (codes.min() < 0 or codes.max() >= self.config.vocab_size):
             raise ValueError(f"codes must lie in 0 … {self.config.vocab_size - 1}, got {codes.min()} … {codes.max()}")
         return codes
+
+
+def clip_windows(audio: torch.Tensor, config: TokenizerConfig) -> list[Window]:
+    """`SpeechTokenizer.windows` without the model, for DataLoader workers (`auralm export`)."""
+    seconds = config.window_seconds
+    return split_windows(audio, seconds, seconds * 2 / 3, step=config.samples_per_code)
+
+
+def window_mels(audio: torch.Tensor, config: TokenizerConfig) -> tuple[torch.Tensor, list[int]]:
+    """A 16 kHz clip (samples,) as `encode` feeds it to `encode_windows`, without the model (for DataLoader
+    workers): its windows' log-mels (W, n_mels, 100 · window_seconds) and the codes each window keeps."""
+    windows = clip_windows(audio, config)
+    mels = [log_mel_for_tokens(audio[w.start : w.end], config.n_mels, config.window_seconds) for w in windows]
+    return torch.stack(mels), [config.num_codes(w.end - w.start) for w in windows]
 
 
 def _is_loaded(item: AudioSource, sample_rate: int) -> bool:

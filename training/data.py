@@ -11,6 +11,10 @@ Sources, told apart by what the path is:
                         path with the texts of `texts=` (a manifest or folder): codes instead of audio,
                         for the LLM recipes. Relative export paths are relative to the current folder,
                         as `auralm tokenize` wrote them.
+    `auralm export` DIR  a finished dataset export (export.json + shards): codes and texts, for the LLM recipes.
+
+Training needs a transcript for every example. `auralm export` reads its input with `require_text=False`,
+where manifests, folders and tables may lack them (`Example.text` None).
 
 Durations (`Example.seconds`, used for bucketing and packing) come from the manifest's or table's
 `duration`/`seconds` field when it has one, else from the audio file's header (soundfile.info, no
@@ -34,6 +38,7 @@ from auralm.errors import AuralmError
 from auralm.tokenizer.audio import AUDIO_SUFFIXES
 
 DURATION_FIELDS = ("duration", "seconds")  # a manifest's or table's length field, in seconds, under either name
+EXPORT_FILE, JOB_FILE = "export.json", "job.json"  # an `auralm export` folder, finished / begun
 
 
 class DataError(AuralmError):
@@ -68,7 +73,7 @@ class Example:
     """
 
     id: str
-    text: str
+    text: str | None  # None only from read_examples(require_text=False)
     audio: str | ArrowAudio
     language: str | None = None
     seconds: float | None = None
@@ -81,38 +86,44 @@ def read_examples(
     texts: str | os.PathLike | None = None,
     audio_column: str = "audio",
     text_column: str = "text",
+    require_text: bool = True,
 ) -> list[Example]:
     """Read every example of `source` (see the module docstring for the kinds and how each is recognised).
 
     texts: for a sound-token export, the manifest or folder whose transcripts go with its audio paths.
     audio_column, text_column: the column names in a datasets folder or Parquet files.
+    require_text: False lets examples come without a transcript (`Example.text` None).
     """
     path = Path(source)
+    if (path / EXPORT_FILE).is_file() or (path / JOB_FILE).is_file():
+        from auralm.dataset_export import read_export
+
+        return read_export(path)
     if path.is_file() and path.suffix.lower() != ".parquet" and {"path", "codes"} <= _first_row(path).keys():
-        return _read_export(path, texts)
+        return _read_tokens_file(path, texts)
     if texts is not None:
         raise DataError(f"{path}: texts= is only for a sound-token export; this source has its own transcripts")
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     if path.suffix.lower() == ".parquet" and path.is_file():
-        return _read_parquet([path], path, audio_column, text_column)
+        return _read_parquet([path], path, audio_column, text_column, require_text)
     if path.is_file():
-        if not {"audio", "text"} <= (keys := _first_row(path).keys()):
+        if not {"audio", "text"} <= (keys := _first_row(path).keys()) and (require_text or "audio" not in keys):
             raise DataError(
                 f"{path}: a JSON line with keys {sorted(keys)}: a manifest's lines have 'audio' and 'text', "
                 "a token export's 'path' and 'codes'"
             )
-        return _read_manifest(path)
+        return _read_manifest(path, require_text)
     if (path / "dataset_dict.json").exists():
         splits = sorted(p.name for p in path.iterdir() if p.is_dir())
         raise DataError(
             f"{path}: a DatasetDict with splits {', '.join(splits)}: pass one split's folder, e.g. {path / splits[0]}"
         )
     if (path / "state.json").exists() and (path / "dataset_info.json").exists():
-        return _read_table(_load_from_disk(path), path, audio_column, text_column)
+        return _read_table(_load_from_disk(path), path, audio_column, text_column, require_text)
     if parquet := sorted(path.rglob("*.parquet")):
-        return _read_parquet(parquet, path, audio_column, text_column)
-    return _read_folder(path)
+        return _read_parquet(parquet, path, audio_column, text_column, require_text)
+    return _read_folder(path, require_text)
 
 
 def _first_row(path: Path) -> dict:
@@ -150,7 +161,7 @@ def _json_lines(path: Path):
             yield number, row
 
 
-def _read_manifest(path: Path) -> list[Example]:
+def _read_manifest(path: Path, require_text: bool) -> list[Example]:
     folder = path.absolute().parent
     examples = []
     for number, row in _json_lines(path):
@@ -158,7 +169,7 @@ def _read_manifest(path: Path) -> list[Example]:
         audio, text = row.get("audio"), row.get("text")
         if not isinstance(audio, str) or not audio:
             raise DataError(f"{where}: 'audio' must be a file path, got {audio!r}")
-        if not isinstance(text, str):
+        if not isinstance(text, str) and (require_text or text is not None):
             raise DataError(f"{where}: 'text' must be a string, got {text!r}")
         if not isinstance(language := row.get("language"), (str, type(None))):
             raise DataError(f"{where}: 'language' must be a language code such as 'en', got {language!r}")
@@ -167,7 +178,7 @@ def _read_manifest(path: Path) -> list[Example]:
         examples.append(
             Example(
                 id=str(row.get("id", audio)),
-                text=text.strip(),
+                text=None if text is None else text.strip(),
                 audio=file,
                 language=language,
                 seconds=_header_seconds(file) if seconds is None else seconds,
@@ -196,7 +207,7 @@ def _header_seconds(source: str | bytes) -> float | None:
     return info.frames / info.samplerate if info.samplerate > 0 else None
 
 
-def _read_folder(path: Path) -> list[Example]:
+def _read_folder(path: Path, require_text: bool) -> list[Example]:
     folder = path.absolute()
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
     if not files:
@@ -204,7 +215,7 @@ def _read_folder(path: Path) -> list[Example]:
             f"{path}: no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) and no dataset or Parquet files in this folder"
         )
     untranscribed = [f for f in files if not f.with_suffix(".txt").is_file()]
-    if untranscribed:
+    if untranscribed and require_text:
         raise DataError(
             f"{path}: {len(untranscribed)} audio files have no .txt side file with their transcript "
             f"(first: {untranscribed[0].relative_to(folder)}); add them or move those files out"
@@ -212,12 +223,18 @@ def _read_folder(path: Path) -> list[Example]:
     return [
         Example(
             id=f.relative_to(folder).as_posix(),
-            text=f.with_suffix(".txt").read_text(encoding="utf-8").strip(),
+            text=_side_text(f),
             audio=str(f),
             seconds=_header_seconds(str(f)),
         )
         for f in files
     ]
+
+
+def _side_text(audio: Path) -> str | None:
+    """The transcript in the .txt file beside an audio file, or None when there is none."""
+    side = audio.with_suffix(".txt")
+    return side.read_text(encoding="utf-8").strip() if side.is_file() else None
 
 
 def _load_from_disk(path: Path):
@@ -231,7 +248,9 @@ def _load_from_disk(path: Path):
     return datasets.load_from_disk(str(path)).with_format("arrow")[:]
 
 
-def _read_parquet(files: list[Path], path: Path, audio_column: str, text_column: str) -> list[Example]:
+def _read_parquet(
+    files: list[Path], path: Path, audio_column: str, text_column: str, require_text: bool
+) -> list[Example]:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -247,15 +266,16 @@ def _read_parquet(files: list[Path], path: Path, audio_column: str, text_column:
         table = pa.concat_tables(tables, promote_options="default")
     except pa.ArrowException as e:
         raise DataError(f"{path}: its Parquet files have different columns ({e}); read them one by one") from e
-    return _read_table(table, path, audio_column, text_column)
+    return _read_table(table, path, audio_column, text_column, require_text)
 
 
-def _read_table(table, path: Path, audio_column: str, text_column: str) -> list[Example]:
+def _read_table(table, path: Path, audio_column: str, text_column: str, require_text: bool) -> list[Example]:
     """Examples from a pyarrow.Table with an Audio column of {bytes, path} structs and a text column."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    for column, option in ((audio_column, "audio_column"), (text_column, "text_column")):
+    required = ((audio_column, "audio_column"), (text_column, "text_column"))[: 2 if require_text else 1]
+    for column, option in required:
         if column not in table.column_names:
             raise DataError(
                 f"{path}: no column {column!r} (it has {', '.join(table.column_names)}); name the right one with {option}="
@@ -269,17 +289,18 @@ def _read_table(table, path: Path, audio_column: str, text_column: str) -> list[
     audio = table.column(audio_column)
     encoded = pc.struct_field(audio, "bytes")  # ChunkedArray of binary, zero-copy
     paths = pc.struct_field(audio, "path").to_pylist()
-    texts = table.column(text_column).to_pylist()
-    ids = table.column("id").to_pylist() if "id" in table.column_names else [None] * len(texts)
-    languages = table.column("language").to_pylist() if "language" in table.column_names else [None] * len(texts)
+    rows = table.num_rows
+    texts = table.column(text_column).to_pylist() if text_column in table.column_names else [None] * rows
+    ids = table.column("id").to_pylist() if "id" in table.column_names else [None] * rows
+    languages = table.column("language").to_pylist() if "language" in table.column_names else [None] * rows
     duration = next((c for c in DURATION_FIELDS if c in table.column_names), None)
-    seconds = table.column(duration).to_pylist() if duration else [None] * len(texts)
+    seconds = table.column(duration).to_pylist() if duration else [None] * rows
     folder = path.absolute() if path.is_dir() else path.absolute().parent
 
     examples = []
-    for row in range(len(texts)):
+    for row in range(rows):
         name = f"{path}[{row}]"
-        if not isinstance(texts[row], str):
+        if not isinstance(texts[row], str) and (require_text or texts[row] is not None):
             raise DataError(f"{name}: {text_column!r} must be a string, got {texts[row]!r}")
         if encoded[row].is_valid:
             source: str | ArrowAudio = ArrowAudio(encoded, row)
@@ -292,7 +313,7 @@ def _read_table(table, path: Path, audio_column: str, text_column: str) -> list[
         examples.append(
             Example(
                 id=str(ids[row]) if ids[row] is not None else (paths[row] or name),
-                text=texts[row].strip(),
+                text=None if texts[row] is None else texts[row].strip(),
                 audio=source,
                 language=languages[row],
                 seconds=None if length is None else float(length),
@@ -303,7 +324,7 @@ def _read_table(table, path: Path, audio_column: str, text_column: str) -> list[
     return examples
 
 
-def _read_export(path: Path, texts: str | os.PathLike | None) -> list[Example]:
+def _read_tokens_file(path: Path, texts: str | os.PathLike | None) -> list[Example]:
     """The examples of `texts` that have codes in the export at `path`, in the order of `texts`.
 
     An export may cover more files than `texts` (one export, a manifest per split); examples of

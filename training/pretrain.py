@@ -6,17 +6,19 @@
 Each example becomes the conversation `SpeechChat.transcribe` holds at inference: a user turn with the clip
 and `prompt` (default "Transcribe the speech."), rendered by the LLM's own chat template, then the
 transcript as the assistant's turn, the only tokens with a loss (plus its end-of-turn marker). The clip's
-sound tokens come from a token export (train= the export, texts= its transcripts) or are computed by the
-speech tokenizer once and cached. What trains, and the outputs: see llm_recipe.py.
+sound tokens come from a token export (train= an `auralm export` folder; or an `auralm tokenize --format
+jsonl` file with texts= its transcripts) or are computed by the speech tokenizer once and cached. What trains, and the outputs: see llm_recipe.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+from auralm.dataset_export import export_info
 from auralm.lm.chat import TRANSCRIBE_PROMPT
 from auralm.training.config import ConfigError
-from auralm.training.data import read_examples
+from auralm.training.data import EXPORT_FILE, read_examples
 from auralm.training.dataset import SkippedExamples
 from auralm.training.llm_data import Conversation, user_turn
 from auralm.training.llm_recipe import LLMRecipe, LLMTrainingConfig
@@ -44,6 +46,13 @@ class PretrainRecipe(LLMRecipe):
     def conversations(self) -> tuple[list[Conversation], SkippedExamples]:
         c = self.config
         examples = read_examples(c.train, texts=c.texts)
+        if (Path(c.train) / EXPORT_FILE).is_file():
+            exported_with = export_info(c.train)["tokenizer_hash"]
+            if exported_with != self.speech.tokenizer_hash:
+                raise ConfigError(
+                    f"train={c.train}: exported with another speech tokenizer ({exported_with[:12]}…) than this "
+                    f"run's ({self.speech.tokenizer_hash[:12]}…); export again with it, or set tokenizer= to that one"
+                )
         codes, skipped = self.code_cache.build(examples, self.world, num_workers=c.num_workers, progress=self._progress)
         conversations = [
             [user_turn(clip, c.prompt), {"role": "assistant", "content": example.text}]

@@ -212,6 +212,31 @@ def test_full_training_writes_a_whole_model(tmp_path, speech_folder, llm_folder)
     SpeechChat(model, tokenizer, SpeechTokenizer.from_pretrained(speech_folder))  # the config records its tokenizer
 
 
+def test_pretrain_reads_an_auralm_export_of_its_own_tokenizer_only(
+    tmp_path, speech_folder, llm_folder, tiny_whisper_file
+):
+    manifest = asr_manifest(tmp_path)
+    export = subprocess.run(
+        [*AURALM, "export", str(manifest), "--out", str(tmp_path / "tokens"), "--checkpoint", str(speech_folder)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert export.returncode == 0, export.stderr
+    settings = (f"llm={llm_folder}", "max_tokens=400", "batch_size=2", "max_steps=2", "warmup_steps=1", "log_every=1")
+    run = tmp_path / "run"
+    result = train(
+        "pretrain", f"train={tmp_path / 'tokens'}", f"tokenizer={speech_folder}", f"output_dir={run}", *settings
+    )
+    assert result.returncode == 0, result.stderr
+    assert not list(run.glob("codes/**/*.npy"))  # the export's codes, not the tokenizer's, fed the run
+    assert len(losses(run)) == 2
+
+    other = tiny_speech_tokenizer(tiny_whisper_file, seed=2).save_pretrained(tmp_path / "other-tok")
+    result = train(
+        "pretrain", f"train={tmp_path / 'tokens'}", f"tokenizer={other}", f"output_dir={tmp_path / 'o'}", *settings
+    )
+    assert result.returncode == 2 and "exported with another speech tokenizer" in result.stderr
+
+
 def expected_mask(tokens: list[str]) -> list[bool]:
     """The assistant's tokens under the tests' template, read off the rendering: from after each
     `<|assistant|>` through the `<eos>` that ends its turn."""

@@ -78,9 +78,9 @@ def test_chat_manifests_hold_every_clip_as_sft_conversations(made):
         conversations = {c["id"]: c["messages"] for c in read_conversations(made / synth.CHAT_MANIFESTS[split])}
         for row in clips:
             audio = str((made / row["audio"]).absolute())
+            user, reply = conversations.pop(f"{row['id']}-transcribe")  # spoken questions are transcribed too
+            assert user["content"] == [{"audio": audio}, TRANSCRIBE_PROMPT] and reply["content"] == [row["text"]]
             if row["kind"] == "transcript":
-                user, reply = conversations.pop(f"{row['id']}-transcribe")
-                assert user["content"] == [{"audio": audio}, TRANSCRIBE_PROMPT] and reply["content"] == [row["text"]]
                 continue
             user, reply = conversations.pop(f"{row['id']}-spoken")
             assert user["content"][0] == {"audio": audio} and user["content"][1:] in ([], [ANSWER_PROMPT])
