@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from auralm.errors import AuralmError
+from auralm.files import write_text_atomically
 from auralm.tokenizer import SAMPLE_RATE, SpeechTokenizer, TokenizerConfig, codes_to_string, load_audio
 from auralm.tokenizer.speech_tokenizer import window_mels
 from auralm.training.data import EXPORT_FILE, JOB_FILE, ArrowAudio, DataError, Example, read_examples
@@ -329,7 +330,7 @@ def _start_job(out: Path, job: dict, world: World) -> None:
     world.barrier()  # every rank has checked before rank 0 writes
     if world.is_main and not found.is_file():
         out.mkdir(parents=True, exist_ok=True)
-        _write_atomically(found, json.dumps(job, indent=2) + "\n")
+        write_text_atomically(found, json.dumps(job, indent=2) + "\n")
     world.barrier()
 
 
@@ -368,13 +369,12 @@ class _Ledger:
 
 
 def _write_shard(path: Path, rows: list[dict], fmt: str, config: TokenizerConfig) -> None:
-    partial = path.with_name(path.name + ".partial")
     if fmt == "jsonl":
         lines = [
             json.dumps({**{k: v for k, v in row.items() if k != "codes"}, "tokens": codes_to_string(row["codes"])})
             for row in rows
         ]
-        partial.write_text("\n".join(lines) + "\n")
+        write_text_atomically(path, "\n".join(lines) + "\n")
     else:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -392,8 +392,9 @@ def _write_shard(path: Path, rows: list[dict], fmt: str, config: TokenizerConfig
         )
         columns = {name: [row[name] for row in rows] for name in schema.names}
         columns["codes"] = [row["codes"].numpy().astype(code_type.to_pandas_dtype()) for row in rows]
+        partial = path.with_name(path.name + ".partial")
         pq.write_table(pa.Table.from_pydict(columns, schema=schema), partial)
-    os.replace(partial, path)
+        os.replace(partial, path)
 
 
 def _shard_rows(shard: Path, vocab_size: int) -> Iterator[dict]:
@@ -429,7 +430,7 @@ def _finish(
         shards=sum(1 for s in done.values() if s.file),
     )
     if world.is_main:
-        _write_atomically(out / ERRORS_FILE, "".join(json.dumps(e) + "\n" for e in errors))
+        write_text_atomically(out / ERRORS_FILE, "".join(json.dumps(e) + "\n" for e in errors))
         info = {
             **job,
             "tokenizer": tokenizer.config.to_dict(),
@@ -439,12 +440,6 @@ def _finish(
             "audio_hours": round(summary.audio_seconds / 3600, 4),
             "shards": sorted(s.file for s in done.values() if s.file),
         }
-        _write_atomically(out / EXPORT_FILE, json.dumps(info, indent=2) + "\n")
+        write_text_atomically(out / EXPORT_FILE, json.dumps(info, indent=2) + "\n")
     world.barrier()
     return summary
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)

@@ -32,6 +32,7 @@ import soundfile
 import torch
 from tqdm import tqdm
 
+from auralm.files import write_text_atomically
 from auralm.lm.chat import message_text
 from auralm.tokenizer import SAMPLE_RATE
 from auralm.training.config import ConfigError
@@ -213,9 +214,8 @@ class SFTRecipe(LLMRecipe):
                 for start in tqdm(batches, desc="base replies", disable=not (self._progress and missing)):
                     batch = missing[start : start + REPLY_BATCH]
                     replies |= dict(zip(batch, self._generate([json.loads(k) for k in batch]), strict=True))
-                    partial = file.with_name(f".{file.name}.partial")  # saved each batch: a kill loses one
-                    partial.write_text(json.dumps(replies, ensure_ascii=False, indent=0))
-                    partial.rename(file)
+                    # saved each batch: a kill loses one
+                    write_text_atomically(file, json.dumps(replies, ensure_ascii=False, indent=0))
             self.world.barrier()
             replies = json.loads(file.read_text()) if missing else replies
             for key, (conversation, at) in prompts.items():

@@ -48,6 +48,7 @@ import torch
 import torchaudio.functional as AF
 
 from auralm.errors import AuralmError
+from auralm.files import write_text_atomically
 from auralm.tokenizer import SAMPLE_RATE
 from auralm.training.speech_conversations import clip_conversations
 from auralm.training.speech_texts import SpokenText, normalize, split_texts, spoken_texts
@@ -361,12 +362,6 @@ def _is_planned(row: dict, planned: dict[str, PlannedExample]) -> bool:
     )
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
-
-
 def _manifest_text(rows: list[dict]) -> str:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
@@ -377,7 +372,7 @@ def _check_options(out: Path, options: dict) -> None:
         raise SynthesisError(
             f"{out}: made with {made}, not {options}; use the same --seed/--val-fraction/--no-piper or a new --out"
         )
-    _write_atomically(path, json.dumps(options, indent=2) + "\n")
+    write_text_atomically(path, json.dumps(options, indent=2) + "\n")
 
 
 def generate(
@@ -404,7 +399,7 @@ def generate(
     done: dict[str, dict] = {}
     for name in MANIFESTS.values():
         rows = [row for row in _read_rows(out / name) if _is_planned(row, planned) and (out / row["audio"]).exists()]
-        _write_atomically(out / name, _manifest_text(rows))
+        write_text_atomically(out / name, _manifest_text(rows))
         done |= {row["id"]: row for row in rows}
     pending = [example for example in plan if example.id not in done]
 
@@ -429,10 +424,12 @@ def generate(
     # Final manifests: the planned examples in plan order, so a resumed run ends byte-identical to a fresh one.
     for split, name in MANIFESTS.items():
         rows = [done[e.id] for e in plan if e.split == split]
-        _write_atomically(out / name, _manifest_text(rows))
-        _write_atomically(out / CHAT_MANIFESTS[split], _manifest_text([c for r in rows for c in clip_conversations(r)]))
+        write_text_atomically(out / name, _manifest_text(rows))
+        write_text_atomically(
+            out / CHAT_MANIFESTS[split], _manifest_text([c for r in rows for c in clip_conversations(r)])
+        )
     summary = _summary([done[e.id] for e in plan], plan, seed, piper, len(pending), time.monotonic() - start)
-    _write_atomically(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomically(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
