@@ -49,7 +49,7 @@ setup(
         # openai: the official client, to test the server against.
         # playwright: drives Debian's chromium in the web demo's test (no browser is downloaded)
         "dev": ["pytest>=8", "ruff>=0.6", "ctranslate2>=4.4", "openai>=1.40", "playwright>=1.45"],
-        "demo": ["gradio>=6,<7"],  # auralm demo-web
+        "demo": ["gradio>=5.50,<6", "fastrtc==0.0.34"],  # auralm demo-web
         # httpx2: `auralm serve --upstream` forwards to the upstream server with it (the range openai's client takes)
         "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx2>=2.12,<3"],
         # training data from Hugging Face datasets folders and Parquet files (auralm.training.data);

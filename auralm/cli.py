@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_run_serve)
 
     web = commands.add_parser(
-        "demo-web", help="the speech models in the browser: tokens of a clip, and chat with audio (needs auralm[demo])"
+        "demo-web", help="the speech models in the browser: talk, a clip's tokens, chat (needs auralm[demo])"
     )
     _add_model_arguments(web)
     web.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
@@ -568,7 +568,7 @@ def _run_demo_web(args: argparse.Namespace) -> int:
     try:
         from auralm.web_demo import build_app
     except ImportError as e:
-        raise UsageError(f"the web demo needs Gradio: pip install 'auralm[demo]' ({e})") from None
+        raise UsageError(f"the web demo needs Gradio and fastrtc: pip install 'auralm[demo]' ({e})") from None
     app = build_app(chat_repl.load_chat(args))
     print(f"auralm demo-web: http://{args.host}:{args.port} (Ctrl-C stops it)", file=sys.stderr)
     app.launch(server_name=args.host, server_port=args.port, share=False, quiet=True)

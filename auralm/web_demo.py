@@ -4,30 +4,35 @@
     app = build_app(SpeechChat.from_pretrained()); app.launch()
 
 Tabs:
+    Talk     speak through the microphone: when you pause, the LLM answers in text (and speech, with Piper
+             installed); speaking over an answer stops it (auralm.web_talk, over WebRTC with fastrtc).
     Tokens   upload or record a clip: its sound-token string, a picture of which code sits where on the
              waveform, the text Whisper's decoder reads from the tokens, and the codes to download
              (JSON and .npy).
     Chat     text and audio turns with the speech LLM, replies streamed, each turn's latency shown.
 Bad input (no audio, an unreadable file, audio over the length limit) shows a message in the tab; the app
-goes on. One request runs at a time: the models are shared.
+goes on. One request runs at a time, whichever tab it comes from: the models are shared.
 """
 
 from __future__ import annotations
 
 import colorsys
 import json
-import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import gradio as gr  # the demo extra: without it, importing this module says what to install
 import numpy as np
+from fastrtc import WebRTC
 
 from auralm.errors import AuralmError
 from auralm.lm import SpeechChat
 from auralm.tokenizer import SAMPLE_RATE, load_audio
+from auralm.web_talk import TalkHandler
 
 MAX_SECONDS = 300.0  # longest clip the demo takes
 PICTURE_HEIGHT, WAVE_HEIGHT, PIXELS_PER_CODE, MIN_WIDTH, MAX_WIDTH = 160, 110, 16, 600, 1800
@@ -35,10 +40,8 @@ PICTURE_HEIGHT, WAVE_HEIGHT, PIXELS_PER_CODE, MIN_WIDTH, MAX_WIDTH = 160, 110, 1
 
 def build_app(chat: SpeechChat, max_seconds: float = MAX_SECONDS):
     """The Gradio app (gradio.Blocks) around one SpeechChat; `launch()` it."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: nothing may call home
-    import gradio as gr
-
     outputs_dir = Path(tempfile.mkdtemp(prefix="auralm-demo-web-"))
+    model_lock = threading.Lock()  # the Talk tab's replies run outside gradio's queue
 
     def tokenize(path: str | None):
         try:
@@ -46,10 +49,11 @@ def build_app(chat: SpeechChat, max_seconds: float = MAX_SECONDS):
         except AuralmError as e:
             return "", None, "", None, f"Error: {e}"
         speech = chat.speech_tokenizer
-        started = time.perf_counter()
-        codes = speech.encode(audio)
-        took = time.perf_counter() - started
-        text = speech.decode_text([codes], temperatures=(0.0,))[0]  # greedy: a clip always reads the same
+        with model_lock:
+            started = time.perf_counter()
+            codes = speech.encode(audio)
+            took = time.perf_counter() - started
+            text = speech.decode_text([codes], temperatures=(0.0,))[0]  # greedy: a clip always reads the same
         files = _code_files(codes.numpy(), outputs_dir / f"codes-{time.time_ns()}")
         seconds = len(audio) / SAMPLE_RATE
         status = f"{seconds:.1f} s of audio → {len(codes)} sound tokens in {took:.2f} s"
@@ -72,12 +76,13 @@ def build_app(chat: SpeechChat, max_seconds: float = MAX_SECONDS):
         if audio is not None:
             text = f"{text.strip()} [a clip, {len(audio) / SAMPLE_RATE:.1f} s]"
         shown = [*shown, {"role": "user", "content": text.strip()}, {"role": "assistant", "content": ""}]
-        started, first, reply = time.perf_counter(), None, ""
-        for piece in chat.stream(history, max_new_tokens=256):
-            first = first or time.perf_counter() - started
-            reply += piece
-            shown[-1] = {"role": "assistant", "content": reply}
-            yield history, shown, "", None, "…"
+        with model_lock:
+            started, first, reply = time.perf_counter(), None, ""
+            for piece in chat.stream(history, max_new_tokens=256):
+                first = first or time.perf_counter() - started
+                reply += piece
+                shown[-1] = {"role": "assistant", "content": reply}
+                yield history, shown, "", None, "…"
         total = time.perf_counter() - started
         history = [*history, {"role": "assistant", "content": reply}]
         yield history, shown, "", None, f"latency: first words {first or total:.2f} s, whole reply {total:.2f} s"
@@ -86,8 +91,20 @@ def build_app(chat: SpeechChat, max_seconds: float = MAX_SECONDS):
         chat.forget()
         return [], [], "", None, ""
 
-    with gr.Blocks(title="auralm") as app:
+    # The default theme's web font would be fetched from Google: the system's fonts keep the page offline.
+    theme = gr.themes.Default(
+        font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+    )
+    with gr.Blocks(title="auralm", theme=theme, analytics_enabled=False) as app:  # offline: no calling home
         gr.Markdown("# auralm\nA speech tokenizer and a speech LLM, running here, offline.")
+        with gr.Tab("Talk"):
+            gr.Markdown("Press Record and speak; pause, and the answer comes. Speak over it to stop it.")
+            voice = WebRTC(
+                label="Microphone", modality="audio", mode="send-receive", full_screen=False, elem_id="talk-voice"
+            )
+            talk_log = gr.Chatbot(type="messages", allow_tags=False, label="Conversation", elem_id="talk-log")
+            voice.stream(TalkHandler(chat, model_lock), inputs=[voice], outputs=[voice])
+            voice.on_additional_outputs(lambda shown: shown, outputs=[talk_log])
         with gr.Tab("Tokens"):
             clip = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Audio", elem_id="tokens-audio")
             run = gr.Button("Tokenize", variant="primary", elem_id="tokens-run")
@@ -99,7 +116,7 @@ def build_app(chat: SpeechChat, max_seconds: float = MAX_SECONDS):
             run.click(tokenize, inputs=clip, outputs=[tokens, picture, heard, files, status])
         with gr.Tab("Chat"):
             history = gr.State([])
-            log = gr.Chatbot(label="Conversation", elem_id="chat-log")
+            log = gr.Chatbot(type="messages", allow_tags=False, label="Conversation", elem_id="chat-log")
             message = gr.Textbox(label="Message", placeholder="Ask about the clip, or anything", elem_id="chat-text")
             attached = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Clip", elem_id="chat-audio")
             with gr.Row():

@@ -85,6 +85,17 @@ def tiny_tokenizer(tiny_whisper) -> SpeechTokenizer:
     return tokenizer.eval()
 
 
+@pytest.fixture
+def tiny_chat(tiny_tokenizer):
+    """A SpeechChat on a tiny random Llama and speech tokenizer: long replies, no early end of text."""
+    from auralm.lm import SpeechChat, add_sound_tokens
+    from tests.lm.conftest import tiny_llama, tiny_text_tokenizer
+
+    model, text = tiny_llama(tied=True, initializer_range=1.0), tiny_text_tokenizer()
+    add_sound_tokens(model, text, tiny_tokenizer)
+    return SpeechChat(model, text, tiny_tokenizer)
+
+
 @pytest.fixture(scope="session")
 def tokenizer_folder(tmp_path_factory):
     """A tokenizer on the real tiny.en backbone with a random bottleneck, saved as auralm saves it."""

@@ -348,16 +348,6 @@ def test_help_and_version_do_not_import_torch():
 # ---- the chat session, on a tiny random Llama and speech tokenizer ---------------------------------------
 
 
-@pytest.fixture
-def tiny_chat(tiny_tokenizer):
-    from auralm.lm import SpeechChat, add_sound_tokens
-    from tests.lm.conftest import tiny_llama, tiny_text_tokenizer
-
-    model, text = tiny_llama(tied=True, initializer_range=1.0), tiny_text_tokenizer()  # long replies, no early eos
-    add_sound_tokens(model, text, tiny_tokenizer)
-    return SpeechChat(model, text, tiny_tokenizer)
-
-
 class InterruptedOnce(io.StringIO):
     """A terminal where Ctrl-C comes while the first piece of text is printed."""
 
