@@ -12,8 +12,10 @@ The clip manifest is the one `auralm.training.synthetic_speech` writes: one JSON
     Whisper WER           the tokenizer's own Whisper backbone transcribing the same audio (the reference)
     LLM WER               `SpeechChat.transcribe` of each clip
     spoken-QA accuracy    question clips sent alone (and with ANSWER_PROMPT), scored by `is_correct`
+    typed-QA accuracy     the same questions typed, answered by the base LLM: what it knows at all, the
+                          ceiling for spoken questions
     noise → refusal       silence, white noise and random sound codes sent alone; the reply should refuse
-    text answers kept     TEXT_QUESTIONS answered by the base LLM and by the speech LLM: share left unchanged
+    text answers kept     TEXT_QUESTIONS answered by the base LLM and by the speech chat: share left unchanged
     codebook use          share of the K + 1 codes the clips use, and the perplexity of their histogram
     real-time factors     encoding seconds ÷ audio seconds; a whole transcription reply ÷ audio seconds
 
@@ -108,6 +110,7 @@ class ClipResult:
     answer: str | None = None
     reply: str | None = None  # to the clip alone
     reply_with_prompt: str | None = None  # to the clip + ANSWER_PROMPT
+    typed_reply: str | None = None  # the base LLM's reply to the question typed
 
 
 @dataclass
@@ -147,6 +150,7 @@ class QualityReport:
     llm_wer: float
     qa_accuracy: float | None
     qa_accuracy_with_prompt: float | None
+    typed_qa_accuracy: float | None  # the base LLM on the questions typed
     refusal_rate: float | None
     text_unchanged: float | None
     codebook_size: int  # K + 1: the codes a tokenizer can emit, the mask code included
@@ -319,7 +323,7 @@ def evaluate(
     speech = chat.speech_tokenizer
     device = speech.device
     chat.forget()  # a clip encoded earlier would make the LLM's real-time factor look better than it is
-    steps = len(clips) * 4 + noise_clips + 2 * len(text_questions)
+    steps = len(clips) * 4 + noise_clips + 2 * len(text_questions) + sum(c.kind == "question" for c in clips)
     stages = tqdm(total=steps, desc="eval", unit="step", disable=not progress, file=sys.stderr)
 
     audio = [load_audio(clip.audio) for clip in clips]
@@ -357,18 +361,21 @@ def evaluate(
         noise.append(reply)
         stages.update(1)
 
-    speech_answers = [text_reply(chat.model, chat.tokenizer, q) for q in _with(stages, text_questions)]
-    if text_questions:
+    speech_answers = [
+        chat.generate([{"role": "user", "content": q}], ANSWER_TOKENS) for q in _with(stages, text_questions)
+    ]
+    questions = [r for r in results if r.kind == "question"]
+    base_answers = []
+    if text_questions or questions:
         base_model, base_tokenizer = load_llm(base_llm, device=chat.model.device)
         base_model.set_attn_implementation(chat.model.config._attn_implementation)  # the same kernels: the same sums
         base_answers = [text_reply(base_model, base_tokenizer, q) for q in _with(stages, text_questions)]
+        for r in _with(stages, questions):
+            r.typed_reply = text_reply(base_model, base_tokenizer, r.reference)
         del base_model
-    else:
-        base_answers = []
     stages.close()
     answers = [TextAnswer(*a) for a in zip(text_questions, base_answers, speech_answers, strict=True)]
 
-    questions = [r for r in results if r.kind == "question"]
     usage = codebook_usage(torch.bincount(torch.cat(codes), minlength=speech.config.vocab_size).float())
     return QualityReport(
         device=device_name(device),
@@ -381,6 +388,7 @@ def evaluate(
         llm_wer=corpus_word_error_rate([c.text for c in clips], [r.llm_text for r in results]),
         qa_accuracy=_share(is_correct(r.answer, r.reply) for r in questions),
         qa_accuracy_with_prompt=_share(is_correct(r.answer, r.reply_with_prompt) for r in questions),
+        typed_qa_accuracy=_share(is_correct(r.answer, r.typed_reply) for r in questions),
         refusal_rate=_share(is_correct(refusal, n.reply) for n in noise),
         text_unchanged=_share(normalize_text(a.base) == normalize_text(a.speech) for a in answers),
         codebook_size=speech.config.vocab_size,
@@ -430,6 +438,7 @@ def format_report(report: QualityReport, verbose: bool = False) -> str:
         (f"Whisper {report.whisper} WER (reference)", _percent(report.whisper_wer), "", ""),
         ("LLM transcription WER", _percent(report.llm_wer), "", ""),
         (f'spoken-QA accuracy, with "{ANSWER_PROMPT}"', _percent(report.qa_accuracy_with_prompt), "", ""),
+        ("the same questions typed, base LLM (ceiling)", _percent(report.typed_qa_accuracy), "", ""),
         (f"codebook use (of {report.codebook_size} codes)", _percent(report.codes_used), "", ""),
         ("codebook perplexity", f"{report.code_perplexity:.1f}", "", ""),
         ("tokenizer real-time factor", f"{report.tokenizer_rtf:.3f}", "", ""),

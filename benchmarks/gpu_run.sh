@@ -112,7 +112,8 @@ mapfile -t GPU_TESTS < <(grep -rl --include='test_*.py' 'mark\.gpu' tests | sort
 XDIST=()
 "$PY" -c 'import xdist' 2>/dev/null && [[ $DEVICE == cuda ]] && XDIST=(-n 8)
 # Parallel workers time the autotuner's candidates against each other: keep their picks apart from the benchmarks'.
-step gpu-tests 150 env TRITON_CACHE_DIR="$WORK/triton-tests" "$PY" -m pytest -m gpu -q "${XDIST[@]}" \
+# -p no:benchmark: the image's pytest-benchmark warns once per xdist worker that it is off.
+step gpu-tests 150 env TRITON_CACHE_DIR="$WORK/triton-tests" "$PY" -m pytest -m gpu -q -p no:benchmark "${XDIST[@]}" \
     --junitxml="$OUT_DIR/pytest.xml" "${GPU_TESTS[@]}"
 step kernels 150 "$PY" benchmarks/kernels.py --device "$DEVICE" "${KERNELS_SIZES[@]}"
 step tokenizer 90 "$PY" benchmarks/tokenizer_throughput.py --device "$DEVICE" \

@@ -15,10 +15,17 @@ also say why a reply ended and how many tokens it took.
 A conversation that goes on where the last one stopped costs only its new tokens: the KV cache of the
 last single-conversation generation is kept, and the next prompt reuses it up to the first token where
 the two differ. One `SpeechChat` serves one generation at a time (the server holds a lock for that).
+
+A conversation without sound tokens is the base LLM's business: with an adapter loaded by `from_pretrained`
+(or `load_llm(..., keep_base=True)`), it runs on the weights from before the adapter was merged
+(`base_weights`), and sound tokens cannot be generated in it, so its replies are the base model's, token for
+token. Sound tokens anywhere in its prompt (an audio part, or a token string sent as text) put the adapter to
+work for the whole conversation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -43,7 +50,7 @@ from whisper.model import Whisper
 from auralm.checkpoints import DEFAULT_SPEECH_TOKENIZER, shipped_model
 from auralm.checkpoints.registry import SHIPPED_ADAPTER
 from auralm.lm.attention import ATTENTION_NAME, register_attention
-from auralm.lm.loading import load_llm
+from auralm.lm.loading import base_weights, load_llm
 from auralm.lm.vocabulary import (
     SpeechTokenizerMismatchError,
     add_sound_tokens,
@@ -105,7 +112,10 @@ class SpeechChat:
         self.model, self.tokenizer, self.speech_tokenizer = model, tokenizer, speech_tokenizer
         self.reuse_cache = reuse_cache
         self._clips = ClipStrings(speech_tokenizer)
-        self._last_turn: tuple[Cache, list[int]] | None = None  # the last single-conversation KV cache, its ids
+        self._sound_ids = tokenizer.convert_tokens_to_ids(sound_vocabulary(speech_tokenizer.config.vocab_size))
+        self._sound_id_tensor = torch.tensor(self._sound_ids)
+        # The last single-conversation KV cache, its ids, and whether it was computed on the base weights.
+        self._last_turn: tuple[Cache, list[int], bool] | None = None
 
     @classmethod
     def from_pretrained(
@@ -117,6 +127,7 @@ class SpeechChat:
         device: str | torch.device | None = None,
         attn_implementation: str | None = None,
         allow_mismatch: bool = False,
+        keep_base: bool = True,
     ) -> SpeechChat:
         """A chat built from names: the speech tokenizer, then the LLM, given sound tokens if it lacks them.
 
@@ -126,14 +137,16 @@ class SpeechChat:
         tokenizer ("default", an auralm folder, an Ichigo or WhisperSpeech file; None: "default"); whisper: its
         backbone (default: the one the checkpoint names). device: None picks CUDA when there is one.
         attn_implementation: None picks auralm's Triton flash attention on CUDA and transformers' default
-        elsewhere. An LLM without sound tokens gets them untrained, with a warning.
+        elsewhere. An LLM without sound tokens gets them untrained, with a warning. keep_base: with an adapter,
+        keep the weights it changed so that conversations without audio get the base LLM's answers (memory for
+        a copy of those weights: about 0.4 GB for SmolLM2-135M in float32); False answers them with the adapter.
         """
         if llm is None and adapter is None and checkpoint is None:
             adapter = shipped_model(SHIPPED_ADAPTER)
         checkpoint = DEFAULT_SPEECH_TOKENIZER if checkpoint is None else checkpoint
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         speech = SpeechTokenizer.from_pretrained(checkpoint, whisper=whisper, device=device)
-        model, tokenizer = load_llm(llm, device=device, adapter=adapter)
+        model, tokenizer = load_llm(llm, device=device, adapter=adapter, keep_base=keep_base)
         if attn_implementation is None and device.type == "cuda":
             attn_implementation = ATTENTION_NAME
         if attn_implementation == ATTENTION_NAME:
@@ -177,13 +190,23 @@ class SpeechChat:
         top_p: float = 1.0,
         stop: Sequence[str] = (),
     ) -> str | list[str]:
-        """The assistant's reply to one conversation, or to each of a list of them (one padded batch).
+        """The assistant's reply to one conversation, or to each of a list of them (one padded batch; those with
+        sound tokens and those without are two).
 
         temperature 0 decodes greedily; stop strings end a reply and are not part of it.
         """
         if conversations and isinstance(conversations[0], dict):
             return self.reply(conversations, max_new_tokens, temperature, top_p, stop).text
-        inputs = self._inputs(list(conversations))
+        conversations = list(conversations)
+        inputs = self._inputs(conversations)
+        heard = self._with_sound(inputs["input_ids"]).tolist()
+        if len(set(heard)) > 1:  # clips' token strings are cached: rendering a group again costs no encoding
+            replies = [""] * len(conversations)
+            for group in ([i for i, h in enumerate(heard) if h == value] for value in (False, True)):
+                texts = self.generate([conversations[i] for i in group], max_new_tokens, temperature, top_p, stop)
+                for i, text in zip(group, texts, strict=True):
+                    replies[i] = text
+            return replies
         options = self._generation_options(max_new_tokens, temperature, top_p, stop, inputs["input_ids"].shape[1])
         output = self._generate_ids(inputs, options)
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
@@ -258,29 +281,39 @@ class SpeechChat:
 
     def _generate_ids(self, inputs: dict[str, torch.Tensor], options: dict[str, Any]) -> torch.Tensor:
         """`model.generate`'s sequences [B, prompt + new]; a single conversation starts from, and leaves
-        behind, the cache of the turn before."""
-        if not self.reuse_cache or inputs["input_ids"].shape[0] != 1:
-            return self.model.generate(**inputs, **options)
-        prompt = inputs["input_ids"][0].tolist()
-        cache = self._reusable_cache(prompt)
-        output = self.model.generate(**inputs, **options, past_key_values=cache, return_dict_in_generate=True)
+        behind, the cache of the turn before. Prompts without sound tokens are answered by the base weights
+        (when kept), with sound tokens suppressed."""
+        text_only = not self._with_sound(inputs["input_ids"]).any()
+        if text_only:
+            options = options | {"suppress_tokens": self._sound_ids}
+        with base_weights(self.model) if text_only else contextlib.nullcontext():
+            if not self.reuse_cache or inputs["input_ids"].shape[0] != 1:
+                return self.model.generate(**inputs, **options)
+            prompt = inputs["input_ids"][0].tolist()
+            cache = self._reusable_cache(prompt, text_only)
+            output = self.model.generate(**inputs, **options, past_key_values=cache, return_dict_in_generate=True)
         cache = output.past_key_values
         if all(type(layer) is DynamicLayer for layer in cache.layers):  # sliding windows forget: not reusable
-            self._last_turn = cache, output.sequences[0, : cache.get_seq_length()].tolist()
+            self._last_turn = cache, output.sequences[0, : cache.get_seq_length()].tolist(), text_only
         return output.sequences
 
-    def _reusable_cache(self, prompt: list[int]) -> Cache | None:
+    def _reusable_cache(self, prompt: list[int], text_only: bool) -> Cache | None:
         """The last turn's cache cut to the prefix it shares with `prompt`, leaving at least the last
-        prompt token to compute (generation needs its logits); None when nothing is shared."""
+        prompt token to compute (generation needs its logits); None when nothing is shared, or when it was
+        computed on the other weights."""
         if self._last_turn is None:
             return None
-        (cache, ids), self._last_turn = self._last_turn, None  # generation mutates it: a failed one leaves none
+        (cache, ids, cached_text_only), self._last_turn = self._last_turn, None  # generation mutates it
         keep = min(_shared_prefix_length(ids, prompt), len(prompt) - 1)
-        if keep == 0:
+        if keep == 0 or cached_text_only != text_only:
             return None
         if keep < cache.get_seq_length():
             cache.crop(keep - cache.get_seq_length())  # a negative count removes tokens, in every transformers 5
         return cache
+
+    def _with_sound(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids (B, L) → (B,) bool: which prompts hold sound tokens."""
+        return torch.isin(input_ids, self._sound_id_tensor.to(input_ids.device)).any(dim=1)
 
     def _inputs(self, conversations: list[Sequence[Message]]) -> dict[str, torch.Tensor]:
         texts = [

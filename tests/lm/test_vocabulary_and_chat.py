@@ -173,6 +173,51 @@ def test_a_lora_adapter_loads_on_top(tmp_path):
         load_llm(tmp_path / "base", adapter=tmp_path)
 
 
+def test_conversations_without_sound_tokens_are_answered_by_the_base_weights(tmp_path, tiny_tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    from auralm.lm import load_llm
+    from auralm.lm.loading import base_weights, has_base_weights
+
+    base, text = tiny_llama(True, initializer_range=1.0), tiny_text_tokenizer()
+    add_sound_tokens(base, text, tiny_tokenizer)
+    base.save_pretrained(tmp_path / "base")
+    text.save_pretrained(tmp_path / "base")
+    lora_config = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    get_peft_model(base, lora_config).save_pretrained(tmp_path / "adapter")
+    folders = {"source": tmp_path / "base", "adapter": tmp_path / "adapter"}
+    chat = SpeechChat(*load_llm(**folders, keep_base=True), tiny_tokenizer)
+    always = SpeechChat(*load_llm(**folders), tiny_tokenizer)  # the adapter merged, nothing kept
+    plain = SpeechChat(*load_llm(tmp_path / "base"), tiny_tokenizer)
+    assert has_base_weights(chat.model) and not has_base_weights(always.model)
+
+    typed = [{"role": "user", "content": "hello what is this"}]
+    spoken = conversation("en_8k.wav")
+    assert always.generate(typed, max_new_tokens=12) != plain.generate(typed, max_new_tokens=12)  # the adapter shows
+    assert chat.generate(typed, max_new_tokens=12) == plain.generate(typed, max_new_tokens=12)
+    assert chat.generate(spoken, max_new_tokens=12) == always.generate(spoken, max_new_tokens=12)
+    as_text = [{"role": "user", "content": tiny_tokenizer.to_string(tiny_tokenizer.encode(DATA / "en_8k.wav"))}]
+    assert chat.generate(as_text, max_new_tokens=12) == always.generate(as_text, max_new_tokens=12)  # sound too
+    assert chat.generate(as_text, max_new_tokens=12) != plain.generate(as_text, max_new_tokens=12)
+    assert chat.generate([spoken, typed], max_new_tokens=12) == [
+        always.generate(spoken, max_new_tokens=12),
+        plain.generate(typed, max_new_tokens=12),
+    ]
+    assert "".join(chat.stream(typed, max_new_tokens=12)) == plain.generate(typed, max_new_tokens=12)
+
+    # A follow-up with audio cannot reuse the cache the base weights computed, nor the other way round.
+    reply = chat.generate(typed, max_new_tokens=6)
+    with_audio = [*typed, {"role": "assistant", "content": reply}, *spoken]
+    assert chat.generate(with_audio, max_new_tokens=12) == always.generate(with_audio, max_new_tokens=12)
+    assert chat.generate(typed, max_new_tokens=12) == plain.generate(typed, max_new_tokens=12)
+
+    ids = torch.tensor([[4, 5, 6, 7]])
+    with torch.no_grad():
+        with base_weights(chat.model):
+            assert torch.equal(chat.model(ids).logits, plain.model(ids).logits)  # exactly the base model
+        assert torch.equal(chat.model(ids).logits, always.model(ids).logits)  # and the merged weights are back
+
+
 def test_audio_is_encoded_once_across_turns(chat, monkeypatch):
     calls = []
     encode = chat.speech_tokenizer.encode
