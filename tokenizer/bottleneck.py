@@ -30,6 +30,11 @@ from auralm.tokenizer.config import WHISPER_FRAMES, TokenizerConfig
 L2NORM_EPS = 1e-6  # vector-quantize-pytorch's l2norm
 
 
+# State-dict prefixes of the weights that, with the codebook, decide the codes (the encode half); the rest (the
+# attention blocks, positions and projections after the quantizer) only turns codes into decoder features.
+CODE_DECIDING = ("mlp", "rq.project_in")
+
+
 class BottleneckOutput(NamedTuple):
     features: torch.Tensor  # (B, T, d): what Whisper's decoder cross-attends to
     codes: torch.Tensor  # (B, T / downsample), int64
@@ -62,11 +67,20 @@ class QuantizerBottleneck(nn.Module):
             for _ in range(config.depth)
         )
         self.ln_post = LayerNorm(d)
+        self.codes_kept = False  # keep_codes(): the codebook no longer learns
 
     @property
     def codebook(self) -> torch.Tensor:
         """(n_codes + 1, codebook_dim): the speech codes, then the mask code."""
         return self.rq.codebooks[0]
+
+    def keep_codes(self) -> None:
+        """Freeze what decides the codes (CODE_DECIDING's weights and the EMA codebook): training then moves
+        only the decode half, and the codes of any audio, like the tokenizer's hash, stay as they are."""
+        for name, parameter in self.named_parameters():
+            if name.startswith(CODE_DECIDING):
+                parameter.requires_grad_(False)
+        self.codes_kept = True
 
     def forward(self, frames: torch.Tensor, code_mask: torch.Tensor | None = None) -> BottleneckOutput:
         """Training: frames (B, T, d) → decoder features through the quantizer, gradients passing
@@ -76,7 +90,8 @@ class QuantizerBottleneck(nn.Module):
         code_mask: (B, T / downsample), True where a code holds speech; elsewhere the decoder sees the
         mask code's row (what `dequantize` pads with), as Ichigo trains it.
         """
-        quantized, codes, commitment = self.rq(self._pooled(frames))  # (B, T/ds, d), (B, T/ds, 1), (1,)
+        quantized, codes, commitment = self.rq(self._pooled(frames), freeze_codebook=self.codes_kept)
+        # quantized (B, T/ds, d), codes (B, T/ds, 1), commitment (1,)
         if code_mask is not None:
             padding = self.rq.project_out(self.codebook[self.config.mask_code])  # (d,)
             quantized = torch.where(code_mask[..., None], quantized, padding)

@@ -33,7 +33,7 @@ from auralm.tokenizer.backbone import (
     resolve_language,
     use_flash_attention,
 )
-from auralm.tokenizer.bottleneck import QuantizerBottleneck
+from auralm.tokenizer.bottleneck import CODE_DECIDING, QuantizerBottleneck
 from auralm.tokenizer.config import TokenizerConfig
 from auralm.tokenizer.token_format import codes_to_string, string_to_codes
 
@@ -175,7 +175,7 @@ class SpeechTokenizer(nn.Module):
         the bottleneck and the speech codes. An LLM trained on these tokens records it.
         Values are hashed as float32, so moving the tokenizer between devices keeps its hash."""
         decisive = {f"whisper.encoder.{k}": v for k, v in self.whisper.encoder.state_dict().items()}
-        decisive |= {k: v for k, v in self.bottleneck.state_dict().items() if k.startswith(("mlp", "rq.project_in"))}
+        decisive |= {k: v for k, v in self.bottleneck.state_dict().items() if k.startswith(CODE_DECIDING)}
         decisive["codebook"] = self.bottleneck.codebook  # every row is searched, the mask code's too
         settings = {
             k: getattr(self.config, k) for k in ("n_codes", "downsample", "pooling", "n_mels", "window_seconds")

@@ -46,6 +46,7 @@ class TokenizerTrainingConfig(RunConfig):
     val: str | None = None  # held-out examples for the word error rate of text decoded from tokens
     output_dir: str = "runs/tokenizer"
     init: str | None = None  # a tokenizer folder whose bottleneck a fresh run starts from (fine-tuning)
+    keep_codes: bool = False  # with init: train only the decode half; init's codes and hash stay (LLMs still pair)
     feature_cache: str | None = None  # where encoder frames are kept; default output_dir/features
     # the tokenizer
     whisper: str = "tiny.en"
@@ -103,6 +104,10 @@ class TokenizerRecipe:
             self.whisper,
         ).to(self.world.device)  # fmt: skip
         self.bottleneck = self.tokenizer.bottleneck.train()
+        if c.keep_codes:
+            if not c.init:
+                raise ConfigError("keep_codes=true keeps the codes of init=: name the tokenizer folder to start from")
+            self.bottleneck.keep_codes()
 
         dataset = AudioTextDataset(read_examples(c.train), window_seconds=c.window_seconds, pack=c.pack)
         cache = FeatureCache(c.feature_cache or self.run_dir / "features", self.tokenizer)
@@ -124,8 +129,9 @@ class TokenizerRecipe:
             if self.world.size > 1
             else self.bottleneck
         )
-        decay = [p for p in self.bottleneck.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.bottleneck.parameters() if p.dim() < 2]
+        trained = [p for p in self.bottleneck.parameters() if p.requires_grad]
+        decay = [p for p in trained if p.dim() >= 2]
+        no_decay = [p for p in trained if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": c.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=c.lr, betas=(0.9, 0.95),

@@ -113,6 +113,28 @@ def test_init_starts_from_a_saved_tokenizer_of_the_same_shape(tmp_path, tiny_whi
     assert other.returncode == 2 and "differs from this run's" in other.stderr
 
 
+def test_keep_codes_trains_the_decode_half_and_the_codes_stay(tmp_path, tiny_whisper_file):
+    assert train(*tiny_run(tmp_path, tiny_whisper_file, "first", "max_steps=2")).returncode == 0
+    first = tmp_path / "first" / "tokenizer"
+    kept = train(*tiny_run(tmp_path, tiny_whisper_file, "kept", "max_steps=6", "keep_codes=true", f"init={first}"))
+    assert kept.returncode == 0, kept.stderr
+    before = SpeechTokenizer.from_pretrained(first, whisper=tiny_whisper_file)
+    after = SpeechTokenizer.from_pretrained(tmp_path / "kept" / "tokenizer", whisper=tiny_whisper_file)
+    assert after.tokenizer_hash == before.tokenizer_hash  # an LLM trained on the first one's codes still pairs
+    clips = [load_audio(DATA / name) for name in ENGLISH_CLIPS]
+    assert all(torch.equal(a, b) for a, b in zip(after.encode(clips), before.encode(clips), strict=True))
+    ours = load_file(tmp_path / "kept" / "tokenizer" / "model.safetensors")
+    init = load_file(first / "model.safetensors")
+    decode_half = [
+        k for k in init if k.startswith(("_out_blocks", "ln_post", "positional_embedding")) and "rotary" not in k
+    ]
+    assert decode_half and all(not torch.equal(ours[k], init[k]) for k in decode_half)
+    ce = logged(tmp_path / "kept", "ce")
+    assert ce[-1] < ce[0]  # the decoder reads the same codes better
+    alone = train(*tiny_run(tmp_path, tiny_whisper_file, "alone", "max_steps=1", "keep_codes=true"))
+    assert alone.returncode == 2 and "keep_codes=true keeps the codes of init=" in alone.stderr
+
+
 def test_a_checkpoint_cut_short_leaves_the_previous_one(tmp_path, monkeypatch):
     checkpoints = Checkpoints(tmp_path, keep=2)
     checkpoints.save(1, {"step": 1, "weights": torch.ones(3)})
