@@ -89,6 +89,7 @@ class TalkHandler(ReplyOnPause):
         self.shown: list[dict[str, str]] = []
         self.barge_in = threading.Event()  # set: the reply being generated must stop
         self.cut_turn = False  # the last turn was cut for length: speech going on is not a barge-in
+        self.pre_roll: np.ndarray | None = None  # the last chunk heard before speech began
         super().__init__(
             self.answer,
             algo_options=AlgoOptions(),
@@ -100,6 +101,19 @@ class TalkHandler(ReplyOnPause):
 
     def copy(self) -> TalkHandler:
         return TalkHandler(self.chat, self.lock, self.max_speech_seconds, self.max_new_tokens, self.speak)
+
+    def determine_pause(self, audio: np.ndarray, sampling_rate: int, state: Any) -> bool:
+        """fastrtc's pause detection on one chunk (when `audio` has grown to one). A chunk with too little speech
+        to start a turn is dropped there; kept here as the pre-roll, it is put back before the chunk that does
+        start one, so a word begun late in a chunk is heard from its start."""
+        analysed = len(audio) >= self.algo_options.audio_chunk_duration * sampling_rate
+        started = state.started_talking
+        pause = super().determine_pause(audio, sampling_rate, state)
+        if analysed:
+            if state.started_talking and not started and self.pre_roll is not None:
+                state.stream = np.concatenate((self.pre_roll, state.stream))
+            self.pre_roll = None if state.started_talking else audio
+        return pause
 
     def receive(self, frame: tuple[int, np.ndarray]) -> None:
         """One frame from the microphone: (rate, int16 samples (1, N))."""

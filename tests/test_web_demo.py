@@ -125,7 +125,7 @@ def test_talk_tab_answers_the_question_heard_through_the_microphone(page):
     asked = page.locator('#talk-log [data-testid="user"]').first.inner_text()
     assert asked.startswith("[spoken, ")
     seconds = float(asked.removeprefix("[spoken, ").removesuffix(" s]"))
-    assert 1.7 <= seconds < 3.5  # the question and a little of the silence after it, heard over WebRTC
+    assert 1.7 <= seconds < 4.0  # the question and at most a detection chunk of silence each side, over WebRTC
     reply = page.locator('#talk-log [data-testid="bot"]').first.inner_text()
     print(f"Talk tab: heard {seconds} s, answered {reply!r} (expected {expected!r})")
     assert reply.strip()

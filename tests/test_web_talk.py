@@ -90,6 +90,16 @@ def test_it_answers_after_the_pause_and_not_before(tiny_chat):
     assert len(call.shown) > 2  # the reply streamed in pieces
 
 
+def test_a_word_begun_late_in_a_detection_chunk_is_heard_from_its_start(tiny_chat):
+    speech = at_48k(DATA / "en_48k.opus")
+    call = Call(tiny_chat, max_new_tokens=4)
+    call.say(np.concatenate([silence(0.5), speech, silence(1.5)]))  # 0.1 s of speech in the first 0.6 s chunk
+    call.finish()
+    heard = call.handler.history[0]["content"][0]["array"].numpy()
+    said = LoudnessVAD().vad((INPUT_RATE, speech))[0]
+    assert LoudnessVAD().vad((SAMPLE_RATE, heard))[0] == pytest.approx(said, abs=0.04)  # 0.12 s short without
+
+
 def test_speaking_during_a_reply_stops_it_and_the_new_utterance_is_answered_whole(tiny_chat):
     first, second = at_48k(DATA / "en_48k.opus"), at_48k(DATA / "en_48k.opus")[: INPUT_RATE * 2]
     call = Call(tiny_chat, max_new_tokens=400)
