@@ -8,11 +8,13 @@ its answer.
 A turn ends when the speaker pauses (fastrtc's ReplyOnPause, with a loudness detector in place of its Silero
 model, whose weights it would download). The utterance is tokenized, and the reply streams back as text into
 the conversation, and as speech, sentence by sentence, when Piper and its voice are installed (the `train`
-extra). Two rules fastrtc does not keep the way a talk needs:
+extra). Three rules fastrtc does not keep the way a talk needs:
 - barge-in: speech that starts while a reply is being generated stops that generation at once, and the new
   utterance is answered whole once it ends (fastrtc would stop the reply only when the new utterance ended);
 - a turn is cut after `max_speech_seconds` of speech without a pause, so a noisy room that never seems to
-  pause still gets answers; speech that goes on after the cut does not stop that answer.
+  pause still gets answers; speech that goes on after the cut does not stop that answer;
+- a word begun late in a detection chunk is heard from its start (fastrtc drops a chunk with too little
+  speech to start a turn; it is kept as a pre-roll).
 """
 
 from __future__ import annotations
@@ -192,6 +194,5 @@ def piper_reading(text: str) -> tuple[int, np.ndarray] | None:
 
     if not any(c.isalnum() for c in text):
         return None
-
     audio, rate = piper_speech(text, length_scale=1.0, noise_scale=0.667, noise_w_scale=0.8, seed=0)
     return rate, (np.clip(audio, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
