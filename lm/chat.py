@@ -138,7 +138,7 @@ class SpeechChat:
         backbone (default: the one the checkpoint names). device: None picks CUDA when there is one.
         attn_implementation: None picks auralm's Triton flash attention on CUDA and transformers' default
         elsewhere. An LLM without sound tokens gets them untrained, with a warning. keep_base: with an adapter,
-        keep the weights it changed so that conversations without audio get the base LLM's answers (memory for
+        keep the weights it changed so that prompts without sound tokens get the base LLM's answers (memory for
         a copy of those weights: about 0.4 GB for SmolLM2-135M in float32); False answers them with the adapter.
         """
         if llm is None and adapter is None and checkpoint is None:

@@ -7,7 +7,7 @@ of seconds; the result is kept as an ordinary safetensors folder in the cache
 
 A LoRA adapter is merged into the weights, so generation runs at the base model's speed. With `keep_base=True`
 each layer it changed also keeps its weight from before (a buffer, BASE_WEIGHT), and `with base_weights(model):`
-runs the model as the base LLM again, exactly: SpeechChat answers conversations without audio that way, so
+runs the model as the base LLM again, exactly: SpeechChat answers prompts without sound tokens that way, so
 text answers stay the base model's.
 """
 
