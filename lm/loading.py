@@ -93,7 +93,7 @@ def _with_adapter(
 
 def has_base_weights(model: torch.nn.Module) -> bool:
     """Whether `model` was loaded with `keep_base=True` and an adapter: whether `base_weights` changes it."""
-    return any(BASE_WEIGHT in m._buffers for m in model.modules())
+    return bool(_kept_layers(model))
 
 
 @contextmanager
@@ -101,12 +101,17 @@ def base_weights(model: torch.nn.Module) -> Iterator[None]:
     """Within it, `model` runs on the weights it had before its adapter was merged (the tensors are swapped,
     not recomputed, so it is the base model exactly); a model without kept weights is left as it is. Not for
     use from two threads at once."""
-    layers = [m for m in model.modules() if BASE_WEIGHT in m._buffers]
+    layers = _kept_layers(model)
     _swap_base_weights(layers)
     try:
         yield
     finally:
         _swap_base_weights(layers)
+
+
+def _kept_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The layers that keep a weight from before the merge."""
+    return [m for m in model.modules() if BASE_WEIGHT in m._buffers]
 
 
 def _swap_base_weights(layers: list[torch.nn.Module]) -> None:
