@@ -243,7 +243,7 @@ class SpeechChat:
         self, messages: Sequence[Message], max_new_tokens: int, temperature: float, top_p: float, stop: Sequence[str]
     ) -> Generator[str, None, Reply]:
         inputs = self._inputs([messages])
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer = _TokenStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         cancel = threading.Event()
         options = self._generation_options(
             max_new_tokens, temperature, top_p, stop, inputs["input_ids"].shape[1], cancel
@@ -504,6 +504,22 @@ def _cut(text: str, stop: Sequence[str]) -> str:
     """The text before the first stop string."""
     ends = [i for s in stop if (i := text.find(s)) >= 0]
     return text[: min(ends)] if ends else text
+
+
+class _TokenStreamer(TextIteratorStreamer):
+    """Each new token's text as soon as it decodes to whole characters. transformers' own streamer holds
+    text back to the last space, so a first word (or a reply with no spaces) arrives late."""
+
+    def put(self, value: torch.Tensor) -> None:
+        """value: the prompt (1, T) first (skipped), then each new token (1,)."""
+        if self.skip_prompt and self.next_tokens_are_prompt:
+            self.next_tokens_are_prompt = False
+            return
+        self.token_cache.extend(value.reshape(-1).tolist())
+        text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+        if len(text) > self.print_len and not text.endswith("\ufffd"):  # U+FFFD: a character not yet whole
+            self.on_finalized_text(text[self.print_len :])
+            self.print_len = len(text)
 
 
 def _until_stop(pieces: Iterator[str], stop: Sequence[str]) -> Iterator[str]:

@@ -4,7 +4,9 @@ import logging
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
+from auralm.checkpoints.registry import SHIPPED_ADAPTER, shipped_model
 from auralm.lm import (
     SpeechChat,
     SpeechTokenizerMismatchError,
@@ -12,7 +14,7 @@ from auralm.lm import (
     check_speech_tokenizer,
     tokens_to_prompt,
 )
-from auralm.lm.chat import Reply
+from auralm.lm.chat import Reply, _TokenStreamer
 from auralm.tokenizer import load_audio
 from tests.conftest import DATA, TINY_CONFIG
 from tests.lm.conftest import WORDS, tiny_llama, tiny_text_tokenizer
@@ -121,6 +123,29 @@ def test_streaming_equals_generate_and_batched_equals_single(chat):
     assert chat.generate([first, second], max_new_tokens=12) == single
     pieces = list(chat.stream(first, max_new_tokens=12))
     assert "".join(pieces) == single[0] and len(pieces) > 1
+
+
+def test_the_stream_sends_each_token_once_its_characters_are_whole():
+    # SmolLM2's byte-level tokenizer (shipped beside the adapter) splits a parrot emoji into byte tokens
+    tokenizer = AutoTokenizer.from_pretrained(shipped_model(SHIPPED_ADAPTER))
+    text = "RogRogRog🦜, then a word."
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    streamer = _TokenStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    streamer.put(torch.tensor([ids[:2]]))  # the prompt: not sent
+    held = 0
+    for count in range(1, len(ids) + 1):
+        streamer.put(torch.tensor([ids[count - 1]]))
+        sent = "".join(streamer.text_queue.get_nowait() for _ in range(streamer.text_queue.qsize()))
+        so_far = tokenizer.decode(ids[:count])
+        if so_far.endswith("\ufffd"):  # half a character: held back
+            held += 1
+            assert sent == ""
+        else:  # everything up to this token, with no space needed
+            assert sent and so_far.endswith(sent)
+    assert held > 0
+    streamer.end()
+    assert streamer.text_queue.get_nowait() == ""  # end() sends nothing more
+    assert tokenizer.decode(ids) == text
 
 
 def test_stop_strings_end_the_reply_in_both_paths(chat):
