@@ -6,6 +6,7 @@ A recipe reads top to bottom (nanoGPT style); these are its helpers, not a frame
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -139,7 +140,37 @@ def start_run(config: RunConfig, resume: bool) -> tuple[World, Path, Checkpoints
         torch.set_num_threads(config.threads)
     world = init_distributed(config.device)
     run_dir = Path(config.output_dir)
+    if world.is_main:
+        hold_run_folder(run_dir)
     checkpoints = Checkpoints(run_dir / "checkpoints", keep=config.keep_checkpoints)
     if not resume and checkpoints.steps():
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to go on, or choose another output_dir")
     return world, run_dir, checkpoints
+
+
+_held_folders: dict[Path, Any] = {}  # run folder → its open lock file, held until the process ends
+
+
+def hold_run_folder(run_dir: Path) -> None:
+    """Lock `run_dir` for this process, so a second run started on it (a `--resume` typed twice) stops at once
+    instead of writing over the first one's checkpoints. The kernel drops the lock when the process ends,
+    however it ends, so a killed run leaves nothing stale behind."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    key = run_dir.resolve()
+    if key in _held_folders:
+        return
+    lock = open(key / ".lock", "a+")  # kept open: closing it would drop the lock
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise ConfigError(
+            f"{run_dir} is being trained by another process (pid {holder}); wait for it to end or stop it "
+            "(it saves a checkpoint when stopped with Ctrl-C or SIGTERM), then --resume"
+        ) from None
+    lock.truncate(0)
+    lock.write(str(os.getpid()))
+    lock.flush()
+    _held_folders[key] = lock

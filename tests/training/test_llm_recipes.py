@@ -452,6 +452,26 @@ def test_sft_resumed_after_a_kill_ends_bit_identical(tmp_path, speech_folder, un
     assert losses(tmp_path / "killed")[-(40 - killed_at) :] == losses(tmp_path / "whole")[killed_at:]
 
 
+def test_a_second_run_on_a_folder_in_training_stops_at_once(tmp_path, speech_folder, llm_folder, chat_manifest):
+    settings = sft_run(tmp_path, "run", speech_folder, llm_folder, chat_manifest, "max_steps=2")
+    # a process training in the folder: it holds the folder's lock, as every run does from its start
+    hold = "import sys, time; from pathlib import Path; from auralm.training.loop import hold_run_folder; "
+    hold += "hold_run_folder(Path(sys.argv[1])); print('held', flush=True); time.sleep(300)"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / "run")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        second = train("sft", *settings, extra_args=("--resume",))
+        assert second.returncode == 2
+        assert f"{tmp_path / 'run'} is being trained by another process (pid {holder.pid})" in second.stderr
+        assert not (tmp_path / "run" / "checkpoints").exists()  # it wrote nothing
+    finally:
+        holder.kill()  # killed, not stopped: the lock goes with the process
+        holder.wait()
+    after = train("sft", *settings)
+    assert after.returncode == 0, after.stderr
+    assert Checkpoints(tmp_path / "run" / "checkpoints").latest()["step"] == 2
+
+
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, speech_folder, llm_folder, chat_manifest):
     # one process accumulating 2 micro-batches sees exactly the slices 2 processes see
     # on CPU (gloo) wherever the test runs: one GPU cannot hold two ranks
