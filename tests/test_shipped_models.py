@@ -63,6 +63,8 @@ def test_the_main_job_hears_and_answers_offline():
     assert result.returncode == 0, result.stderr
     said = json.loads((SAMPLES / "texts.json").read_text())[QUESTION.name]
     expected = json.loads((SAMPLES / "answers.json").read_text())[QUESTION.name]
+    heard = re.search(r"\(WER ([0-9.]+)\):\n +(.*)\n", result.stdout)
+    assert heard and float(heard[1]) == 0, result.stdout  # the tokens read back as what was said
     answered = re.search(rf'done: said "{re.escape(said)}", answered "(.*)"\. Your turn:', result.stdout)
     assert answered and is_correct(expected, answered[1]), result.stdout  # the spoken question, answered right
 

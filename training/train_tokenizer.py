@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -59,7 +60,7 @@ class TokenizerTrainingConfig(RunConfig):
     codebook_decay: float = 0.9
     kmeans_init: bool = True
     dead_code_threshold: float = 2.0
-    pack: bool = True  # short clips share a window
+    pack: bool = False  # short clips share a window; off, each clip is padded with the mask code as decoding does
     # optimisation (the rest: RunConfig)
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -160,12 +161,26 @@ class TokenizerRecipe:
             )
 
     def _start_from(self, folder: str) -> None:
-        """The bottleneck weights (codebook and its EMA state included) of a saved tokenizer of the same shape."""
+        """The bottleneck weights (codebook and its EMA state included) of a saved tokenizer of the same shape.
+
+        With keep_codes the decode half may be deeper than init's: its first blocks are init's, and each added
+        block starts as the identity (zero output projections), so training begins from init's decoding.
+        """
         init = SpeechTokenizer.from_pretrained(folder, whisper=self.whisper)
-        knobs = dict.fromkeys(TRAINING_KNOBS)  # may change between runs; the shape may not
-        if init.config.to_dict() | knobs != self.tokenizer.config.to_dict() | knobs:
-            raise ConfigError(f"init={folder}: its config {init.config.to_dict()} differs from this run's")
-        self.bottleneck.load_state_dict(init.bottleneck.state_dict())
+        added = self.tokenizer.config.depth - init.config.depth
+        knobs = dict.fromkeys(TRAINING_KNOBS) | ({"depth": None} if self.config.keep_codes and added >= 0 else {})
+        if init.config.to_dict() | knobs != self.tokenizer.config.to_dict() | knobs:  # knobs may change; shape not
+            raise ConfigError(
+                f"init={folder}: its config {init.config.to_dict()} differs from this run's"
+                + ("" if self.config.keep_codes else " (with keep_codes=true, depth may grow)")
+            )
+        missing, unexpected = self.bottleneck.load_state_dict(init.bottleneck.state_dict(), strict=False)
+        new_blocks = tuple(f"_out_blocks.{i}." for i in range(init.config.depth, self.tokenizer.config.depth))
+        assert not unexpected and all(k.startswith(new_blocks) for k in missing), (missing, unexpected)
+        for block in self.bottleneck._out_blocks[init.config.depth :]:
+            for projection in (block.attn.out, block.mlp[-1]):
+                nn.init.zeros_(projection.weight)
+                nn.init.zeros_(projection.bias)
 
     # ---- training --------------------------------------------------------------------------
 

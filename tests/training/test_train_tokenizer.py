@@ -135,6 +135,29 @@ def test_keep_codes_trains_the_decode_half_and_the_codes_stay(tmp_path, tiny_whi
     assert alone.returncode == 2 and "keep_codes=true keeps the codes of init=" in alone.stderr
 
 
+def test_keep_codes_may_deepen_the_decode_half_starting_from_init(tmp_path, tiny_whisper_file):
+    assert train(*tiny_run(tmp_path, tiny_whisper_file, "first", "max_steps=2")).returncode == 0
+    first = tmp_path / "first" / "tokenizer"
+    deeper = ("keep_codes=true", "depth=3", f"init={first}")
+    # lr 0: the added blocks still hold their initial values, so what the decoder reads shows where training starts
+    start = train(*tiny_run(tmp_path, tiny_whisper_file, "start", "max_steps=1", "lr=0", *deeper))
+    assert start.returncode == 0, start.stderr
+    before = SpeechTokenizer.from_pretrained(first, whisper=tiny_whisper_file)
+    after = SpeechTokenizer.from_pretrained(tmp_path / "start" / "tokenizer", whisper=tiny_whisper_file)
+    assert after.config.depth == 3 and after.tokenizer_hash == before.tokenizer_hash
+    codes = before.encode(load_audio(DATA / ENGLISH_CLIPS[0]))[None]
+    torch.testing.assert_close(after.bottleneck.dequantize(codes), before.bottleneck.dequantize(codes))
+
+    trained = train(*tiny_run(tmp_path, tiny_whisper_file, "trained", "max_steps=6", *deeper))
+    assert trained.returncode == 0, trained.stderr
+    weights = load_file(tmp_path / "trained" / "tokenizer" / "model.safetensors")
+    assert all(weights[f"_out_blocks.{i}.attn.out.weight"].abs().sum() > 0 for i in (1, 2))  # the added blocks learn
+    ce = logged(tmp_path / "trained", "ce")
+    assert ce[-1] < ce[0]
+    shallower = train(*tiny_run(tmp_path, tiny_whisper_file, "shallower", "max_steps=1", "depth=2", f"init={first}"))
+    assert shallower.returncode == 2 and "with keep_codes=true, depth may grow" in shallower.stderr
+
+
 def test_a_checkpoint_cut_short_leaves_the_previous_one(tmp_path, monkeypatch):
     checkpoints = Checkpoints(tmp_path, keep=2)
     checkpoints.save(1, {"step": 1, "weights": torch.ones(3)})
