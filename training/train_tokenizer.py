@@ -172,7 +172,7 @@ class TokenizerRecipe:
         if init.config.to_dict() | knobs != self.tokenizer.config.to_dict() | knobs:  # knobs may change; shape not
             raise ConfigError(
                 f"init={folder}: its config {init.config.to_dict()} differs from this run's"
-                + ("" if self.config.keep_codes else " (with keep_codes=true, depth may grow)")
+                + (" (with keep_codes=true, depth may grow)" if added > 0 and not self.config.keep_codes else "")
             )
         missing, unexpected = self.bottleneck.load_state_dict(init.bottleneck.state_dict(), strict=False)
         new_blocks = tuple(f"_out_blocks.{i}." for i in range(init.config.depth, self.tokenizer.config.depth))
