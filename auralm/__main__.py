@@ -1,3 +1,3 @@
-from auralm.cli import main
+from auralm.apps.cli import main
 
 raise SystemExit(main())

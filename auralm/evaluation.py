@@ -4,7 +4,7 @@
     report = evaluate(SpeechChat.from_pretrained(...), clips)
     print(format_report(report))             # a markdown table: each metric, its goal, met or not
 
-The clip manifest is the one `auralm.training.synthetic_speech` writes: one JSON object a line with `audio`
+The clip manifest is the one `auralm.data.synthetic_speech` writes: one JSON object a line with `audio`
 (relative to the manifest), `text`, `kind` ("transcript" or "question"), `answer` (questions), and optional
 `id`, `language`. What is measured, greedy decoding everywhere so a rerun gives the same report:
 
@@ -40,20 +40,20 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from auralm.data.examples import DataError, json_lines
+from auralm.data.noise import NOISE_SECONDS, RANDOM_CODES, REFUSAL, SILENCE, WHITE_NOISE, noise_samples
+from auralm.data.speech_conversations import ANSWER_PROMPT
 from auralm.lm import DEFAULT_LLM, SpeechChat, load_llm
 from auralm.lm.chat import Message
 from auralm.tokenizer import SAMPLE_RATE, corpus_word_error_rate, load_audio, normalize_text, transcribe
 from auralm.tokenizer.backbone import MIN_TEXT_TOKENS, TEXT_TOKENS_PER_SECOND
-from auralm.training.data import DataError, _json_lines
-from auralm.training.sft import NOISE_SECONDS, RANDOM_CODES, REFUSAL, SILENCE, WHITE_NOISE, noise_samples
-from auralm.training.speech_conversations import ANSWER_PROMPT
-from auralm.training.train_tokenizer import codebook_usage
+from auralm.tokenizer.bottleneck import codebook_usage
 
 KINDS = ("transcript", "question")
 NOISE_NAMES = {RANDOM_CODES: "random codes", SILENCE: "silence", WHITE_NOISE: "white noise"}
 ANSWER_TOKENS = 48  # longest reply to a question or a noise clip; a right answer is a few words
 # Questions whose answers the speech LLM should give as the base LLM did: facts, arithmetic, definitions and
-# instructions, phrased unlike the templates of the synthetic speech (auralm.training.speech_texts).
+# instructions, phrased unlike the templates of the synthetic speech (auralm.data.speech_texts).
 TEXT_QUESTIONS = (
     "Which planet is closest to the Sun?",
     "Who wrote the play Romeo and Juliet?",
@@ -212,7 +212,7 @@ def read_clips(manifest: str | os.PathLike, limit: int | None = None) -> list[Cl
         raise DataError(f"{path}: no such clip manifest")
     folder = path.absolute().parent
     clips = []
-    for number, row in _json_lines(path):
+    for number, row in json_lines(path):
         if limit is not None and len(clips) == limit:
             break
         where = f"{path}:{number}"
@@ -338,22 +338,7 @@ def evaluate(
         for a, clip in _with(stages, audio, clips)
     ]
 
-    results, reply_seconds = [], 0.0
-    for clip, clip_audio, tokens_text, whisper_text in zip(clips, audio, tokens_texts, whisper_texts, strict=True):
-        clip_seconds = len(clip_audio) / SAMPLE_RATE
-        budget = transcript_token_budget(clip_seconds)
-        elapsed, llm_text = _timed(device, chat.transcribe, clip.audio, max_new_tokens=budget)
-        reply_seconds += elapsed
-        result = ClipResult(clip.id, clip.kind, clip_seconds, clip.text, tokens_text, whisper_text, llm_text)
-        if clip.kind == "question":
-            part = {"type": "audio", "path": clip.audio}  # encoded once: the chat keeps the clip's tokens
-            result.answer = clip.answer
-            result.reply = chat.generate([{"role": "user", "content": [part]}], ANSWER_TOKENS)
-            result.reply_with_prompt = chat.generate(
-                [{"role": "user", "content": [part, {"type": "text", "text": ANSWER_PROMPT}]}], ANSWER_TOKENS
-            )
-        results.append(result)
-        stages.update(1)
+    results, reply_seconds = _clip_results(chat, clips, audio, tokens_texts, whisper_texts, stages)
 
     noise = []
     for reply, conversation in noise_conversations(chat, noise_clips, seed):
@@ -365,14 +350,7 @@ def evaluate(
         chat.generate([{"role": "user", "content": q}], ANSWER_TOKENS) for q in _with(stages, text_questions)
     ]
     questions = [r for r in results if r.kind == "question"]
-    base_answers = []
-    if text_questions or questions:
-        base_model, base_tokenizer = load_llm(base_llm, device=chat.model.device)
-        base_model.set_attn_implementation(chat.model.config._attn_implementation)  # the same kernels: the same sums
-        base_answers = [text_reply(base_model, base_tokenizer, q) for q in _with(stages, text_questions)]
-        for r in _with(stages, questions):
-            r.typed_reply = text_reply(base_model, base_tokenizer, r.reference)
-        del base_model
+    base_answers = _base_answers(chat, base_llm, text_questions, questions, stages)
     stages.close()
     answers = [TextAnswer(*a) for a in zip(text_questions, base_answers, speech_answers, strict=True)]
 
@@ -401,6 +379,47 @@ def evaluate(
         text_answers=answers,
         refusal=refusal,
     )
+
+
+def _clip_results(
+    chat: SpeechChat, clips: Sequence[Clip], audio: list[torch.Tensor], tokens_texts: list[str],
+    whisper_texts: list[str], stages: tqdm,
+) -> tuple[list[ClipResult], float]:  # fmt: skip
+    """Each clip transcribed by the speech LLM (and, for questions, answered with and without the prompt), and the
+    seconds the transcriptions took."""
+    results, reply_seconds = [], 0.0
+    for clip, clip_audio, tokens_text, whisper_text in zip(clips, audio, tokens_texts, whisper_texts, strict=True):
+        clip_seconds = len(clip_audio) / SAMPLE_RATE
+        budget = transcript_token_budget(clip_seconds)
+        elapsed, llm_text = _timed(chat.speech_tokenizer.device, chat.transcribe, clip.audio, max_new_tokens=budget)
+        reply_seconds += elapsed
+        result = ClipResult(clip.id, clip.kind, clip_seconds, clip.text, tokens_text, whisper_text, llm_text)
+        if clip.kind == "question":
+            part = {"type": "audio", "path": clip.audio}  # encoded once: the chat keeps the clip's tokens
+            result.answer = clip.answer
+            result.reply = chat.generate([{"role": "user", "content": [part]}], ANSWER_TOKENS)
+            result.reply_with_prompt = chat.generate(
+                [{"role": "user", "content": [part, {"type": "text", "text": ANSWER_PROMPT}]}], ANSWER_TOKENS
+            )
+        results.append(result)
+        stages.update(1)
+    return results, reply_seconds
+
+
+def _base_answers(
+    chat: SpeechChat, base_llm: str | os.PathLike, text_questions: Sequence[str], questions: list[ClipResult],
+    stages: tqdm,
+) -> list[str]:  # fmt: skip
+    """The base LLM's answers to the text questions, and (into each result's typed_reply) to the spoken questions
+    typed. It runs on the chat's device with the chat's attention kernels (the same sums), and is dropped after."""
+    if not (text_questions or questions):
+        return []
+    base_model, base_tokenizer = load_llm(base_llm, device=chat.model.device)
+    base_model.set_attn_implementation(chat.model.config._attn_implementation)
+    answers = [text_reply(base_model, base_tokenizer, q) for q in _with(stages, text_questions)]
+    for r in _with(stages, questions):
+        r.typed_reply = text_reply(base_model, base_tokenizer, r.reference)
+    return answers
 
 
 def _timed(device: torch.device, work: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[float, Any]:

@@ -26,11 +26,12 @@ from pathlib import Path
 import torch
 from whisper.model import ModelDimensions, Whisper
 
-from auralm.dataset_export import FORMATS, export_dataset, export_rows
+from auralm.data.export import FORMATS, export_rows
+from auralm.data.export_job import export_dataset
+from auralm.distributed import World
 from auralm.tokenizer import SpeechTokenizer, TokenizerConfig, load_audio
 from auralm.tokenizer.audio import SAMPLE_RATE
 from auralm.tokenizer.speech_tokenizer import window_mels
-from auralm.training.distributed import World
 
 DATA = Path(__file__).parents[1] / "tests" / "data"
 MEDIUM = ModelDimensions(

@@ -29,8 +29,7 @@ from pathlib import Path
 
 import torch
 
-from auralm.chat_repl import load_chat
-from auralm.cli import _add_model_arguments, positive_int
+from auralm.apps.arguments import add_model_arguments, load_speech_chat, positive_int
 from auralm.evaluation import QualityReport, device_name, evaluate, format_report, read_clips
 from auralm.lm import DEFAULT_LLM
 from auralm.tokenizer import SAMPLE_RATE, SpeechTokenizer, corpus_word_error_rate, load_audio
@@ -143,13 +142,13 @@ def main() -> None:
     parser.add_argument("--threads", type=positive_int, help="torch CPU threads")
     parser.add_argument("--json", type=Path, help="also write the whole report and the window timings here")
     parser.add_argument("--progress", action="store_true")
-    _add_model_arguments(parser)  # the models as `auralm eval` (and chat, serve) name them
+    add_model_arguments(parser)  # the models as `auralm eval` (and chat, serve) name them
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     clips = read_clips(args.manifest, args.limit)
-    chat = load_chat(args)
+    chat = load_speech_chat(args)  # SpeechChat.from_pretrained, as every front end builds one
     report = evaluate(chat, clips, base_llm=args.base_llm, noise_clips=args.noise_clips, progress=args.progress)
     audio = [load_audio(clip.audio) for clip in clips]
     windows = window_tradeoff(

@@ -37,8 +37,8 @@ import openai
 import soundfile
 import torch
 
+from auralm.apps.demo import QUESTION as QUESTION_CLIP
 from auralm.checkpoints import DEFAULT_SPEECH_TOKENIZER
-from auralm.demo import QUESTION as QUESTION_CLIP
 from auralm.lm import add_sound_tokens
 from auralm.lm.merge import merge_speech_llm
 from auralm.tokenizer import SAMPLE_RATE, load_audio

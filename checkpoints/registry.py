@@ -8,6 +8,7 @@ to install in the error they raise.
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +76,13 @@ def _package_dir(module: str) -> Path | None:
 SHIPPED_DIR = Path(__file__).parent / "shipped"
 DEFAULT_SPEECH_TOKENIZER = "default"
 SHIPPED_TOKENIZER, SHIPPED_ADAPTER = "speech-tokenizer", "speech-smollm2"  # folders of SHIPPED_DIR
+
+
+def names_shipped_tokenizer(checkpoint: str | os.PathLike | None) -> bool:
+    """Whether a speech-tokenizer argument names the shipped one: "default" and None (nothing named) both do,
+    so `--checkpoint default` and no --checkpoint load the same models (with the shipped adapter, when no LLM
+    is named either)."""
+    return checkpoint is None or (isinstance(checkpoint, str) and checkpoint == DEFAULT_SPEECH_TOKENIZER)
 
 
 def shipped_model(name: str) -> Path:

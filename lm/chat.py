@@ -26,15 +26,12 @@ work for the whole conversation.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Generator, Iterator, Sequence
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 from transformers import (
     Cache,
@@ -47,21 +44,21 @@ from transformers import (
 from transformers.cache_utils import DynamicLayer
 from whisper.model import Whisper
 
-from auralm.checkpoints import DEFAULT_SPEECH_TOKENIZER, shipped_model
-from auralm.checkpoints.registry import SHIPPED_ADAPTER
+from auralm.checkpoints import shipped_model
+from auralm.checkpoints.registry import SHIPPED_ADAPTER, names_shipped_tokenizer
+from auralm.devices import resolve_device
 from auralm.lm.attention import ATTENTION_NAME, register_attention
 from auralm.lm.loading import base_weights, load_llm
+from auralm.lm.messages import ClipStrings, Message, audio_parts, message_text, with_audio_strings
 from auralm.lm.vocabulary import (
     SpeechTokenizerMismatchError,
     add_sound_tokens,
     check_speech_tokenizer,
     sound_vocabulary,
 )
-from auralm.tokenizer import SAMPLE_RATE, SpeechTokenizer, codes_to_string, load_audio
+from auralm.tokenizer import SpeechTokenizer, codes_to_string
+from auralm.tokenizer.token_format import TRANSCRIBE_PROMPT
 
-Message = dict[str, Any]
-TRANSCRIBE_PROMPT = "Transcribe the speech."
-ENCODED_CLIPS_KEPT = 256  # token strings of recent clips kept for later turns (about 10 KB each)
 logger = logging.getLogger(__name__)
 
 
@@ -134,17 +131,17 @@ class SpeechChat:
         With nothing named, the speech models shipped with auralm: its speech tokenizer and SmolLM2-135M-Instruct
         with the adapter trained on its tokens. llm: a Hugging Face folder or .gguf file (None or "smollm2": the
         packaged SmolLM2-135M-Instruct, plain); adapter: a LoRA folder merged into it. checkpoint: the speech
-        tokenizer ("default", an auralm folder, an Ichigo or WhisperSpeech file; None: "default"); whisper: its
-        backbone (default: the one the checkpoint names). device: None picks CUDA when there is one.
+        tokenizer ("default" or None: the shipped one, an auralm folder, an Ichigo or WhisperSpeech file); whisper:
+        its backbone (default: the one the checkpoint names). device: None or "auto": CUDA when present, else CPU
+        (`auralm.devices`).
         attn_implementation: None picks auralm's Triton flash attention on CUDA and transformers' default
         elsewhere. An LLM without sound tokens gets them untrained, with a warning. keep_base: with an adapter,
         keep the weights it changed so that prompts without sound tokens get the base LLM's answers (memory for
         a copy of those weights: about 0.4 GB for SmolLM2-135M in float32); False answers them with the adapter.
         """
-        if llm is None and adapter is None and checkpoint is None:
+        if llm is None and adapter is None and names_shipped_tokenizer(checkpoint):  # "default" and None alike
             adapter = shipped_model(SHIPPED_ADAPTER)
-        checkpoint = DEFAULT_SPEECH_TOKENIZER if checkpoint is None else checkpoint
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = resolve_device(device)
         speech = SpeechTokenizer.from_pretrained(checkpoint, whisper=whisper, device=device)
         model, tokenizer = load_llm(llm, device=device, adapter=adapter, keep_base=keep_base)
         if attn_implementation is None and device.type == "cuda":
@@ -243,7 +240,7 @@ class SpeechChat:
         self, messages: Sequence[Message], max_new_tokens: int, temperature: float, top_p: float, stop: Sequence[str]
     ) -> Generator[str, None, Reply]:
         inputs = self._inputs([messages])
-        streamer = _TokenStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        streamer = TokenStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         cancel = threading.Event()
         options = self._generation_options(
             max_new_tokens, temperature, top_p, stop, inputs["input_ids"].shape[1], cancel
@@ -366,64 +363,6 @@ def tokens_to_prompt(
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-class ClipStrings:
-    """Sound-token strings of recent clips, so a clip seen lately (the same file, bytes or array) is not
-    encoded again: each turn of a conversation, even one whose client resends the whole history, costs
-    only its new audio. The encoding itself is the caller's (`SpeechChat.render`; the upstream server
-    batches concurrent requests):
-
-        keys, strings, todo = clips.lookup(parts)  # strings: None where unknown; todo: those clips' audio
-        strings = clips.complete(keys, strings, speech_tokenizer.encode(todo))
-    """
-
-    def __init__(self, speech_tokenizer: SpeechTokenizer, kept: int = ENCODED_CLIPS_KEPT):
-        self.speech_tokenizer, self.kept = speech_tokenizer, kept
-        self._strings: OrderedDict[tuple, str] = OrderedDict()  # by _audio_key, most recently used last
-
-    def lookup(self, parts: Sequence[Message]) -> tuple[list[tuple | None], list[str | None], list[Any]]:
-        """Each audio part's key, its string when known (else None), and the audio of the unknown ones."""
-        keys = [_audio_key(part) for part in parts]
-        strings = [self._strings.get(key) if key is not None else None for key in keys]
-        return keys, strings, [_audio_source(part) for part, s in zip(parts, strings, strict=True) if s is None]
-
-    def complete(
-        self, keys: Sequence[tuple | None], strings: Sequence[str | None], codes: Sequence[torch.Tensor]
-    ) -> list[str]:
-        """`strings` with each None made from the next clip's codes (T,); all kept, the oldest beyond `kept` dropped."""
-        if len(codes) != sum(s is None for s in strings):
-            raise ValueError(f"{len(codes)} clips' codes for {sum(s is None for s in strings)} unknown clips")
-        new = iter(codes)
-        strings = [self.speech_tokenizer.to_string(next(new)) if s is None else s for s in strings]
-        for key, string in zip(keys, strings, strict=True):
-            if key is not None:
-                self._strings[key] = string
-                self._strings.move_to_end(key)
-        while len(self._strings) > self.kept:
-            self._strings.popitem(last=False)
-        return strings
-
-    def clear(self) -> None:
-        self._strings.clear()
-
-
-def audio_parts(conversations: Sequence[Sequence[Message]]) -> list[Message]:
-    """Every audio part of the conversations, in order."""
-    return [part for messages in conversations for m in messages for part in _parts(m) if _is_audio(part)]
-
-
-def with_audio_strings(conversations: Sequence[Sequence[Message]], strings: Sequence[str]) -> list[list[dict]]:
-    """The conversations as text: the audio parts replaced, in order, by `strings` (their sound-token
-    strings), each message's parts joined into its content."""
-    token_strings = iter(strings)
-    rendered = []
-    for messages in conversations:
-        rendered.append([])
-        for message in messages:
-            pieces = [next(token_strings) if _is_audio(p) else _text(p) for p in _parts(message)]
-            rendered[-1].append({"role": message["role"], "content": message_text(pieces)})
-    return rendered
-
-
 class _StopStrings(StoppingCriteria):
     """Ends a sequence once its reply so far contains a stop string (any tokenizer, any split)."""
 
@@ -445,57 +384,6 @@ class _Cancelled(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
-def message_text(pieces: Sequence[str]) -> str:
-    """A message's parts (sound-token strings, text) joined into its content."""
-    return "\n".join(pieces)
-
-
-def _parts(message: Message) -> list[Any]:
-    content = message.get("content", "")
-    return [content] if isinstance(content, str) else list(content)
-
-
-def _is_audio(part: Any) -> bool:
-    return isinstance(part, dict) and part.get("type") == "audio"
-
-
-def _text(part: Any) -> str:
-    if isinstance(part, str):
-        return part
-    if isinstance(part, dict) and part.get("type") == "text":
-        return str(part.get("text", ""))
-    raise ValueError(f"unsupported message part {part!r}: use text or {{'type': 'audio', 'path': …}}")
-
-
-def _audio_source(part: dict[str, Any]) -> Any:
-    """What the speech tokenizer encodes at 16 kHz: a file as it is (decoded there, once), a 16 kHz
-    array as it is, an array at another rate resampled here."""
-    if "path" in part:
-        return part["path"]
-    if "array" in part:
-        rate = part.get("sampling_rate", SAMPLE_RATE)
-        return part["array"] if rate == SAMPLE_RATE else load_audio(part["array"], rate)
-    raise ValueError("an audio part needs 'path' (a file, or its bytes), or 'array' with 'sampling_rate'")
-
-
-def _audio_key(part: dict[str, Any]) -> tuple | None:
-    """What identifies an audio part's sound: a file by (path, size, modification time), bytes and
-    arrays by a digest of their content; None for what cannot be told apart (a file object)."""
-    source = part.get("path", part.get("array"))
-    if isinstance(source, (str, os.PathLike)):
-        if not os.path.isfile(source):
-            return None
-        stat = os.stat(source)
-        return ("file", os.path.abspath(source), stat.st_size, stat.st_mtime_ns)
-    if isinstance(source, (bytes, bytearray)):
-        return ("bytes", hashlib.sha256(source).hexdigest())
-    if isinstance(source, (np.ndarray, torch.Tensor)) and "path" not in part:
-        array = np.ascontiguousarray(source.detach().cpu().numpy() if isinstance(source, torch.Tensor) else source)
-        digest = hashlib.sha256(array.tobytes()).hexdigest()
-        return ("array", part.get("sampling_rate", SAMPLE_RATE), array.dtype.str, array.shape, digest)
-    return None
-
-
 def _shared_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
@@ -506,7 +394,7 @@ def _cut(text: str, stop: Sequence[str]) -> str:
     return text[: min(ends)] if ends else text
 
 
-class _TokenStreamer(TextIteratorStreamer):
+class TokenStreamer(TextIteratorStreamer):
     """Each new token's text as soon as it decodes to whole characters. transformers' own streamer holds
     text back to the last space, so a first word (or a reply with no spaces) arrives late."""
 

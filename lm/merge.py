@@ -62,7 +62,7 @@ def merge_speech_llm(
     try:
         model.to(dtype).save_pretrained(partial)  # config.json (with the tokenizer hash), generation_config.json
         tokenizer.save_pretrained(partial)
-        _readable_by_transformers_4(partial)
+        readable_by_transformers_4(partial)
         if out.exists():  # an empty folder: the rename replaces it
             out.rmdir()
         partial.rename(out)
@@ -72,7 +72,7 @@ def merge_speech_llm(
     return out
 
 
-def _readable_by_transformers_4(folder: Path) -> None:
+def readable_by_transformers_4(folder: Path) -> None:
     """Write the keys transformers 4 reads beside (or for) transformers 5's, which reads both: many engine releases
     pin 4.x, which otherwise refuses the tokenizer and silently takes the rotary base as 10,000 (SmolLM2's is
     100,000)."""

@@ -13,6 +13,8 @@ import pytest
 import torch
 from whisper.normalizers import EnglishTextNormalizer
 
+from auralm.data import DataError
+from auralm.data.speech_conversations import ANSWER_PROMPT
 from auralm.evaluation import (
     ANSWER_TOKENS,
     TEXT_QUESTIONS,
@@ -26,12 +28,10 @@ from auralm.evaluation import (
 )
 from auralm.lm import SpeechChat, add_sound_tokens, load_llm
 from auralm.tokenizer import SAMPLE_RATE, SpeechTokenizer, corpus_word_error_rate, load_audio, transcribe
-from auralm.training.data import DataError
-from auralm.training.speech_conversations import ANSWER_PROMPT
 from benchmarks.quality import window_tradeoff
+from tests.apps.test_cli import run_main
 from tests.conftest import DATA, TEXTS
 from tests.lm.conftest import tiny_llama, tiny_text_tokenizer
-from tests.test_cli import run_main
 
 CLIPS = ["en_16k.wav", "en_8k.wav", "en_slow_22k.flac"]
 normalise = EnglishTextNormalizer()

@@ -8,18 +8,19 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from safetensors import safe_open
 
+from auralm.apps.demo import QUESTION, SAMPLES
+from auralm.apps.shipping import SHIPPED_BUDGET_MB, shipped_megabytes
 from auralm.checkpoints import shipped_model
 from auralm.checkpoints.registry import SHIPPED_ADAPTER, SHIPPED_DIR, SHIPPED_TOKENIZER
-from auralm.demo import QUESTION, SAMPLES
+from auralm.data import synthetic_speech as synth
 from auralm.evaluation import is_correct
 from auralm.lm import SpeechChat
 from auralm.lm.loading import SOUND_TOKENS_FILE
 from auralm.lm.vocabulary import HASH_KEY
 from auralm.tokenizer import SpeechTokenizer, corpus_word_error_rate
-from auralm.training import synthetic_speech as synth
-from auralm.training.ship import SHIPPED_BUDGET_MB, shipped_megabytes
 
 pytestmark = pytest.mark.integration
 CARD = json.loads((SHIPPED_DIR / "metrics.json").read_text())  # what the model card reports
@@ -39,6 +40,17 @@ def test_the_pair_is_pinned_stored_in_float16_and_within_budget(chat):
         with safe_open(shipped_model(folder) / weights, "pt") as f:
             assert {f.get_slice(k).get_dtype() for k in f.keys()} <= {"F16", "BOOL", "I64"}
     assert shipped_megabytes() <= SHIPPED_BUDGET_MB
+
+
+def test_the_default_checkpoint_named_loads_what_nothing_named_loads(chat):
+    """checkpoint="default" and None are one rule: the shipped tokenizer, and with no LLM named, the shipped
+    adapter on SmolLM2, not its plain weights with sound tokens added untrained."""
+    named = SpeechChat.from_pretrained(checkpoint="default", device="cpu")
+    assert named.speech_tokenizer.tokenizer_hash == chat.speech_tokenizer.tokenizer_hash
+    assert getattr(named.model.config, HASH_KEY) == getattr(chat.model.config, HASH_KEY)
+    weights, named_weights = chat.model.state_dict(), named.model.state_dict()
+    assert weights.keys() == named_weights.keys()
+    assert all(torch.equal(weights[k], named_weights[k]) for k in weights)  # the adapter merged in, both
 
 
 def held_out_examples(count: int) -> list[synth.PlannedExample]:

@@ -33,6 +33,7 @@ L2NORM_EPS = 1e-6  # vector-quantize-pytorch's l2norm
 # State-dict prefixes of the weights that, with the codebook, decide the codes (the encode half); the rest (the
 # attention blocks, positions and projections after the quantizer) only turns codes into decoder features.
 CODE_DECIDING = ("mlp", "rq.project_in")
+DECODE_BLOCKS = "_out_blocks"  # the decode path's blocks in the state dict, as Ichigo names them
 
 
 class BottleneckOutput(NamedTuple):
@@ -61,13 +62,18 @@ class QuantizerBottleneck(nn.Module):
         )
         self.positional_embedding = nn.Embedding(WHISPER_FRAMES, d)
         qk_scale = config.query_mult * 8 / config.head_width**0.5
-        # `_out_blocks` (not `blocks`): the name Ichigo's checkpoints use.
+        # `_out_blocks` (DECODE_BLOCKS, not `blocks`): the name Ichigo's checkpoints use.
         self._out_blocks = nn.ModuleList(
             ResidualAttentionBlock(d, config.n_head, qk_scale, config.ffn_mult, config.rope)
             for _ in range(config.depth)
         )
         self.ln_post = LayerNorm(d)
         self.codes_kept = False  # keep_codes(): the codebook no longer learns
+
+    @property
+    def decode_blocks(self) -> nn.ModuleList:
+        """The attention blocks of the decode path; their state-dict keys start with `DECODE_BLOCKS`."""
+        return self._out_blocks
 
     @property
     def codebook(self) -> torch.Tensor:
@@ -136,3 +142,12 @@ class QuantizerBottleneck(nn.Module):
         for block in self._out_blocks:
             x = block(x, positions)
         return self.ln_post(x)
+
+
+def codebook_usage(counts: torch.Tensor) -> dict[str, float]:
+    """Share of codes used, and the perplexity of their distribution (= the codebook size when uniform)."""
+    total = counts.sum()
+    if total == 0:
+        return {"codes_used": 0.0, "code_perplexity": 0.0}
+    p = counts[counts > 0] / total
+    return {"codes_used": float((counts > 0).float().mean()), "code_perplexity": float(torch.exp(-(p * p.log()).sum()))}

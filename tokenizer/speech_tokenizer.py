@@ -21,8 +21,8 @@ from torch import nn
 from tqdm import tqdm
 from whisper.model import Whisper
 
-from auralm.checkpoints import DEFAULT_SPEECH_TOKENIZER, CheckpointError, load_whisper, shipped_model
-from auralm.checkpoints.registry import SHIPPED_TOKENIZER
+from auralm.checkpoints import CheckpointError, load_whisper, shipped_model
+from auralm.checkpoints.registry import SHIPPED_TOKENIZER, names_shipped_tokenizer
 from auralm.checkpoints.whisper_vq import read_whisper_vq
 from auralm.tokenizer.audio import SAMPLE_RATE, AudioSource, Window, load_audio, split_windows
 from auralm.tokenizer.backbone import (
@@ -212,11 +212,11 @@ class SpeechTokenizer(nn.Module):
     @classmethod
     def from_pretrained(
         cls,
-        source: str | os.PathLike,
+        source: str | os.PathLike | None = None,
         whisper: str | os.PathLike | Whisper | None = None,
         device: str | torch.device = "cpu",
     ) -> SpeechTokenizer:
-        """Load "default" (the speech tokenizer shipped with auralm), an auralm folder (config.json +
+        """Load "default" or None (the speech tokenizer shipped with auralm), an auralm folder (config.json +
         model.safetensors) or an Ichigo / WhisperSpeech checkpoint file (.pth, .model, Lightning .ckpt),
         read without running code from it.
 
@@ -224,7 +224,7 @@ class SpeechTokenizer(nn.Module):
         the checkpoint names. An auralm folder loaded with its own backbone must reproduce the hash it
         records, so changed weights never pass for the tokenizer an LLM was trained on.
         """
-        path = shipped_model(SHIPPED_TOKENIZER) if source == DEFAULT_SPEECH_TOKENIZER else Path(source)
+        path = shipped_model(SHIPPED_TOKENIZER) if names_shipped_tokenizer(source) else Path(source)
         recorded = None
         if path.is_dir():
             fields, state_dict = _read_auralm_folder(path)

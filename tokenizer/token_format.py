@@ -15,6 +15,8 @@ from auralm.errors import AuralmError
 
 SOUND_START = "<|sound_start|>"
 SOUND_END = "<|sound_end|>"
+# The instruction speech LLMs learn transcription with: training data (auralm.data) and SpeechChat.transcribe share it.
+TRANSCRIBE_PROMPT = "Transcribe the speech."
 _SOUND_TOKEN = re.compile(r"<\|sound_(\d{4,})\|>")
 
 

@@ -3,7 +3,9 @@
     config = load_config(TokenizerTrainingConfig, "training/configs/tokenizer.yaml", ["lr=3e-4", "max_steps=50"])
 
 Values are parsed as YAML (`3e-4`, `true`, `null`, `[1, 2]`) and checked against the dataclass's field
-types, so a typo in a key or a word where a number belongs fails before anything runs.
+types, so a typo in a key or a word where a number belongs fails before anything runs. A field that is itself
+a dataclass (the tokenizer recipe's `shape`, a `TokenizerConfig`) is declared once, where it lives: its keys
+are the config's keys too (flat), except those its field's metadata lists as `derived` (set by the recipe).
 """
 
 from __future__ import annotations
@@ -74,13 +76,20 @@ def load_config(cls: type[T], path: str | os.PathLike | None, overrides: Sequenc
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected key=value")
         values[key.strip()] = yaml.safe_load(raw)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; this recipe has: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
-    checked = {key: _checked(key, value, hints[key]) for key, value in values.items()}
+    nested = {f.name: f for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])}
+    owner = {key: None for key in hints if key not in nested}  # key → the nested field holding it (None: cls)
+    for name, f in nested.items():
+        owner |= {sub: name for sub in typing.get_type_hints(hints[name]) if sub not in f.metadata.get("derived", ())}
+    unknown = sorted(set(values) - set(owner))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; this recipe has: {', '.join(owner)}")
     try:
+        checked = {key: _checked(key, value, hints[key]) for key, value in values.items() if owner[key] is None}
+        for name, f in nested.items():
+            sub_hints = typing.get_type_hints(hints[name])
+            sub = {key: _checked(key, value, sub_hints[key]) for key, value in values.items() if owner[key] == name}
+            checked[name] = dataclasses.replace(f.default_factory(), **sub)
         return cls(**checked)
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from e
@@ -101,7 +110,7 @@ def packaged_config(name_or_path: str) -> Path:
 
 
 def config_dict(config: Any) -> dict[str, Any]:
-    """The settings as plain values (for checkpoints and metrics)."""
+    """The settings as plain values (for checkpoints and metrics), nested ones as their own mappings."""
     return dataclasses.asdict(config)
 
 

@@ -24,10 +24,10 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from auralm.distributed import World
 from auralm.tokenizer import SpeechTokenizer
 from auralm.tokenizer.backbone import encode_mels
-from auralm.training.dataset import AudioTextDataset, SkippedExamples
-from auralm.training.distributed import World
+from auralm.training.audio_dataset import AudioTextDataset, SkippedExamples
 
 
 class CachedWindow(NamedTuple):

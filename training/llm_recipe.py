@@ -1,6 +1,6 @@
-"""What the speech-LLM recipes (`pretrain`, `sft`) share: the LLM given sound tokens, what of it trains, the
-training loop, checkpoints and outputs. A recipe subclasses `LLMRecipe` and says which conversations it
-learns from (`conversations`); everything else is here, read top to bottom.
+"""The speech-LLM recipe (`pretrain`, `sft`): the LLM given sound tokens, what of it trains, the training loop,
+checkpoints and outputs. Each recipe module gives `LLMRecipe` its `ConversationSource` (which conversations it
+learns from); everything else is here, read top to bottom.
 
 The LLM (`load_llm(llm)`) gets the speech tokenizer's sound tokens (`add_sound_tokens`, which pins its hash).
 Trained: the sound tokens' embedding rows, input and output (peft's trainable tokens: only those rows are
@@ -21,10 +21,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import (
@@ -35,30 +38,34 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from torch.distributed.tensor import DTensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from auralm.checkpoints import CheckpointError
+from auralm.data import DataError
 from auralm.lm.loading import SOUND_TOKENS_FILE, load_llm
 from auralm.lm.merge import merge_speech_llm
 from auralm.lm.vocabulary import CODES_KEY, HASH_KEY, add_sound_tokens, sound_vocabulary
 from auralm.tokenizer import SpeechTokenizer
-from auralm.training.checkpointing import capture_rng, restore_rng
-from auralm.training.config import ConfigError, RunConfig, config_dict
-from auralm.training.data import DataError
-from auralm.training.dataset import SkippedExamples
-from auralm.training.llm_data import (
+from auralm.training.audio_dataset import SkippedExamples
+from auralm.training.chat_dataset import (
     IGNORE,
     TOO_LONG,
     CodeCache,
     Conversation,
+    DistillBatch,
+    Distilled,
     PackedSequences,
+    PairedPacks,
     TokenBatch,
     chat_tokens,
     collate_packs,
+    collate_pairs,
 )
-from auralm.training.loop import MetricsLog, Stopper, next_batch, start_run, warmup_cosine
+from auralm.training.checkpointing import capture_rng, restore_rng
+from auralm.training.config import ConfigError, RunConfig, config_dict
+from auralm.training.loop import MetricsLog, Stopper, end_run, next_batch, shows_progress, start_run, warmup_cosine
 from auralm.training.packing import best_fit_decreasing
 from auralm.training.sampler import BucketBatchSampler
 
@@ -84,22 +91,29 @@ class LLMTrainingConfig(RunConfig):
     max_tokens: int = 1024  # a packed row's length; longer conversations are skipped
     pack: bool = True  # several conversations share a row (attention stays within each)
     lr: float = 2e-4
+    kl_temperature: float = 2.0  # distilled conversations: both distributions softened by this (Ultravox's 2)
+
+
+class ConversationSource(Protocol):
+    """What a speech-LLM recipe learns from."""
+
+    def conversations(self, recipe: LLMRecipe) -> tuple[list[Conversation], SkippedExamples]:
+        """The conversations to learn from (audio parts as codes, see chat_dataset), and the examples left out.
+        Called once in setup, when `recipe` has its world, run folder, speech tokenizer, code cache and the LLM
+        as loaded (`recipe.llm`, before anything trains)."""
 
 
 class LLMRecipe:
-    name = "llm"
+    """A speech LLM trained on the conversations `data` gives (a `Recipe`: setup / train / save_checkpoint /
+    cleanup)."""
 
-    def __init__(self, config: LLMTrainingConfig, resume: bool = False):
+    def __init__(self, name: str, config: LLMTrainingConfig, data: ConversationSource, resume: bool = False):
         if not config.tokenizer:
             raise ConfigError(
                 "no speech tokenizer: set tokenizer= (a folder from `auralm train tokenizer`, or an Ichigo/"
                 "WhisperSpeech checkpoint)"
             )
-        self.config, self.resume = config, resume
-
-    def conversations(self) -> tuple[list[Conversation], SkippedExamples]:
-        """The conversations to learn from (audio parts as codes, see llm_data), and the examples left out."""
-        raise NotImplementedError
+        self.name, self.config, self.data, self.resume = name, config, data, resume
 
     # ---- setup -----------------------------------------------------------------------------
 
@@ -113,27 +127,8 @@ class LLMRecipe:
         self.code_cache = CodeCache(c.code_cache or self.run_dir / "codes", self.speech)
 
         self.llm = llm  # as loaded, before anything trains: what a recipe may ask for replies to keep
-        conversations, self.skipped = self.conversations()
-        sequences = []
-        for number, conversation in enumerate(conversations):
-            tokens = chat_tokens(self.tokenizer, conversation)
-            if len(tokens.ids) <= c.max_tokens:
-                sequences.append(tokens)
-            else:
-                self.skipped.add([(f"conversation {number}", TOO_LONG)])
-        if not sequences:
-            raise DataError(f"no usable conversations ({self.skipped})")
-        packs = (
-            best_fit_decreasing([len(s.ids) for s in sequences], c.max_tokens)
-            if c.pack
-            else [[i] for i in range(len(sequences))]
-        )
-        if len(packs) < c.batch_size:
-            raise ConfigError(
-                f"{len(sequences)} conversations make {len(packs)} rows of ≤ {c.max_tokens} tokens, fewer than one "
-                f"batch of {c.batch_size}: lower batch_size (or max_tokens)"
-            )
-        dataset = PackedSequences(sequences, packs)
+        conversations, self.skipped = self.data.conversations(self)
+        dataset, collate, kept = self._dataset(conversations)
         self.sampler = BucketBatchSampler(
             dataset.lengths, c.batch_size, seed=c.seed, rank=self.world.rank, world_size=self.world.size,
             micro_batches=c.micro_batches,
@@ -141,7 +136,7 @@ class LLMRecipe:
         self.loader = DataLoader(
             dataset,
             batch_sampler=self.sampler,
-            collate_fn=partial(collate_packs, pad_id=self.tokenizer.pad_token_id),
+            collate_fn=partial(collate, pad_id=self.tokenizer.pad_token_id),
             num_workers=c.num_workers,
             generator=torch.Generator(),  # the global RNG stays untouched: resuming replays it exactly
         )
@@ -158,11 +153,46 @@ class LLMRecipe:
         if self.world.is_main:
             trainable = sum(p.numel() for p in self.parameters)
             print(
-                f"{self.name}: {len(sequences)} conversations in {len(packs)} rows of ≤ {c.max_tokens} tokens, "
+                f"{self.name}: {kept} conversations in {len(dataset)} rows of ≤ {c.max_tokens} tokens, "
                 f"{trainable:,} trainable parameters, {self.world.size} process(es) on {self.world.device}"
                 + (f"; resuming at step {self.step}" if self.step else ""),
                 flush=True,
             )
+
+    def _dataset(self, conversations: list[Conversation | Distilled]) -> tuple[Dataset, Callable, int]:
+        """The conversations as token ids packed into rows, the collate function for them, and how many were kept;
+        distilled ones as student and teacher rows side by side. Conversations over max_tokens are skipped."""
+        c = self.config
+        distilled = [isinstance(item, Distilled) for item in conversations]
+        if any(distilled) and not all(distilled):
+            raise ConfigError(f"recipe {self.name}: distilled and plain conversations cannot share a run")
+        if any(distilled) and c.full:
+            raise ConfigError("full=true: distillation's teacher is the LLM without the adapter; train LoRA")
+        students, teachers = [], []
+        for number, item in enumerate(conversations):
+            student, teacher = item if isinstance(item, Distilled) else (item, None)
+            tokens = chat_tokens(self.tokenizer, student)
+            taught = chat_tokens(self.tokenizer, teacher) if teacher is not None else None
+            if taught is not None and not np.array_equal(tokens.ids[tokens.learned], taught.ids[taught.learned]):
+                raise DataError(f"conversation {number}: the student's replies are not the teacher's")
+            if len(tokens.ids) <= c.max_tokens and (taught is None or len(taught.ids) <= c.max_tokens):
+                students.append(tokens)
+                teachers.append(taught)
+            else:
+                self.skipped.add([(f"conversation {number}", TOO_LONG)])
+        if not students:
+            raise DataError(f"no usable conversations ({self.skipped})")
+        lengths = [max(len(s.ids), len(t.ids) if t is not None else 0) for s, t in zip(students, teachers, strict=True)]
+        packs = best_fit_decreasing(lengths, c.max_tokens) if c.pack else [[i] for i in range(len(students))]
+        if len(packs) < c.batch_size:
+            raise ConfigError(
+                f"{len(students)} conversations make {len(packs)} rows of ≤ {c.max_tokens} tokens, fewer than one "
+                f"batch of {c.batch_size}: lower batch_size (or max_tokens)"
+            )
+        if any(distilled):
+            dataset = PairedPacks(PackedSequences(students, packs), PackedSequences(teachers, packs))
+            return dataset, collate_pairs, len(students)
+        return PackedSequences(students, packs), collate_packs, len(students)
 
     def _trainable(self, llm: PreTrainedModel) -> torch.nn.Module:
         """The LLM with what trains marked (and wrapped by peft), on the device, sharded over ranks."""
@@ -225,7 +255,7 @@ class LLMRecipe:
         totals = {"loss": 0.0, "target_tokens": 0.0, "tokens": 0.0}
         started = time.monotonic()
         data = iter(self.loader)
-        bar = tqdm(total=c.max_steps, initial=self.step, desc=f"train {self.name}", disable=not self._progress)
+        bar = tqdm(total=c.max_steps, initial=self.step, desc=f"train {self.name}", disable=not self.progress)
         try:
             while self.step < c.max_steps and not stopper.stop_everywhere(self.world):
                 self.optimizer.zero_grad(set_to_none=True)
@@ -281,15 +311,29 @@ class LLMRecipe:
         elif self.step < c.max_steps:
             print(f"stopped after {c.max_minutes} minutes at step {self.step}; --resume goes on from here", flush=True)
 
-    def loss_sum(self, batch: TokenBatch) -> torch.Tensor:
-        """Cross-entropy of one micro-batch's target tokens, summed (the step divides by the global count)."""
+    def loss_sum(self, batch: TokenBatch | DistillBatch) -> torch.Tensor:
+        """One micro-batch's loss summed over its target tokens (the step divides by the global count):
+        cross-entropy, or for distilled conversations KL(teacher ‖ student) at kl_temperature T, scaled by T²
+        (Hinton's factor, so the gradients keep their size whatever T), where the teacher is the LLM without the
+        adapter reading the teacher's rows (Ultravox's `_compute_kl_loss`, for discrete sound tokens)."""
+        if isinstance(batch, DistillBatch):
+            with torch.no_grad(), self.model.disable_adapter():
+                teacher = self._target_logits(batch.teacher)  # (N, vocab)
+            student = self._target_logits(batch.student)  # (N, vocab)
+            t = self.config.kl_temperature
+            student, teacher = F.log_softmax(student / t, dim=-1), F.log_softmax(teacher / t, dim=-1)
+            return F.kl_div(student, teacher, log_target=True, reduction="sum") * t * t
+        targets = batch.targets.to(self.world.device)
+        return F.cross_entropy(self._target_logits(batch), targets[targets != IGNORE], reduction="sum")
+
+    def _target_logits(self, batch: TokenBatch) -> torch.Tensor:
+        """(N, vocab) float32 logits at the batch's N target positions, in row order."""
         device = self.world.device
         ids, targets, positions = batch.ids.to(device), batch.targets.to(device), batch.positions.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
             # no attention mask and no cache: transformers then reads the packing from the position ids
             logits = self.model(input_ids=ids, position_ids=positions, use_cache=False).logits  # (B, L, vocab)
-        valid = targets != IGNORE
-        return F.cross_entropy(logits[valid].float(), targets[valid], reduction="sum")
+        return logits[targets != IGNORE].float()
 
     # ---- checkpoints -----------------------------------------------------------------------
 
@@ -363,16 +407,9 @@ class LLMRecipe:
         self.world.barrier()
 
     def cleanup(self) -> None:
-        if self.world.is_main:
-            if len(self.skipped):
-                print(f"skipped examples: {self.skipped}", flush=True)
-            output = "merged" if self.config.full else "adapter"
-            print(f"{self.name}: {self.run_dir / output} (step {self.step})", flush=True)
-        self.metrics.close()
-        self.world.close()
-
-    # ---- helpers ---------------------------------------------------------------------------
+        output = self.run_dir / ("merged" if self.config.full else "adapter")
+        end_run(self.name, output, self.step, self.skipped, self.metrics, self.world)
 
     @property
-    def _progress(self) -> bool:
-        return self.config.progress and self.world.is_main
+    def progress(self) -> bool:
+        return shows_progress(self.config, self.world)

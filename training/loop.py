@@ -14,13 +14,14 @@ import signal
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
+from auralm.distributed import World, init_distributed
+from auralm.training.audio_dataset import SkippedExamples
 from auralm.training.checkpointing import Checkpoints
 from auralm.training.config import ConfigError, RunConfig
-from auralm.training.distributed import World, init_distributed
 
 
 def warmup_cosine(
@@ -114,6 +115,22 @@ class MetricsLog:
             self.board.close()
 
 
+def shows_progress(config: RunConfig, world: World) -> bool:
+    """Whether this process shows progress bars: the main rank, when the config asks."""
+    return config.progress and world.is_main
+
+
+def end_run(name: str, output: Path, step: int, skipped: SkippedExamples, metrics: MetricsLog, world: World) -> None:
+    """A recipe's last words (rank 0: what was skipped, where the output is) and the release of its log and
+    process group."""
+    if world.is_main:
+        if len(skipped):
+            print(f"skipped examples: {skipped}", flush=True)
+        print(f"{name}: {output} (step {step})", flush=True)
+    metrics.close()
+    world.close()
+
+
 def next_batch(data: Iterator, loader: Iterable) -> tuple[Any, Iterator]:
     """The next micro-batch and the iterator to go on with; past the end of an epoch, the next epoch's first."""
     try:
@@ -123,7 +140,24 @@ def next_batch(data: Iterator, loader: Iterable) -> tuple[Any, Iterator]:
         return next(data), data
 
 
-def run_recipe(recipe: Any) -> int:
+class Recipe(Protocol):
+    """What `auralm train` runs (torchtune's recipe interface). Recipes share code by owning helpers, never by
+    inheriting from each other."""
+
+    def setup(self) -> None:
+        """Load data and models, build the optimizer, and resume from the latest checkpoint when asked."""
+
+    def train(self) -> None:
+        """Step until max_steps, the time limit or a signal, saving checkpoints on the way."""
+
+    def save_checkpoint(self) -> None:
+        """Everything a resumed run needs, and the outputs as they stand."""
+
+    def cleanup(self) -> None:
+        """Report and release what setup took, whatever happened in train."""
+
+
+def run_recipe(recipe: Recipe) -> int:
     """setup, train, cleanup (whatever happens in training): a recipe's whole life."""
     recipe.setup()
     try:

@@ -15,12 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from auralm.dataset_export import export_info
-from auralm.lm.chat import TRANSCRIBE_PROMPT
+from auralm.data import read_examples
+from auralm.data.export import EXPORT_FILE, export_info
+from auralm.tokenizer.token_format import TRANSCRIBE_PROMPT
+from auralm.training.audio_dataset import SkippedExamples
+from auralm.training.chat_dataset import Conversation, user_turn
 from auralm.training.config import ConfigError
-from auralm.training.data import EXPORT_FILE, read_examples
-from auralm.training.dataset import SkippedExamples
-from auralm.training.llm_data import Conversation, user_turn
 from auralm.training.llm_recipe import LLMRecipe, LLMTrainingConfig
 from auralm.training.loop import run_recipe
 
@@ -33,27 +33,28 @@ class PretrainConfig(LLMTrainingConfig):
     prompt: str = TRANSCRIBE_PROMPT  # the user's request beside the clip
 
 
-class PretrainRecipe(LLMRecipe):
-    name = "pretrain"
+class Transcripts:
+    """Every example of train= as a transcription conversation (a `ConversationSource`)."""
 
-    def __init__(self, config: PretrainConfig, resume: bool = False):
+    def __init__(self, config: PretrainConfig):
         if not config.train:
             raise ConfigError(
                 "no training data: set train= (a manifest, folder, datasets folder, Parquet file or token export)"
             )
-        super().__init__(config, resume)
+        self.config = config
 
-    def conversations(self) -> tuple[list[Conversation], SkippedExamples]:
-        c = self.config
+    def conversations(self, recipe: LLMRecipe) -> tuple[list[Conversation], SkippedExamples]:
+        c, speech = self.config, recipe.speech
         examples = read_examples(c.train, texts=c.texts)
         if (Path(c.train) / EXPORT_FILE).is_file():
             exported_with = export_info(c.train)["tokenizer_hash"]
-            if exported_with != self.speech.tokenizer_hash:
+            if exported_with != speech.tokenizer_hash:
                 raise ConfigError(
                     f"train={c.train}: exported with another speech tokenizer ({exported_with[:12]}…) than this "
-                    f"run's ({self.speech.tokenizer_hash[:12]}…); export again with it, or set tokenizer= to that one"
+                    f"run's ({speech.tokenizer_hash[:12]}…); export again with it, or set tokenizer= to that one"
                 )
-        codes, skipped = self.code_cache.build(examples, self.world, num_workers=c.num_workers, progress=self._progress)
+        codes, skipped = recipe.code_cache.build(examples, recipe.world, num_workers=c.num_workers,
+                                                 progress=recipe.progress)  # fmt: skip
         conversations = [
             [user_turn(clip, c.prompt), {"role": "assistant", "content": example.text}]
             for example, clip in zip(examples, codes, strict=True)
@@ -62,8 +63,12 @@ class PretrainRecipe(LLMRecipe):
         return conversations, skipped
 
 
+def recipe(config: PretrainConfig, resume: bool = False) -> LLMRecipe:
+    return LLMRecipe("pretrain", config, Transcripts(config), resume)
+
+
 def run(config: PretrainConfig, resume: bool = False) -> int:
-    return run_recipe(PretrainRecipe(config, resume))
+    return run_recipe(recipe(config, resume))
 
 
 CONFIG = PretrainConfig

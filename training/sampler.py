@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
-from auralm.training.data import DataError
+from auralm.data import DataError
 
 
 class BucketBatchSampler(Sampler[list[int]]):

@@ -21,7 +21,6 @@ What trains, and the outputs: see llm_recipe.py.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,25 +28,20 @@ from typing import Any
 
 import numpy as np
 import soundfile
-import torch
-from tqdm import tqdm
 
-from auralm.files import write_text_atomically
-from auralm.lm.chat import message_text
+from auralm.data.examples import DataError, Example, json_lines
+from auralm.data.noise import NOISE_SECONDS, RANDOM_CODES, REFUSAL, noise_samples
+from auralm.lm.messages import message_text
 from auralm.tokenizer import SAMPLE_RATE
+from auralm.training.audio_dataset import SkippedExamples
+from auralm.training.chat_dataset import Conversation, user_turn
 from auralm.training.config import ConfigError
-from auralm.training.data import DataError, Example, _json_lines
-from auralm.training.dataset import SkippedExamples
-from auralm.training.llm_data import Conversation, user_turn
 from auralm.training.llm_recipe import LLMRecipe, LLMTrainingConfig
 from auralm.training.loop import run_recipe
+from auralm.training.replies import BaseReplies
 
 ROLES = ("system", "user", "assistant")
-NOISE_SECONDS = (1.0, 8.0)  # a noise clip's length, drawn uniformly
-RANDOM_CODES, SILENCE, WHITE_NOISE = range(3)  # the kinds of noise, drawn uniformly
 TEXT_REPLIES = ("manifest", "base")  # where text-only conversations' replies come from
-REPLY_BATCH = 16  # text-only prompts the LLM answers at once (text_replies=base)
-REFUSAL = "I couldn't hear any speech in that."  # the default reply to a clip without speech
 
 
 @dataclass
@@ -61,12 +55,6 @@ class SFTConfig(LLMTrainingConfig):
     refusal: str = REFUSAL  # the assistant's reply to a clip without speech
 
 
-def noise_samples(kind: int, samples: int, generator: np.random.Generator) -> np.ndarray:
-    """A 16 kHz clip without speech (samples,): SILENCE, or WHITE_NOISE at an RMS drawn from −60 to −20 dBFS."""
-    level = 0.0 if kind == SILENCE else 10 ** generator.uniform(-3, -1)
-    return np.clip(generator.standard_normal(samples) * level, -1, 1)
-
-
 def read_conversations(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The conversations of an SFT manifest, checked: {"id", "messages"} with contents as lists of parts (a
     text string, or {"audio": absolute path}). A line that breaks the format is a DataError naming it."""
@@ -75,7 +63,7 @@ def read_conversations(path: str | os.PathLike) -> list[dict[str, Any]]:
         raise DataError(f"{path}: no such manifest")
     folder = path.absolute().parent
     conversations = []
-    for number, row in _json_lines(path):
+    for number, row in json_lines(path):
         where = f"{path}:{number}"
         messages = row.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -116,39 +104,39 @@ def _message(message: Any, where: str, folder: Path) -> dict[str, Any]:
     return {"role": message["role"], "content": checked}
 
 
-def _prompt_key(messages: Conversation) -> str:
-    """A text-only conversation so far, as the JSON of its string messages."""
-    return json.dumps([{"role": m["role"], "content": message_text(m["content"]) if isinstance(m["content"], list)
-                        else m["content"]} for m in messages], ensure_ascii=False)  # fmt: skip
+def _text_prompt(messages: Conversation) -> list[dict[str, str]]:
+    """A text-only conversation so far, with string contents."""
+    return [{"role": m["role"], "content": message_text(m["content"]) if isinstance(m["content"], list)
+             else m["content"]} for m in messages]  # fmt: skip
 
 
 def _audio_paths(conversation: dict[str, Any]) -> list[str]:
     return [p["audio"] for m in conversation["messages"] for p in m["content"] if isinstance(p, dict)]
 
 
-class SFTRecipe(LLMRecipe):
-    name = "sft"
+class ChatManifest:
+    """The conversations of train=, with noise → refusal conversations added (a `ConversationSource`)."""
 
-    def __init__(self, config: SFTConfig, resume: bool = False):
+    def __init__(self, config: SFTConfig):
         if not config.train:
             raise ConfigError("no training data: set train= (a JSONL manifest of conversations)")
         if config.text_replies not in TEXT_REPLIES:
             raise ConfigError(f"text_replies={config.text_replies}: use one of {', '.join(TEXT_REPLIES)}")
-        super().__init__(config, resume)
+        self.config = config
 
-    def conversations(self) -> tuple[list[Conversation], SkippedExamples]:
+    def conversations(self, recipe: LLMRecipe) -> tuple[list[Conversation], SkippedExamples]:
         c = self.config
         manifest = read_conversations(c.train)
         spoken_count = sum(1 for conversation in manifest if _audio_paths(conversation))
         rng = np.random.default_rng([c.seed, 1])  # this recipe's own draws: noise, the text-only subset
         kinds = rng.integers(0, 3, size=round(c.noise_ratio * spoken_count))
         seconds = rng.uniform(*NOISE_SECONDS, size=len(kinds))
-        noise_files = self._noise_audio(kinds, seconds)
+        noise_files = self._noise_audio(recipe, kinds, seconds)
 
         clips = list(dict.fromkeys(path for conversation in manifest for path in _audio_paths(conversation)))
         examples = [Example(id=path, text="", audio=path) for path in clips + [f for f in noise_files if f]]
-        codes, clip_skipped = self.code_cache.build(
-            examples, self.world, num_workers=c.num_workers, progress=self._progress
+        codes, clip_skipped = recipe.code_cache.build(
+            examples, recipe.world, num_workers=c.num_workers, progress=recipe.progress
         )
         by_path = {example.audio: clip for example, clip in zip(examples, codes, strict=True)}
 
@@ -174,76 +162,55 @@ class SFTRecipe(LLMRecipe):
             chosen = rng.choice(len(text_only), size=round(c.text_ratio * len(spoken)), replace=False)
             text_only = [text_only[i] for i in sorted(chosen)]
         if c.text_replies == "base":
-            text_only = self._base_replies(text_only)
+            text_only = self._base_replies(recipe, text_only)
         user_parts = [p for conversation in spoken for m in conversation if m["role"] == "user" for p in m["content"]]
         requests = sorted({p for p in user_parts if isinstance(p, str)})  # what noise clips come with, half the time
         noise = []
         for kind, length, file in zip(kinds, seconds, noise_files, strict=True):
             if kind == RANDOM_CODES:
                 clip = rng.integers(
-                    0, self.speech.config.vocab_size, size=self.speech.num_codes(round(length * SAMPLE_RATE))
+                    0, recipe.speech.config.vocab_size, size=recipe.speech.num_codes(round(length * SAMPLE_RATE))
                 )
             else:
                 clip = by_path[file]
             request = requests[rng.integers(len(requests))] if requests and rng.random() < 0.5 else None
             noise.append([user_turn(clip, request), {"role": "assistant", "content": c.refusal}])
-        if self._progress:
+        if recipe.progress:
             print(
                 f"sft: {len(spoken)} spoken, {len(text_only)} text-only and {len(noise)} noise conversations",
                 flush=True,
             )
         return spoken + text_only + noise, skipped
 
-    def _base_replies(self, conversations: list[Conversation]) -> list[Conversation]:
+    def _base_replies(self, recipe: LLMRecipe, conversations: list[Conversation]) -> list[Conversation]:
         """The text-only conversations with every assistant turn replaced by the LLM's own greedy reply before
-        training (self-distillation): they then teach it to keep its text behaviour, not to change it. Rank 0
-        asks; the replies are kept in output_dir/text_replies.json, so a resumed run asks for none again."""
-        file = self.run_dir / "text_replies.json"
-        replies: dict[str, str] = json.loads(file.read_text()) if file.is_file() else {}
+        training (self-distillation): they then teach it to keep its text behaviour, not to change it. Kept in
+        output_dir/text_replies.json, so a resumed run asks for none again."""
+        ask = BaseReplies(recipe, recipe.run_dir / "text_replies.json", self.config.text_reply_tokens)
         conversations = [[dict(m) for m in conversation] for conversation in conversations]
         turns = max((sum(m["role"] == "assistant" for m in c) for c in conversations), default=0)
         for turn in range(turns):  # every conversation's first reply, then every second one, …
-            prompts = {}
+            asked = []
             for conversation in conversations:
                 at = [i for i, m in enumerate(conversation) if m["role"] == "assistant"][turn:][:1]
                 if at:
-                    prompts[_prompt_key(conversation[: at[0]])] = (conversation, at[0])
-            missing = [key for key in prompts if key not in replies]
-            if self.world.is_main:
-                batches = range(0, len(missing), REPLY_BATCH)
-                for start in tqdm(batches, desc="base replies", disable=not (self._progress and missing)):
-                    batch = missing[start : start + REPLY_BATCH]
-                    replies |= dict(zip(batch, self._generate([json.loads(k) for k in batch]), strict=True))
-                    # saved each batch: a kill loses one
-                    write_text_atomically(file, json.dumps(replies, ensure_ascii=False, indent=0))
-            self.world.barrier()
-            replies = json.loads(file.read_text()) if missing else replies
-            for key, (conversation, at) in prompts.items():
-                conversation[at]["content"] = replies[key]
+                    asked.append((conversation, at[0]))
+            prompts = [_text_prompt(conversation[:at]) for conversation, at in asked]
+            for (conversation, at), reply in zip(asked, ask(prompts), strict=True):
+                conversation[at]["content"] = reply
         return conversations
 
-    def _generate(self, prompts: list[list[dict[str, str]]]) -> list[str]:
-        """Greedy replies of the LLM as loaded to a batch of text-only prompts (lists of messages)."""
-        tokenizer, model = self.tokenizer, self.llm.to(self.world.device).eval()
-        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        with torch.no_grad():
-            out = model.generate(**batch, do_sample=False, max_new_tokens=self.config.text_reply_tokens,
-                                 pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-        replies = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-        return [reply.strip() for reply in replies]
-
-    def _noise_audio(self, kinds: np.ndarray, seconds: np.ndarray) -> list[str | None]:
+    def _noise_audio(self, recipe: LLMRecipe, kinds: np.ndarray, seconds: np.ndarray) -> list[str | None]:
         """The audio files of the silence and white-noise clips (None for random codes), written once by rank 0
         into output_dir/noise/ (a clip depends only on the seed and its number)."""
-        folder = self.run_dir / "noise"
+        folder = recipe.run_dir / "noise"
         files: list[str | None] = []
         for number, (kind, length) in enumerate(zip(kinds, seconds, strict=True)):
             if kind == RANDOM_CODES:
                 files.append(None)
                 continue
             file = folder / f"noise-{self.config.seed}-{number:06d}.flac"
-            if self.world.is_main and not file.is_file():
+            if recipe.world.is_main and not file.is_file():
                 generator = np.random.default_rng([self.config.seed, 2, number])
                 samples = noise_samples(kind, round(length * SAMPLE_RATE), generator)
                 folder.mkdir(parents=True, exist_ok=True)
@@ -251,12 +218,16 @@ class SFTRecipe(LLMRecipe):
                 soundfile.write(partial, samples, SAMPLE_RATE, format="FLAC")
                 partial.rename(file)
             files.append(str(file))
-        self.world.barrier()
+        recipe.world.barrier()
         return files
 
 
+def recipe(config: SFTConfig, resume: bool = False) -> LLMRecipe:
+    return LLMRecipe("sft", config, ChatManifest(config), resume)
+
+
 def run(config: SFTConfig, resume: bool = False) -> int:
-    return run_recipe(SFTRecipe(config, resume))
+    return run_recipe(recipe(config, resume))
 
 
 CONFIG = SFTConfig

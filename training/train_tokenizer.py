@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import torch
@@ -27,13 +27,23 @@ from tqdm import tqdm
 from whisper.tokenizer import get_tokenizer
 
 from auralm.checkpoints import load_whisper
+from auralm.data import ArrowAudio, read_examples
 from auralm.tokenizer import SpeechTokenizer, TokenizerConfig, word_error_rate
+from auralm.tokenizer.bottleneck import DECODE_BLOCKS, codebook_usage
+from auralm.training.audio_dataset import AudioTextDataset
 from auralm.training.checkpointing import capture_rng, restore_rng
 from auralm.training.config import ConfigError, RunConfig, config_dict
-from auralm.training.data import ArrowAudio, read_examples
-from auralm.training.dataset import AudioTextDataset
 from auralm.training.features import CachedWindow, FeatureCache
-from auralm.training.loop import MetricsLog, Stopper, next_batch, run_recipe, start_run, warmup_cosine
+from auralm.training.loop import (
+    MetricsLog,
+    Stopper,
+    end_run,
+    next_batch,
+    run_recipe,
+    shows_progress,
+    start_run,
+    warmup_cosine,
+)
 from auralm.training.sampler import BucketBatchSampler
 
 IGNORE = -100  # target positions without a loss: the task prompt and padding
@@ -43,23 +53,18 @@ TRAINING_KNOBS = ("codebook_decay", "kmeans_init", "dead_code_threshold")
 
 @dataclass
 class TokenizerTrainingConfig(RunConfig):
-    train: str = ""  # a manifest, folder, datasets folder or Parquet file (see auralm.training.read_examples)
+    train: str = ""  # a manifest, folder, datasets folder or Parquet file (see auralm.data.read_examples)
     val: str | None = None  # held-out examples for the word error rate of text decoded from tokens
     output_dir: str = "runs/tokenizer"
     init: str | None = None  # a tokenizer folder whose bottleneck a fresh run starts from (fine-tuning)
     keep_codes: bool = False  # with init: train only the decode half; init's codes and hash stay (LLMs still pair)
     feature_cache: str | None = None  # where encoder frames are kept; default output_dir/features
-    # the tokenizer
-    whisper: str = "tiny.en"
+    # the tokenizer: every TokenizerConfig key (whisper, n_codes, window_seconds, depth, …) is a key of this config;
+    # the widths come from the Whisper backbone
+    shape: TokenizerConfig = field(
+        default_factory=TokenizerConfig, metadata={"derived": ("n_mels", "n_state", "n_head")}
+    )
     language: str = "en"
-    n_codes: int = 512
-    codebook_dim: int = 64
-    window_seconds: int = 30
-    downsample: int = 2
-    depth: int = 1
-    codebook_decay: float = 0.9
-    kmeans_init: bool = True
-    dead_code_threshold: float = 2.0
     pack: bool = False  # short clips share a window; off, each clip is padded with the mask code as decoding does
     # optimisation (the rest: RunConfig)
     lr: float = 1e-3
@@ -93,26 +98,26 @@ class TokenizerRecipe:
         c = self.config
         self.world, self.run_dir, self.checkpoints = start_run(c, self.resume)
         torch.manual_seed(c.seed)
-        self.whisper = load_whisper(c.whisper, device=self.world.device)
+        self.whisper = load_whisper(c.shape.whisper, device=self.world.device)
         dims = self.whisper.dims
-        self.tokenizer = SpeechTokenizer(  # built once the process group is up: its EMA then syncs over ranks
-            TokenizerConfig(
-                whisper=c.whisper, n_mels=dims.n_mels, n_state=dims.n_audio_state,
-                n_head=max(1, dims.n_audio_state // HEAD_WIDTH), n_codes=c.n_codes, codebook_dim=c.codebook_dim,
-                downsample=c.downsample, depth=c.depth, window_seconds=c.window_seconds,
-                codebook_decay=c.codebook_decay, kmeans_init=c.kmeans_init, dead_code_threshold=c.dead_code_threshold,
-            ),
-            self.whisper,
-        ).to(self.world.device)  # fmt: skip
+        widths = {
+            "n_mels": dims.n_mels,
+            "n_state": dims.n_audio_state,
+            "n_head": max(1, dims.n_audio_state // HEAD_WIDTH),
+        }
+        # built once the process group is up: its EMA then syncs over ranks
+        self.tokenizer = SpeechTokenizer(replace(c.shape, **widths), self.whisper).to(self.world.device)
         self.bottleneck = self.tokenizer.bottleneck.train()
         if c.keep_codes:
             if not c.init:
                 raise ConfigError("keep_codes=true keeps the codes of init=: name the tokenizer folder to start from")
             self.bottleneck.keep_codes()
 
-        dataset = AudioTextDataset(read_examples(c.train), window_seconds=c.window_seconds, pack=c.pack)
+        dataset = AudioTextDataset(read_examples(c.train), window_seconds=c.shape.window_seconds, pack=c.pack)
         cache = FeatureCache(c.feature_cache or self.run_dir / "features", self.tokenizer)
-        windows, self.skipped = cache.build(dataset, self.world, num_workers=c.num_workers, progress=self._progress)
+        windows, self.skipped = cache.build(
+            dataset, self.world, num_workers=c.num_workers, progress=shows_progress(c, self.world)
+        )
         self.val_examples = read_examples(c.val)[: c.val_examples] if c.val else []
         self.sampler = BucketBatchSampler(
             [w.samples for w in windows], c.batch_size, seed=c.seed, rank=self.world.rank,
@@ -154,7 +159,7 @@ class TokenizerRecipe:
             self._start_from(c.init)
         if self.world.is_main:
             print(
-                f"tokenizer training: {len(windows)} windows of ≤ {c.window_seconds} s, {len(self.val_examples)} "
+                f"tokenizer training: {len(windows)} windows of ≤ {c.shape.window_seconds} s, {len(self.val_examples)} "
                 f"validation clips, {self.world.size} process(es) on {self.world.device}"
                 + (f"; resuming at step {self.step}" if self.step else ""),
                 flush=True,
@@ -175,9 +180,9 @@ class TokenizerRecipe:
                 + (" (with keep_codes=true, depth may grow)" if added > 0 and not self.config.keep_codes else "")
             )
         missing, unexpected = self.bottleneck.load_state_dict(init.bottleneck.state_dict(), strict=False)
-        new_blocks = tuple(f"_out_blocks.{i}." for i in range(init.config.depth, self.tokenizer.config.depth))
+        new_blocks = tuple(f"{DECODE_BLOCKS}.{i}." for i in range(init.config.depth, self.tokenizer.config.depth))
         assert not unexpected and all(k.startswith(new_blocks) for k in missing), (missing, unexpected)
-        for block in self.bottleneck._out_blocks[init.config.depth :]:
+        for block in self.bottleneck.decode_blocks[init.config.depth :]:
             for projection in (block.attn.out, block.mlp[-1]):
                 nn.init.zeros_(projection.weight)
                 nn.init.zeros_(projection.bias)
@@ -190,7 +195,9 @@ class TokenizerRecipe:
         usage = torch.zeros(self.tokenizer.config.vocab_size)
         totals: dict[str, float] = {}
         data = iter(self.loader)
-        bar = tqdm(total=c.max_steps, initial=self.step, desc="train tokenizer", disable=not self._progress)
+        bar = tqdm(
+            total=c.max_steps, initial=self.step, desc="train tokenizer", disable=not shows_progress(c, self.world)
+        )
         try:
             while self.step < c.max_steps and not stopper.stop_everywhere(self.world):
                 self.optimizer.zero_grad(set_to_none=True)
@@ -303,18 +310,9 @@ class TokenizerRecipe:
         self.world.barrier()
 
     def cleanup(self) -> None:
-        if self.world.is_main:
-            if len(self.skipped):
-                print(f"skipped examples: {self.skipped}", flush=True)
-            print(f"tokenizer: {self.run_dir / 'tokenizer'} (step {self.step})", flush=True)
-        self.metrics.close()
-        self.world.close()
+        end_run("tokenizer", self.run_dir / "tokenizer", self.step, self.skipped, self.metrics, self.world)
 
     # ---- helpers ---------------------------------------------------------------------------
-
-    @property
-    def _progress(self) -> bool:
-        return self.config.progress and self.world.is_main
 
     def _collate(self, items: list[tuple[torch.Tensor, int, list[int], int]]) -> WindowBatch:
         frames = torch.stack([item[0] for item in items])  # (B, T, d) float16
@@ -361,15 +359,6 @@ class CachedWindows(Dataset):
         prompt = list(tokenizer.sot_sequence_including_notimestamps)
         text = tokenizer.encode(" " + window.text.strip())[: self.max_tokens - len(prompt) - 1]
         return self.cache.frames(window), window.samples, prompt + text + [tokenizer.eot], len(prompt)
-
-
-def codebook_usage(counts: torch.Tensor) -> dict[str, float]:
-    """Share of codes used, and the perplexity of their distribution (= the codebook size when uniform)."""
-    total = counts.sum()
-    if total == 0:
-        return {"codes_used": 0.0, "code_perplexity": 0.0}
-    p = counts[counts > 0] / total
-    return {"codes_used": float((counts > 0).float().mean()), "code_perplexity": float(torch.exp(-(p * p.log()).sum()))}
 
 
 def run(config: TokenizerTrainingConfig, resume: bool = False) -> int:

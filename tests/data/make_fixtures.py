@@ -57,14 +57,15 @@ QUESTION = (SAMPLES / "question_en.flac", "What is the capital of France?", "Par
 
 
 def make_question() -> tuple[np.ndarray, int]:
-    from auralm.training import synthetic_speech as synth
-    from auralm.training.speech_texts import SpokenText
+    from auralm.data import synthetic_speech as synth
+    from auralm.data.speech_texts import SpokenText
+    from auralm.data.voices import PIPER_VOICE
 
     _, text, answer = QUESTION
     plain = {"tts": {"length_scale": 1.0, "noise_scale": 0.667, "noise_w_scale": 0.8}, "speed": 1.0, "reverb": None,
              "noise": None, "telephone": False, "level_dbfs": -3.0, "seed": 0}  # fmt: skip
     item = SpokenText(text, "question", answer, "facts", "facts:capital France")
-    return synth.make_clip(synth.PlannedExample(0, "train", item, synth.PIPER_VOICE, plain)).numpy(), 16000
+    return synth.make_clip(synth.PlannedExample(0, "train", item, PIPER_VOICE, plain)).numpy(), 16000
 
 
 def synthesise(voice: str, wpm: int, text: str) -> tuple[np.ndarray, int]:

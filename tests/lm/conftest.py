@@ -1,19 +1,14 @@
-import contextlib
 import json
-import threading
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import uvicorn
 from peft import LoraConfig, get_peft_model
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from auralm.lm import add_sound_tokens
 from auralm.lm.loading import SOUND_TOKENS_FILE
-from auralm.lm.server import listen
 from auralm.lm.vocabulary import CODES_KEY, HASH_KEY, sound_vocabulary
 from auralm.tokenizer import SpeechTokenizer
 
@@ -91,19 +86,3 @@ def save_sound_adapter(
     sound = {HASH_KEY: speech.tokenizer_hash, CODES_KEY: speech.config.vocab_size}
     (folder / "adapter" / SOUND_TOKENS_FILE).write_text(json.dumps(sound))
     return lora
-
-
-@contextlib.contextmanager
-def running(app):
-    """The app served by uvicorn in a thread on a free loopback port: its base URL."""
-    sock = listen("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]})
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)

@@ -11,10 +11,10 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
+from auralm.apps.cli import main
 from auralm.checkpoints import load_whisper
-from auralm.cli import main
 from auralm.lm import SpeechChat, SpeechTokenizerMismatchError, add_sound_tokens, load_llm, tokens_to_prompt
-from auralm.lm.merge import MergeError, _readable_by_transformers_4, merge_speech_llm
+from auralm.lm.merge import MergeError, merge_speech_llm, readable_by_transformers_4
 from auralm.lm.vocabulary import CODES_KEY, HASH_KEY, sound_vocabulary
 from auralm.tokenizer import SpeechTokenizer
 from tests.conftest import DATA, TINY_CONFIG, randomize
@@ -94,7 +94,7 @@ def test_scaled_rope_is_written_for_transformers_4_too(tmp_path):
             "original_max_position_embeddings": 64}  # fmt: skip
     LlamaConfig(max_position_embeddings=512, rope_parameters=rope).save_pretrained(tmp_path)
     tiny_text_tokenizer().save_pretrained(tmp_path)
-    _readable_by_transformers_4(tmp_path)
+    readable_by_transformers_4(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["rope_theta"] == 5e5 and config["rope_scaling"] == {
         k: v for k, v in rope.items() if k != "rope_theta"

@@ -14,7 +14,7 @@ from auralm.lm import (
     check_speech_tokenizer,
     tokens_to_prompt,
 )
-from auralm.lm.chat import Reply, _TokenStreamer
+from auralm.lm.chat import Reply, TokenStreamer
 from auralm.tokenizer import load_audio
 from tests.conftest import DATA, TINY_CONFIG
 from tests.lm.conftest import WORDS, tiny_llama, tiny_text_tokenizer
@@ -130,7 +130,7 @@ def test_the_stream_sends_each_token_once_its_characters_are_whole():
     tokenizer = AutoTokenizer.from_pretrained(shipped_model(SHIPPED_ADAPTER))
     text = "RogRogRog🦜, then a word."
     ids = tokenizer.encode(text, add_special_tokens=False)
-    streamer = _TokenStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    streamer = TokenStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     streamer.put(torch.tensor([ids[:2]]))  # the prompt: not sent
     held = 0
     for count in range(1, len(ids) + 1):

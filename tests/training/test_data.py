@@ -9,19 +9,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from auralm.token_export import format_line
+from auralm.data import DataError, Example, read_examples
+from auralm.data.token_lines import format_line
 from auralm.tokenizer import SAMPLE_RATE, load_audio
-from auralm.training import (
-    AudioTextDataset,
-    BucketBatchSampler,
-    DataError,
-    Example,
-    SkippedExamples,
-    collate,
-    pack_examples,
-    read_examples,
-)
-from auralm.training.dataset import PACK_SLACK_SECONDS
+from auralm.training import AudioTextDataset, BucketBatchSampler, SkippedExamples, collate, pack_examples
+from auralm.training.audio_dataset import PACK_SLACK_SECONDS
 from tests.conftest import DATA, TEXTS
 
 CLIPS = sorted(TEXTS)  # 7 espeak-ng clips, 2.3–5.9 s, in wav/flac/ogg/opus/mp3 at 8–48 kHz

@@ -15,74 +15,25 @@ import time
 from pathlib import Path
 
 import pytest
-import soundfile
 import torch
 from safetensors.torch import load_file
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM
 
 from auralm.checkpoints import load_whisper
+from auralm.data import DataError
 from auralm.lm import SpeechChat, SpeechTokenizerMismatchError, add_sound_tokens, load_llm
-from auralm.lm.chat import TRANSCRIBE_PROMPT
-from auralm.tokenizer import SpeechTokenizer, TokenizerConfig, load_audio
+from auralm.tokenizer import SpeechTokenizer, TokenizerConfig
+from auralm.tokenizer.token_format import TRANSCRIBE_PROMPT
+from auralm.training import replies as replies_module
 from auralm.training import sft as sft_module
+from auralm.training.chat_dataset import IGNORE, PackedSequences, chat_tokens, collate_packs, user_turn
 from auralm.training.checkpointing import Checkpoints
 from auralm.training.config import ConfigError
-from auralm.training.data import DataError
-from auralm.training.llm_data import IGNORE, PackedSequences, chat_tokens, collate_packs, user_turn
-from auralm.training.sft import SFTConfig, SFTRecipe, read_conversations
-from tests.conftest import DATA, TEXTS, TINY_CONFIG, randomize
-from tests.lm.conftest import CHAT_TEMPLATE, WORDS
-from tests.training.conftest import AURALM
-
-REFUSAL = "I couldn't hear any speech in that."
-CLIPS = sorted(TEXTS)  # 6 English clips and a German one
-QUESTION = "what is this sound ?"
-
-
-def tiny_speech_tokenizer(whisper_file: Path, seed: int) -> SpeechTokenizer:
-    torch.manual_seed(seed)  # ResidualVQ draws its codebook from the global generator
-    config = dataclasses.replace(TINY_CONFIG, whisper=str(whisper_file), window_seconds=10)
-    tokenizer = SpeechTokenizer(config, load_whisper(str(whisper_file)))
-    randomize(tokenizer.bottleneck, seed=seed)
-    return tokenizer.eval()
-
-
-@pytest.fixture(scope="module")
-def speech_folder(tmp_path_factory, tiny_whisper_file) -> Path:
-    return tiny_speech_tokenizer(tiny_whisper_file, seed=1).save_pretrained(tmp_path_factory.mktemp("speech") / "tok")
-
-
-def tiny_llm(folder: Path, tied: bool) -> Path:
-    """A random 2-layer Llama whose word-level tokenizer knows every word of the test data, with the tests'
-    plain chat template (`<|user|> … <eos> <|assistant|> … <eos> `). No pad token in its config: transformers
-    would zero that embedding row, and here the pad token is the end-of-turn token the assistant must say."""
-    texts = [*TEXTS.values(), TRANSCRIBE_PROMPT, REFUSAL]
-    words = list(dict.fromkeys(WORDS + " ".join(texts).split()))
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>")
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|user|>", "<|assistant|>"]})
-    tokenizer.chat_template = CHAT_TEMPLATE
-    config = LlamaConfig(
-        vocab_size=len(words), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=tied, eos_token_id=1,
-        initializer_range=0.5,  # frozen text rows large enough that the adapter can make sharp predictions
-    )  # fmt: skip
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def llm_folder(tmp_path_factory) -> Path:
-    return tiny_llm(tmp_path_factory.mktemp("llm") / "tied", tied=True)
-
-
-@pytest.fixture(scope="module")
-def untied_llm_folder(tmp_path_factory) -> Path:
-    return tiny_llm(tmp_path_factory.mktemp("llm") / "untied", tied=False)
+from auralm.training.llm_recipe import LLMRecipe
+from auralm.training.replies import BaseReplies
+from auralm.training.sft import SFTConfig, read_conversations
+from tests.conftest import DATA, TEXTS
+from tests.training.conftest import AURALM, CLIPS, QUESTION, REFUSAL, asr_manifest, tiny_speech_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -113,17 +64,6 @@ def chat_manifest(tmp_path_factory) -> Path:
     manifest = folder / "chat.jsonl"
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return manifest
-
-
-def asr_manifest(folder: Path) -> Path:
-    """8 ASR examples: the 7 clips, and the first 1.5 s of one of them with the words said by then."""
-    short = folder / "short.wav"
-    soundfile.write(short, load_audio(DATA / "en_16k.wav")[:24000].numpy(), 16000)
-    lines = [{"audio": str(DATA / name), "text": TEXTS[name]} for name in CLIPS]
-    lines.append({"audio": str(short), "text": "The children are"})
-    path = folder / "asr.jsonl"
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return path
 
 
 def asr_chat_manifest(folder: Path) -> Path:
@@ -270,7 +210,7 @@ def test_sft_learns_only_assistant_tokens_noise_asks_for_the_refusal_and_packs_s
         train=str(chat_manifest), tokenizer=str(speech_folder), llm=str(untied_llm_folder),
         output_dir=str(tmp_path / "run"), noise_ratio=1.0, max_tokens=600, batch_size=2, bf16=False, progress=False,
     )  # fmt: skip
-    recipe = SFTRecipe(config)
+    recipe = sft_module.recipe(config)
     recipe.setup()
     try:
         dataset = recipe.loader.dataset
@@ -305,8 +245,8 @@ def test_sft_learns_only_assistant_tokens_noise_asks_for_the_refusal_and_packs_s
 
 
 def test_a_clip_has_one_cache_key_whichever_manifest_names_it(tmp_path, monkeypatch, tiny_tokenizer):
-    from auralm.training.data import ArrowAudio, Example
-    from auralm.training.llm_data import CodeCache
+    from auralm.data import ArrowAudio, Example
+    from auralm.training.chat_dataset import CodeCache
 
     cache = CodeCache(tmp_path / "codes", tiny_tokenizer)
     monkeypatch.chdir(DATA.parent)
@@ -333,11 +273,11 @@ def test_sft_text_replies_from_the_base_llm_keep_its_own_answers(tmp_path, speec
     expected = tokenizer.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True).strip()
     assert expected != "hello ."  # the manifest's reply: replaced
 
-    def text_only_reply(recipe: SFTRecipe) -> str:
+    def text_only_reply(recipe: LLMRecipe) -> str:
         sequence = recipe.loader.dataset.sequences[2 * len(CLIPS)]
         return recipe.tokenizer.decode(sequence.ids[sequence.learned.astype(bool)], skip_special_tokens=True).strip()
 
-    recipe = SFTRecipe(config)
+    recipe = sft_module.recipe(config)
     recipe.setup()
     assert text_only_reply(recipe) == expected
     recipe.cleanup()
@@ -345,13 +285,14 @@ def test_sft_text_replies_from_the_base_llm_keep_its_own_answers(tmp_path, speec
     def asks_again(*args):
         raise AssertionError("the kept replies were asked for again")
 
-    again = SFTRecipe(config, resume=True)
-    again._generate = asks_again  # the kept replies serve a resumed run
-    again.setup()
+    again = sft_module.recipe(config, resume=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(BaseReplies, "generate", asks_again)  # the kept replies serve a resumed run
+        again.setup()
     assert text_only_reply(again) == expected
     again.cleanup()
     with pytest.raises(ConfigError, match="text_replies=teacher"):
-        SFTRecipe(dataclasses.replace(config, text_replies="teacher"))
+        sft_module.recipe(dataclasses.replace(config, text_replies="teacher"))
 
 
 def test_base_replies_asked_before_a_kill_are_kept(tmp_path, monkeypatch, speech_folder, llm_folder):
@@ -365,27 +306,27 @@ def test_base_replies_asked_before_a_kill_are_kept(tmp_path, monkeypatch, speech
         train=str(manifest), tokenizer=str(speech_folder), llm=str(llm_folder), output_dir=str(tmp_path / "run"),
         noise_ratio=0.0, batch_size=1, bf16=False, progress=False, text_replies="base", text_reply_tokens=2,
     )  # fmt: skip
-    monkeypatch.setattr(sft_module, "REPLY_BATCH", 1)
+    monkeypatch.setattr(replies_module, "REPLY_BATCH", 1)
     asked: list[str] = []
 
-    def killed_after_one_batch(prompts):
+    def killed_after_one_batch(self, prompts):
         if asked:
             raise KeyboardInterrupt
         asked.extend(p[-1]["content"] for p in prompts)
         return ["reply"] * len(prompts)
 
-    recipe = SFTRecipe(config)
-    recipe._generate = killed_after_one_batch
+    recipe = sft_module.recipe(config)
+    monkeypatch.setattr(BaseReplies, "generate", killed_after_one_batch)
     with pytest.raises(KeyboardInterrupt):
         recipe.setup()
     assert len(json.loads((tmp_path / "run" / "text_replies.json").read_text())) == 1
 
-    def answers(prompts):
+    def answers(self, prompts):
         asked.extend(p[-1]["content"] for p in prompts)
         return ["reply"] * len(prompts)
 
-    again = SFTRecipe(config, resume=True)
-    again._generate = answers
+    again = sft_module.recipe(config, resume=True)
+    monkeypatch.setattr(BaseReplies, "generate", answers)
     again.setup()
     again.cleanup()
     assert sorted(asked) == sorted(questions)  # each asked once, across the kill

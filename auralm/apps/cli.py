@@ -1,0 +1,59 @@
+"""The `auralm` command: one subcommand per job (`auralm --help` lists them), each in its own module of
+`auralm.apps` named after it (`auralm demo-web` → `auralm.apps.demo_web`), which gives its arguments
+(`add_parser`) and runs it (`run`).
+
+Exit codes: 0 done; 1 some inputs failed (each reported, the rest still done);
+2 nothing was done: bad arguments, a missing path, weights that do not load.
+Every error is one line on stderr. torch, transformers and Whisper load inside the
+commands that use them, so `auralm --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import NoReturn
+
+import auralm
+from auralm.apps.arguments import UsageError
+from auralm.errors import AuralmError
+
+# In the order `auralm --help` lists them.
+COMMANDS = (
+    "demo", "info", "whisper", "tokenize", "export", "transcribe", "chat", "serve", "demo-web", "eval", "data",
+    "train", "ship", "merge", "models",
+)  # fmt: skip
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors in one line like every other error of the command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (UsageError, AuralmError) as e:
+        print(f"auralm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("auralm: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader of stdout left (`auralm … | head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush fails silently
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="auralm", description=auralm.__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"auralm {auralm.__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        importlib.import_module(f"auralm.apps.{command.replace('-', '_')}").add_parser(subparsers)
+    return parser

@@ -1,0 +1,47 @@
+"""`auralm data synth`: synthetic English speech for training, made offline and deterministically from a seed
+(auralm.data.synthetic_speech: recipes, voices, splits, the files written)."""
+
+from __future__ import annotations
+
+import argparse
+
+from auralm.apps.arguments import positive_float, positive_int
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("data", help="make training data: `auralm data synth` (synthetic speech)")
+    jobs = parser.add_subparsers(dest="job", required=True, metavar="JOB")
+    synth = jobs.add_parser(
+        "synth", help="synthetic English speech from a seed: texts × voice families, augmented, in three splits"
+    )
+    synth.add_argument("--out", required=True, help="the folder to write (or resume: a rerun finishes it)")
+    size = synth.add_mutually_exclusive_group(required=True)
+    size.add_argument("--examples", type=positive_int, help="number of clips")
+    size.add_argument("--hours", type=positive_float, help="estimated hours of audio")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--recipe", default="broad", help="what the data set is made of: broad (default) or v1")
+    synth.add_argument(
+        "--families", type=lambda text: tuple(text.split(",")),
+        help="comma-separated voice families to use (default: all of the recipe's: espeak-ng, flite, festival, "
+        "piper, hibari)",
+    )  # fmt: skip
+    synth.add_argument("--workers", type=positive_int, default=1, help="synthesis processes (one per core)")
+    synth.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from auralm.apps.arguments import UsageError
+    from auralm.data.synthetic_speech import RECIPES, generate
+
+    if args.recipe not in RECIPES:
+        raise UsageError(f"--recipe {args.recipe}: use one of {', '.join(RECIPES)}")
+    if args.families and (unknown := set(args.families) - set(RECIPES[args.recipe].families)):
+        raise UsageError(f"--families: {', '.join(sorted(unknown))} not in recipe {args.recipe}")
+    summary = generate(
+        args.out, seed=args.seed, examples=args.examples, hours=args.hours, recipe=args.recipe,
+        families=args.families, workers=args.workers, progress=True,
+    )  # fmt: skip
+    splits = ", ".join(f"{split} {s['examples']} / {s['hours']:.2f} h" for split, s in summary["splits"].items())
+    print(f"{args.out}: {summary['examples']} clips, {summary['hours']:.2f} h ({splits}) from "
+          f"{len(summary['voices'])} voices in {len(summary['families'])} families in {summary['seconds_taken']:.0f} s")  # fmt: skip
+    return 0

@@ -1,0 +1,53 @@
+"""`auralm eval MANIFEST`: the quality report on held-out clips (auralm.evaluation): tokens → text, Whisper and
+LLM word error rates, spoken-QA accuracy, noise refusals, text answers kept, codebook use, speed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from auralm.apps.arguments import UsageError, add_model_arguments, add_progress, load_speech_chat, positive_int
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="the quality report: WERs, spoken-QA accuracy, refusals, text answers kept, on held-out clips"
+    )
+    parser.add_argument(
+        "manifest", type=Path, help="a clip manifest (JSONL: audio, text, kind, answer), as synthetic_speech writes"
+    )
+    parser.add_argument("--limit", type=positive_int, help="evaluate the first N clips only (default: all)")
+    parser.add_argument("--json", type=Path, help="also write the whole report, every reply included, to this file")
+    parser.add_argument(
+        "--base-llm", help="the LLM the speech LLM was made from, for the text answers (default: SmolLM2, packaged)"
+    )
+    parser.add_argument(
+        "--noise-clips", type=positive_int, default=30, help="clips without speech that should be refused (default: 30)"
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="also list wrong answers, noise not refused, text answers changed"
+    )
+    add_progress(parser)
+    add_model_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from auralm.evaluation import evaluate, format_report, read_clips
+    from auralm.lm import DEFAULT_LLM
+
+    clips = read_clips(args.manifest, args.limit)  # a bad manifest is reported before the models load
+    report = evaluate(
+        load_speech_chat(args), clips, base_llm=args.base_llm or DEFAULT_LLM, noise_clips=args.noise_clips,
+        progress=args.progress or sys.stderr.isatty(),
+    )  # fmt: skip
+    print(format_report(report, verbose=args.verbose))
+    if args.json is not None:
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        except OSError as e:
+            raise UsageError(f"--json {args.json}: {e.strerror}") from None
+    return 0

@@ -1,0 +1,39 @@
+"""`auralm whisper FILE|DIR ...`: transcribe with the plain Whisper backbone, the reference for sound tokens."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from auralm.apps.arguments import add_device, add_inputs, add_language, audio_files, for_each_file, resolve_language
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "whisper", help="transcribe audio with the plain Whisper backbone (the reference for tokens)"
+    )
+    add_inputs(parser)
+    parser.add_argument(
+        "--model", default="tiny.en", help="Whisper name, .pt file or CTranslate2 folder (default: tiny.en)"
+    )
+    add_language(parser)
+    add_device(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from auralm.checkpoints import load_whisper
+    from auralm.devices import resolve_device
+    from auralm.tokenizer import load_audio, transcribe
+    from auralm.tokenizer.backbone import use_flash_attention
+
+    files = audio_files(args.inputs)
+    model = use_flash_attention(load_whisper(args.model, device=resolve_device(args.device)))
+    language = resolve_language(model, args.language)
+
+    def transcribe_file(paths: list[Path]) -> list[str]:
+        (path,) = paths
+        result = transcribe(model, load_audio(path), language=language)
+        return [f"{path} [{result.language}]: {result.text}"]
+
+    return for_each_file(files, transcribe_file, "whisper", progress=args.progress)

@@ -1,0 +1,132 @@
+"""Messages with audio in them, as text: each audio part (a file, bytes or an array) becomes its clip's
+sound-token string, and a message's parts are joined into its content.
+
+`SpeechChat.render` does this for the built-in chat; the upstream front end (`auralm serve --upstream`) does the
+same with its own batching, so both send a model the very same text. `ClipStrings` keeps the strings of recent
+clips, so a clip is encoded once however often a conversation resends it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from auralm.tokenizer import SAMPLE_RATE, SpeechTokenizer, load_audio
+
+Message = dict[str, Any]
+ENCODED_CLIPS_KEPT = 256  # token strings of recent clips kept for later turns (about 10 KB each)
+
+
+class ClipStrings:
+    """Sound-token strings of recent clips, so a clip seen lately (the same file, bytes or array) is not
+    encoded again: each turn of a conversation, even one whose client resends the whole history, costs
+    only its new audio. The encoding itself is the caller's (`SpeechChat.render`; the upstream server
+    batches concurrent requests):
+
+        keys, strings, todo = clips.lookup(parts)  # strings: None where unknown; todo: those clips' audio
+        strings = clips.complete(keys, strings, speech_tokenizer.encode(todo))
+    """
+
+    def __init__(self, speech_tokenizer: SpeechTokenizer, kept: int = ENCODED_CLIPS_KEPT):
+        self.speech_tokenizer, self.kept = speech_tokenizer, kept
+        self._strings: OrderedDict[tuple, str] = OrderedDict()  # by _audio_key, most recently used last
+
+    def lookup(self, parts: Sequence[Message]) -> tuple[list[tuple | None], list[str | None], list[Any]]:
+        """Each audio part's key, its string when known (else None), and the audio of the unknown ones."""
+        keys = [_audio_key(part) for part in parts]
+        strings = [self._strings.get(key) if key is not None else None for key in keys]
+        return keys, strings, [_audio_source(part) for part, s in zip(parts, strings, strict=True) if s is None]
+
+    def complete(
+        self, keys: Sequence[tuple | None], strings: Sequence[str | None], codes: Sequence[torch.Tensor]
+    ) -> list[str]:
+        """`strings` with each None made from the next clip's codes (T,); all kept, the oldest beyond `kept` dropped."""
+        if len(codes) != sum(s is None for s in strings):
+            raise ValueError(f"{len(codes)} clips' codes for {sum(s is None for s in strings)} unknown clips")
+        new = iter(codes)
+        strings = [self.speech_tokenizer.to_string(next(new)) if s is None else s for s in strings]
+        for key, string in zip(keys, strings, strict=True):
+            if key is not None:
+                self._strings[key] = string
+                self._strings.move_to_end(key)
+        while len(self._strings) > self.kept:
+            self._strings.popitem(last=False)
+        return strings
+
+    def clear(self) -> None:
+        self._strings.clear()
+
+
+def audio_parts(conversations: Sequence[Sequence[Message]]) -> list[Message]:
+    """Every audio part of the conversations, in order."""
+    return [part for messages in conversations for m in messages for part in _parts(m) if _is_audio(part)]
+
+
+def with_audio_strings(conversations: Sequence[Sequence[Message]], strings: Sequence[str]) -> list[list[dict]]:
+    """The conversations as text: the audio parts replaced, in order, by `strings` (their sound-token
+    strings), each message's parts joined into its content."""
+    token_strings = iter(strings)
+    rendered = []
+    for messages in conversations:
+        rendered.append([])
+        for message in messages:
+            pieces = [next(token_strings) if _is_audio(p) else _text(p) for p in _parts(message)]
+            rendered[-1].append({"role": message["role"], "content": message_text(pieces)})
+    return rendered
+
+
+def message_text(pieces: Sequence[str]) -> str:
+    """A message's parts (sound-token strings, text) joined into its content."""
+    return "\n".join(pieces)
+
+
+def _parts(message: Message) -> list[Any]:
+    content = message.get("content", "")
+    return [content] if isinstance(content, str) else list(content)
+
+
+def _is_audio(part: Any) -> bool:
+    return isinstance(part, dict) and part.get("type") == "audio"
+
+
+def _text(part: Any) -> str:
+    if isinstance(part, str):
+        return part
+    if isinstance(part, dict) and part.get("type") == "text":
+        return str(part.get("text", ""))
+    raise ValueError(f"unsupported message part {part!r}: use text or {{'type': 'audio', 'path': …}}")
+
+
+def _audio_source(part: dict[str, Any]) -> Any:
+    """What the speech tokenizer encodes at 16 kHz: a file as it is (decoded there, once), a 16 kHz
+    array as it is, an array at another rate resampled here."""
+    if "path" in part:
+        return part["path"]
+    if "array" in part:
+        rate = part.get("sampling_rate", SAMPLE_RATE)
+        return part["array"] if rate == SAMPLE_RATE else load_audio(part["array"], rate)
+    raise ValueError("an audio part needs 'path' (a file, or its bytes), or 'array' with 'sampling_rate'")
+
+
+def _audio_key(part: dict[str, Any]) -> tuple | None:
+    """What identifies an audio part's sound: a file by (path, size, modification time), bytes and
+    arrays by a digest of their content; None for what cannot be told apart (a file object)."""
+    source = part.get("path", part.get("array"))
+    if isinstance(source, (str, os.PathLike)):
+        if not os.path.isfile(source):
+            return None
+        stat = os.stat(source)
+        return ("file", os.path.abspath(source), stat.st_size, stat.st_mtime_ns)
+    if isinstance(source, (bytes, bytearray)):
+        return ("bytes", hashlib.sha256(source).hexdigest())
+    if isinstance(source, (np.ndarray, torch.Tensor)) and "path" not in part:
+        array = np.ascontiguousarray(source.detach().cpu().numpy() if isinstance(source, torch.Tensor) else source)
+        digest = hashlib.sha256(array.tobytes()).hexdigest()
+        return ("array", part.get("sampling_rate", SAMPLE_RATE), array.dtype.str, array.shape, digest)
+    return None

@@ -1,0 +1,100 @@
+"""The distill recipe on a tiny Llama and a tiny random speech tokenizer: the student's replies are the teacher's
+own, typed conversations start at zero divergence (the adapter begins as the identity and the teacher is the LLM
+without it), training brings the student's distribution on clips toward the teacher's on their transcripts, the
+teacher's replies are asked once across a resume, and the CLI runs it."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from auralm.tokenizer.token_format import TRANSCRIBE_PROMPT
+from auralm.training import distill
+from auralm.training.chat_dataset import DistillBatch, PackedSequences, collate_pairs
+from auralm.training.config import ConfigError
+from auralm.training.replies import BaseReplies
+from tests.training.conftest import AURALM, asr_manifest
+
+
+@pytest.fixture
+def config(tmp_path, speech_folder, llm_folder) -> distill.DistillConfig:
+    return distill.DistillConfig(
+        train=str(asr_manifest(tmp_path)), tokenizer=str(speech_folder), llm=str(llm_folder),
+        output_dir=str(tmp_path / "run"), instructions=["", TRANSCRIBE_PROMPT], reply_tokens=4, text_ratio=0.5,
+        kl_temperature=1.0, batch_size=4, max_steps=40, lr=0.01, warmup_steps=2, log_every=5, bf16=False,
+        max_tokens=400, pack=False, progress=False, save_every=1000,
+    )  # fmt: skip
+
+
+def pairs_loss(recipe, indices: list[int]) -> float:
+    """The KL per target token of the given conversations (each in a row of its own), as the recipe computes it."""
+    students, teachers = recipe.loader.dataset.students.sequences, recipe.loader.dataset.teachers.sequences
+    items = [(PackedSequences(students, [[i]])[0], PackedSequences(teachers, [[i]])[0]) for i in indices]
+    batch: DistillBatch = collate_pairs(items, recipe.tokenizer.pad_token_id)
+    with torch.no_grad():
+        return float(recipe.loss_sum(batch)) / int((batch.targets != -100).sum())
+
+
+def test_the_student_learns_the_teachers_answers_and_typed_text_stays(config):
+    recipe = distill.recipe(config)
+    recipe.setup()
+    try:
+        replies = json.loads((recipe.run_dir / "teacher_replies.json").read_text())
+        assert len(replies) == 8  # one prompt per clip (typed ones reuse their clip's prompt)
+        students, teachers = recipe.loader.dataset.students, recipe.loader.dataset.teachers
+        assert len(students.sequences) == 8 + 4  # the 8 clips, and half of them typed
+        sound = [f"<|sound_{i:04d}|>" for i in range(recipe.speech.config.vocab_size)]
+        codes = set(recipe.tokenizer.convert_tokens_to_ids(sound))
+        for student, teacher in zip(students.sequences, teachers.sequences, strict=True):
+            assert np.array_equal(student.ids[student.learned], teacher.ids[teacher.learned])
+            assert not codes & set(teacher.ids.tolist())  # the teacher reads text only
+        spoken, typed = list(range(8)), list(range(8, 12))
+        assert pairs_loss(recipe, typed) < 1e-6  # the adapter starts as the identity: on text, student = teacher
+        before = pairs_loss(recipe, spoken)
+        assert before > 0.05
+        recipe.train()
+        after = pairs_loss(recipe, spoken)
+        assert after < 0.5 * before, (before, after)
+        rows = [json.loads(line) for line in (recipe.run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert rows[-1]["loss"] < rows[0]["loss"]
+    finally:
+        recipe.cleanup()
+
+
+def test_teacher_replies_are_asked_once_across_a_resume(config, monkeypatch):
+    first = distill.recipe(dataclasses.replace(config, max_steps=1))
+    first.setup()
+    first.train()
+    first.cleanup()
+
+    def asks_again(self, prompts):
+        raise AssertionError("the kept teacher replies were asked for again")
+
+    monkeypatch.setattr(BaseReplies, "generate", asks_again)
+    again = distill.recipe(dataclasses.replace(config, max_steps=2), resume=True)
+    again.setup()
+    assert again.step == 1
+    again.cleanup()
+
+
+def test_refuses_what_it_cannot_distill(config):
+    with pytest.raises(ConfigError, match="no training data"):
+        distill.recipe(dataclasses.replace(config, train=""))
+    recipe = distill.recipe(dataclasses.replace(config, full=True))
+    with pytest.raises(ConfigError, match="teacher is the LLM without the adapter"):
+        recipe.setup()
+    recipe.world.close()
+
+
+def test_the_command_line_runs_it(tmp_path, config):
+    import subprocess
+
+    settings = [f"{key}={value}" for key, value in (("train", config.train), ("tokenizer", config.tokenizer),
+                ("llm", config.llm), ("output_dir", tmp_path / "cli"), ("max_steps", 2), ("batch_size", 2),
+                ("reply_tokens", 2), ("max_tokens", 400), ("progress", "false"))]  # fmt: skip
+    result = subprocess.run([*AURALM, "train", "distill", *settings, "--threads", "1"], capture_output=True,
+                            text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "cli" / "adapter" / "adapter_model.safetensors").is_file()

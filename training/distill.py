@@ -1,0 +1,102 @@
+"""Recipe: cross-modal distillation: the speech LLM learns to answer a clip as its own base LLM answers the clip's
+transcript (Ultravox's `_compute_kl_loss`, DiVA and BLSP do this with continuous audio features; here the input
+is discrete sound tokens).
+
+    auralm train distill --config distill tokenizer=runs/tokenizer/tokenizer train=data/speech-v2/train.jsonl
+    torchrun --nproc_per_node 4 -m auralm train distill --config distill …   (FSDP2, same global batch)
+
+train= is any transcribed speech `read_examples` reads (a manifest, folder, datasets folder, Parquet, an
+export). Each clip gets an instruction drawn from `instructions` (none, "Transcribe the speech.", "Answer
+briefly.", …) and becomes two conversations with the same reply:
+    teacher  the base LLM (the adapter off) reading the transcript and the instruction;
+    student  the LLM with the adapter reading the clip's sound tokens and the instruction;
+the reply is the teacher's own greedy answer, asked once and kept in output_dir/teacher_replies.json. The loss
+is KL(teacher ‖ student) over the reply's tokens at `kl_temperature`. So any transcribed speech is instruction
+data, and a spoken question learns the answer the LLM gives it typed.
+
+`text_ratio` of the clips also come as text-only conversations (the transcript and instruction typed), where
+student and teacher read the same text: the adapter learns to leave text answers as they are, and keeps them
+when it is merged into the LLM. What trains, and the outputs: see llm_recipe.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from auralm.data import read_examples
+from auralm.lm.messages import message_text
+from auralm.tokenizer.token_format import TRANSCRIBE_PROMPT
+from auralm.training.audio_dataset import SkippedExamples
+from auralm.training.chat_dataset import Distilled, user_turn
+from auralm.training.config import ConfigError
+from auralm.training.llm_recipe import LLMRecipe, LLMTrainingConfig
+from auralm.training.loop import run_recipe
+from auralm.training.replies import BaseReplies
+
+# What a user asks beside a clip; "" is the clip alone (a spoken question or request is then the whole turn).
+INSTRUCTIONS = ["", "", TRANSCRIBE_PROMPT, "Answer briefly.", "What is the speaker asking or saying?",
+                "Summarise this in one sentence.", "Repeat exactly what was said.", "Reply to this."]  # fmt: skip
+
+
+@dataclass
+class DistillConfig(LLMTrainingConfig):
+    output_dir: str = "runs/distill"
+    train: str = ""  # transcribed speech: a manifest, folder, datasets folder, Parquet file or token export
+    texts: str | None = None  # for a token export: the manifest or folder holding its transcripts
+    instructions: list[str] = field(default_factory=lambda: list(INSTRUCTIONS))  # drawn uniformly per clip
+    reply_tokens: int = 64  # the longest teacher reply
+    text_ratio: float = 0.25  # text-only conversations per spoken one (the adapter keeps text answers)
+    max_tokens: int = 512
+
+
+class TeacherReplies:
+    """Every transcribed clip as a distilled conversation, and some as typed ones (a `ConversationSource`)."""
+
+    def __init__(self, config: DistillConfig):
+        if not config.train:
+            raise ConfigError("no training data: set train= (transcribed speech: a manifest, folder, … or export)")
+        if not config.instructions:
+            raise ConfigError('instructions=[]: give at least one ("" is the clip alone)')
+        self.config = config
+
+    def conversations(self, recipe: LLMRecipe) -> tuple[list[Distilled], SkippedExamples]:
+        c = self.config
+        examples = read_examples(c.train, texts=c.texts)
+        codes, skipped = recipe.code_cache.build(examples, recipe.world, num_workers=c.num_workers,
+                                                 progress=recipe.progress)  # fmt: skip
+        clips = [(example.text, clip) for example, clip in zip(examples, codes, strict=True) if clip is not None]
+        rng = np.random.default_rng([c.seed, 3])  # this recipe's own draws: instructions, the typed subset
+        asked = [c.instructions[i] for i in rng.integers(len(c.instructions), size=len(clips))]
+        typed = sorted(rng.choice(len(clips), size=min(len(clips), round(c.text_ratio * len(clips))), replace=False))
+        prompts = [
+            [{"role": "user", "content": typed_turn(text, ask)}] for (text, _), ask in zip(clips, asked, strict=True)
+        ]
+        replies = BaseReplies(recipe, recipe.run_dir / "teacher_replies.json", c.reply_tokens)(prompts, "teacher")
+
+        conversations = []
+        for (_, clip), ask, prompt, reply in zip(clips, asked, prompts, replies, strict=True):
+            teacher = [*prompt, {"role": "assistant", "content": reply}]
+            conversations.append(Distilled([user_turn(clip, ask), teacher[-1]], teacher))
+        conversations += [Distilled(conversations[i].teacher, conversations[i].teacher) for i in typed]
+        if recipe.progress:
+            print(f"distill: {len(clips)} spoken and {len(typed)} typed conversations", flush=True)
+        return conversations, skipped
+
+
+def typed_turn(transcript: str, instruction: str) -> str:
+    """The user's turn the teacher reads: the transcript where the clip's sound tokens would be, then the
+    instruction, joined as SpeechChat joins a clip and a text part."""
+    return message_text([transcript] + ([instruction] if instruction else []))
+
+
+def recipe(config: DistillConfig, resume: bool = False) -> LLMRecipe:
+    return LLMRecipe("distill", config, TeacherReplies(config), resume)
+
+
+def run(config: DistillConfig, resume: bool = False) -> int:
+    return run_recipe(recipe(config, resume))
+
+
+CONFIG = DistillConfig
