@@ -36,7 +36,13 @@ class Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    # `auralm train sft --threads 2 lr=1e-4`: argparse fills a list positional once, before the option, and leaves
+    # the KEY=VALUE words after it unmatched; they are the recipe's settings all the same.
+    if args.command == "train" and all("=" in word and not word.startswith("-") for word in unknown):
+        args.overrides += unknown
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.run(args)
     except (UsageError, AuralmError) as e:

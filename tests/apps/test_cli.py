@@ -330,3 +330,13 @@ def test_help_and_version_do_not_import_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("order", ["options first", "options last"])
+def test_train_settings_reach_the_recipe_wherever_the_options_stand(capsys, order):
+    options, settings = ["--threads", "1"], ["max_steps=abc"]
+    argv = ["train", "tokenizer", *(options + settings if order == "options first" else settings + options)]
+    code, _, err = run_main(capsys, *argv)
+    assert_one_line_error(code, err, "config key 'max_steps'")  # the setting reached the recipe's config
+    code, _, err = run_main(capsys, "train", "tokenizer", "--threads", "1", "--bogus")
+    assert_one_line_error(code, err, "unrecognized arguments: --bogus")
