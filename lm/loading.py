@@ -45,7 +45,7 @@ def load_llm(
     `auralm train pretrain|sft` wrote also holds the tokenizer with the sound tokens: the model grows to it first.
     keep_base: also keep the weights the adapter changed, for `base_weights` (a copy of them in memory).
     """
-    path = _default_gguf() if source in (None, DEFAULT_LLM) else Path(source)
+    path = default_gguf() if source in (None, DEFAULT_LLM) else Path(source)
     if path.is_file() and path.suffix == ".gguf":
         path = _converted_gguf(path)
     if not (path / "config.json").is_file():
@@ -124,7 +124,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("AURALM_CACHE", Path.home() / ".cache" / "auralm"))
 
 
-def _default_gguf() -> Path:
+def default_gguf() -> Path:
     module, name = _DEFAULT_GGUF
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:

@@ -47,6 +47,7 @@ class DistillConfig(LLMTrainingConfig):
     texts: str | None = None  # for a token export: the manifest or folder holding its transcripts
     instructions: list[str] = field(default_factory=lambda: list(INSTRUCTIONS))  # drawn uniformly per clip
     reply_tokens: int = 64  # the longest teacher reply
+    reply_batch: int = 16  # teacher prompts answered at once (a GPU takes hundreds)
     text_ratio: float = 0.25  # text-only conversations per spoken one (the adapter keeps text answers)
     max_tokens: int = 512
 
@@ -71,14 +72,16 @@ class TeacherReplies:
         asked = [c.instructions[i] for i in rng.integers(len(c.instructions), size=len(clips))]
         typed = sorted(rng.choice(len(clips), size=min(len(clips), round(c.text_ratio * len(clips))), replace=False))
         prompts = [
-            [{"role": "user", "content": typed_turn(text, ask)}] for (text, _), ask in zip(clips, asked, strict=True)
+            [{"role": "user", "content": typed_turn(text, instruction)}]
+            for (text, _), instruction in zip(clips, asked, strict=True)
         ]
-        replies = BaseReplies(recipe, recipe.run_dir / "teacher_replies.json", c.reply_tokens)(prompts, "teacher")
+        ask_teacher = BaseReplies(recipe, recipe.run_dir / "teacher_replies.json", c.reply_tokens, c.reply_batch)
+        replies = ask_teacher(prompts, "teacher replies")
 
         conversations = []
-        for (_, clip), ask, prompt, reply in zip(clips, asked, prompts, replies, strict=True):
-            teacher = [*prompt, {"role": "assistant", "content": reply}]
-            conversations.append(Distilled([user_turn(clip, ask), teacher[-1]], teacher))
+        for (_, clip), instruction, prompt, reply in zip(clips, asked, prompts, replies, strict=True):
+            answer = {"role": "assistant", "content": reply}
+            conversations.append(Distilled([user_turn(clip, instruction), answer], [*prompt, answer]))
         conversations += [Distilled(conversations[i].teacher, conversations[i].teacher) for i in typed]
         if recipe.progress:
             print(f"distill: {len(clips)} spoken and {len(typed)} typed conversations", flush=True)

@@ -20,12 +20,12 @@ if TYPE_CHECKING:
     from auralm.training.llm_recipe import LLMRecipe
 
 Prompt = list[dict[str, str]]  # messages with string contents, ending with the user's turn
-REPLY_BATCH = 16  # prompts the LLM answers at once
+REPLY_BATCH = 16  # prompts the LLM answers at once, by default (a GPU takes hundreds)
 
 
 class BaseReplies:
-    def __init__(self, recipe: LLMRecipe, file: Path, max_new_tokens: int):
-        self.recipe, self.file, self.max_new_tokens = recipe, file, max_new_tokens
+    def __init__(self, recipe: LLMRecipe, file: Path, max_new_tokens: int, batch: int | None = None):
+        self.recipe, self.file, self.max_new_tokens, self.batch = recipe, file, max_new_tokens, batch
 
     def __call__(self, prompts: list[Prompt], desc: str = "base replies") -> list[str]:
         """The reply to each prompt, asking the LLM for those not kept yet."""
@@ -34,8 +34,9 @@ class BaseReplies:
         missing = list(dict.fromkeys(key for key in keys if key not in replies))
         world = self.recipe.world
         if world.is_main and missing:
-            for start in tqdm(range(0, len(missing), REPLY_BATCH), desc=desc, disable=not self.recipe.progress):
-                batch = missing[start : start + REPLY_BATCH]
+            size = self.batch or REPLY_BATCH
+            for start in tqdm(range(0, len(missing), size), desc=desc, disable=not self.recipe.progress):
+                batch = missing[start : start + size]
                 replies |= dict(zip(batch, self.generate([json.loads(k) for k in batch]), strict=True))
                 write_text_atomically(self.file, json.dumps(replies, ensure_ascii=False, indent=0))
         world.barrier()
