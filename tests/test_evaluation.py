@@ -11,6 +11,8 @@ import jiwer
 import numpy as np
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaForCausalLM
 from whisper.normalizers import EnglishTextNormalizer
 
 from auralm.data import DataError
@@ -18,9 +20,11 @@ from auralm.data.speech_conversations import ANSWER_PROMPT
 from auralm.evaluation import (
     ANSWER_TOKENS,
     TEXT_QUESTIONS,
+    ClipResult,
     evaluate,
     format_report,
     is_correct,
+    looped,
     noise_conversations,
     read_clips,
     text_reply,
@@ -164,7 +168,14 @@ def test_every_metric_matches_its_own_computation(tmp_path, chat, tiny_tokenizer
     assert report.typed_qa_accuracy == sum(map(is_correct, [right, "zebra"], typed)) / 2
     assert [n.reply for n in report.noise_replies] == noise
     assert report.refusal_rate == sum(is_correct(noise[1], n) for n in noise) / 4 >= 1 / 4
-    assert report.text_unchanged == 1.0  # sound tokens leave the text rows as they were
+    assert report.text_unchanged == 1.0  # no adapter: sound tokens leave the text rows as they were
+    assert (
+        report.tokens_loops == sum(looped(t, r) for t, r in zip(tokens_texts, map(TEXTS.get, CLIPS), strict=True)) / 3
+    )
+    assert report.llm_loops == sum(looped(t, r) for t, r in zip(llm_texts, map(TEXTS.get, CLIPS), strict=True)) / 3
+    refused = [is_correct(noise[1], t) or is_correct(noise[1], r or "") for t, r in
+               zip(llm_texts, [None, right, report.clip_results[2].reply], strict=True)]  # fmt: skip
+    assert report.false_refusals == sum(refused) / 3
 
     counts = Counter(torch.cat(codes).tolist())
     p = np.array(list(counts.values())) / sum(counts.values())
@@ -176,7 +187,9 @@ def test_every_metric_matches_its_own_computation(tmp_path, chat, tiny_tokenizer
     assert json.loads(json.dumps(report.to_dict()))["clip_results"][1]["answer"] == right
 
     table = format_report(report, verbose=True)
-    assert "| spoken-QA accuracy | 50.0 % | ≥ 80 % | no |" in table
+    qa_limit = f"{80 * report.typed_qa_accuracy:.1f} %"
+    met = "yes" if 0.5 >= 0.8 * report.typed_qa_accuracy else "no"
+    assert f"| spoken-QA accuracy | 50.0 % | ≥ 0.8 × typed, base LLM ({qa_limit}) | {met} |" in table
     assert f"| the same questions typed, base LLM (ceiling) | {100 * report.typed_qa_accuracy:.1f} % |" in table
     assert "wrong answer  en_slow_22k.flac" in table and "wrong answer  en_8k.wav" not in table
 
@@ -198,6 +211,48 @@ def test_text_answers_changed_by_another_base_are_counted(tmp_path, chat):
     assert "| noise → refusal | — | ≥ 90 % | — |" in format_report(report)
 
 
+def test_repeat_after_me_counts_the_sentence_said_back_not_an_echo_of_the_request():
+    clip = ClipResult("r", "question", 2.0, "Repeat after me: the cat sat.", "", "", "", answer="The cat sat.",
+                      source="repeat")  # fmt: skip
+    assert clip.answered("The cat sat.") and clip.answered("the cat sat")
+    assert not clip.answered("Repeat after me: the cat sat.")  # the request echoed
+    assert not clip.answered("Sure! The cat sat.")
+    fact = dataclasses.replace(clip, source="facts", answer="Paris.")
+    assert fact.answered("It is Paris.")  # other questions: the answer's words in the reply
+
+
+def test_an_output_loops_past_twice_its_reference():
+    assert looped("a b c d e f g", "the cat sat") and not looped("a b c d e f", "the cat sat")
+    assert looped("a b c", "") and not looped("a b", "")
+
+
+def test_text_answers_are_those_of_the_merged_adapter_not_of_kept_base_weights(tmp_path, tiny_tokenizer, llm_folder):
+    """An adapter that changes text answers: SpeechChat answers text on the base weights it keeps, so only the
+    merged weights, which `auralm merge` serves, show the change."""
+    adapter = tmp_path / "adapter"
+    base = LlamaForCausalLM.from_pretrained(llm_folder)
+    torch.manual_seed(0)
+    lora = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
+                      init_lora_weights=False)  # fmt: skip
+    get_peft_model(base, lora).save_pretrained(adapter)
+    model, text = load_llm(llm_folder, adapter=adapter, keep_base=True)
+    add_sound_tokens(model, text, tiny_tokenizer)
+    chat = SpeechChat(model, text, tiny_tokenizer, reuse_cache=False)
+    questions = TEXT_QUESTIONS[:6]
+    routed = [chat.generate([{"role": "user", "content": q}], ANSWER_TOKENS) for q in questions]
+    base_answers = [text_reply(*load_llm(llm_folder), q) for q in questions]
+    assert routed == base_answers  # in-process routing hides the change…
+    clips = read_clips(write_manifest(tmp_path, [clip_row("en_8k.wav", folder=tmp_path, kind="transcript")]))
+    report = evaluate(chat, clips, base_llm=llm_folder, noise_clips=0, text_questions=questions)
+    merged = [text_reply(model, text, q) for q in questions]
+    assert [a.speech for a in report.text_answers] == merged
+    assert (
+        report.text_unchanged
+        == sum(normalise(b) == normalise(m) for b, m in zip(base_answers, merged, strict=True)) / 6
+        < 1
+    )
+
+
 def test_eval_command_prints_the_table_and_writes_json(tmp_path, capsys, tiny_tokenizer, tiny_whisper_file, llm_folder):
     tiny_tokenizer.save_pretrained(tmp_path / "speech")  # its Whisper is random: named by --whisper
     rows = [
@@ -212,7 +267,7 @@ def test_eval_command_prints_the_table_and_writes_json(tmp_path, capsys, tiny_to
     )  # fmt: skip
     assert code == 0, err
     assert out.startswith("| metric | value | goal | met |")
-    assert "| text answers unchanged | 100.0 % | ≥ 90 % | yes |" in out
+    assert "| text answers unchanged, adapter merged | 100.0 % | ≥ 90 % | yes |" in out
     assert "goals met" in out.splitlines()[-1] and "2 clips (1 question, " in out
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["clips"] == 2 and len(report["noise_replies"]) == 3 and len(report["text_answers"]) == 20
