@@ -30,3 +30,21 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None or (isinstance(device, str) and device == AUTO):
         return default_device()
     return torch.device(device)
+
+
+def device_name(device: torch.device) -> str:
+    """The accelerator's name, or the CPU's model and the threads torch uses (for reports)."""
+    import platform
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    threads = torch.get_num_threads()
+    return f"CPU {model}, {threads} thread{'s' * (threads != 1)}"

@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -48,6 +47,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from auralm.data.examples import DataError, json_lines
 from auralm.data.noise import NOISE_SECONDS, RANDOM_CODES, REFUSAL, SILENCE, WHITE_NOISE, noise_samples
 from auralm.data.speech_conversations import ANSWER_PROMPT
+from auralm.devices import device_name
 from auralm.lm import DEFAULT_LLM, SpeechChat, load_llm
 from auralm.lm.chat import Message
 from auralm.tokenizer import SAMPLE_RATE, corpus_word_error_rate, load_audio, normalize_text, transcribe
@@ -60,27 +60,16 @@ ANSWER_TOKENS = 48  # longest reply to a question or a noise clip; a right answe
 # Questions whose answers the speech LLM should give as the base LLM did: facts, arithmetic, definitions and
 # instructions, phrased unlike the templates of the synthetic speech (auralm.data.speech_texts).
 TEXT_QUESTIONS = (
-    "Which planet is closest to the Sun?",
-    "Who wrote the play Romeo and Juliet?",
-    "What gas do plants take in from the air?",
-    "How many legs does a spider have?",
-    "What is the largest ocean on Earth?",
-    "At what temperature in Celsius does water boil at sea level?",
-    "What is 15 multiplied by 4?",
-    "What is the square root of 81?",
-    "If I have 3 apples and buy 9 more, how many apples do I have?",
-    "What is half of 250?",
-    "Define the word photosynthesis in one sentence.",
-    "What is a noun?",
-    "What does a thermometer measure?",
-    "What is the opposite of ancient?",
-    "Name three primary colors.",
-    "Write the word computer backwards.",
-    "List the first five prime numbers.",
-    "Give me a synonym for happy.",
-    "Translate the word thank you into Spanish.",
-    "Suggest a name for a pet goldfish.",
-)
+    "Which planet is closest to the Sun?", "Who wrote the play Romeo and Juliet?",
+    "What gas do plants take in from the air?", "How many legs does a spider have?",
+    "What is the largest ocean on Earth?", "At what temperature in Celsius does water boil at sea level?",
+    "What is 15 multiplied by 4?", "What is the square root of 81?",
+    "If I have 3 apples and buy 9 more, how many apples do I have?", "What is half of 250?",
+    "Define the word photosynthesis in one sentence.", "What is a noun?", "What does a thermometer measure?",
+    "What is the opposite of ancient?", "Name three primary colors.", "Write the word computer backwards.",
+    "List the first five prime numbers.", "Give me a synonym for happy.",
+    "Translate the word thank you into Spanish.", "Suggest a name for a pet goldfish.",
+)  # fmt: skip
 
 # ---- goals (issue 24) -----------------------------------------------------------------------------------
 TOKENS_WER_RATIO = 1.5  # tokens → text WER at most this many times Whisper's on the same clips
@@ -318,20 +307,6 @@ def noise_conversations(chat: SpeechChat, count: int, seed: int = 0) -> list[tup
             content = [{"type": "audio", "array": array, "sampling_rate": SAMPLE_RATE}]
         made.append((NoiseReply(NOISE_NAMES[kind], seconds, ""), [{"role": "user", "content": content}]))
     return made
-
-
-def device_name(device: torch.device) -> str:
-    """The accelerator's name, or the CPU's model and the threads torch uses."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    threads = torch.get_num_threads()
-    return f"CPU {model}, {threads} thread{'s' * (threads != 1)}"
 
 
 # ---- the evaluation ---------------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 
 from auralm.apps.arguments import add_model_arguments, load_speech_chat, positive_int
-from auralm.evaluation import QualityReport, device_name, evaluate, format_report, read_clips
+from auralm.devices import device_name
+from auralm.evaluation import QualityReport, evaluate, format_report, read_clips
 from auralm.lm import DEFAULT_LLM
 from auralm.tokenizer import SAMPLE_RATE, SpeechTokenizer, corpus_word_error_rate, load_audio
 

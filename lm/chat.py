@@ -12,6 +12,11 @@ parts are joined in order into the message text, then the model's own chat templ
 `SpeechChat.from_pretrained(llm, checkpoint)` builds one from names; `reply` and `stream(...).reply`
 also say why a reply ended and how many tokens it took.
 
+Limits hold before anything runs: a clip over `max_audio_seconds` (300 s by default, the server's) is an AudioError,
+a prompt that leaves no room for `max_new_tokens` in the LLM's context (`max_position_embeddings`) a
+ContextLengthError. A last user message whose audio is all silence (`auralm.tokenizer.audio.is_silent`) gets
+NO_SPEECH_REPLY ("I couldn't hear any speech in that.", what the speech LLM is trained to say) without the LLM.
+
 A conversation that goes on where the last one stopped costs only its new tokens: the KV cache of the
 last single-conversation generation is kept, and the next prompt reuses it up to the first token where
 the two differ. One `SpeechChat` serves one generation at a time (the server holds a lock for that).
@@ -33,23 +38,26 @@ from collections.abc import Generator, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
-from transformers import (
-    Cache,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    StoppingCriteria,
-    StoppingCriteriaList,
-    TextIteratorStreamer,
-)
+from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteriaList
 from transformers.cache_utils import DynamicLayer
 from whisper.model import Whisper
 
 from auralm.checkpoints import shipped_model
 from auralm.checkpoints.registry import SHIPPED_ADAPTER, names_shipped_tokenizer
 from auralm.devices import resolve_device
+from auralm.errors import AuralmError
 from auralm.lm.attention import ATTENTION_NAME, register_attention
 from auralm.lm.loading import base_weights, load_llm
-from auralm.lm.messages import ClipStrings, Message, audio_parts, message_text, with_audio_strings
+from auralm.lm.messages import (
+    ENCODED_CLIPS_KEPT,
+    ClipStrings,
+    Message,
+    audio_parts,
+    clip_audio,
+    message_text,
+    with_audio_strings,
+)
+from auralm.lm.streaming import Cancelled, StopStrings, TokenStreamer, cut, until_stop
 from auralm.lm.vocabulary import (
     SpeechTokenizerMismatchError,
     add_sound_tokens,
@@ -57,9 +65,14 @@ from auralm.lm.vocabulary import (
     sound_vocabulary,
 )
 from auralm.tokenizer import SpeechTokenizer, codes_to_string
-from auralm.tokenizer.token_format import TRANSCRIBE_PROMPT
+from auralm.tokenizer.audio import MAX_AUDIO_SECONDS, is_silent
+from auralm.tokenizer.token_format import NO_SPEECH_REPLY, TRANSCRIBE_PROMPT
 
 logger = logging.getLogger(__name__)
+
+
+class ContextLengthError(AuralmError):
+    """A prompt that leaves the LLM's context no room for the reply; the message gives both numbers."""
 
 
 class Reply(NamedTuple):
@@ -98,6 +111,7 @@ class SpeechChat:
         speech_tokenizer: SpeechTokenizer,
         allow_mismatch: bool = False,
         reuse_cache: bool = True,
+        max_audio_seconds: float = MAX_AUDIO_SECONDS,
     ):
         check_speech_tokenizer(model, speech_tokenizer, allow_mismatch)
         known = tokenizer.get_vocab()  # builds a dict each call: once
@@ -107,8 +121,9 @@ class SpeechChat:
                 f"the LLM's tokenizer lacks {len(missing)} sound tokens; call add_sound_tokens first"
             )
         self.model, self.tokenizer, self.speech_tokenizer = model, tokenizer, speech_tokenizer
-        self.reuse_cache = reuse_cache
+        self.reuse_cache, self.max_audio_seconds = reuse_cache, max_audio_seconds
         self._clips = ClipStrings(speech_tokenizer)
+        self._silent: set[tuple] = set()  # the keys (ClipStrings') of clips found silent
         self._sound_ids = tokenizer.convert_tokens_to_ids(sound_vocabulary(speech_tokenizer.config.vocab_size))
         self._sound_id_tensor = torch.tensor(self._sound_ids)
         # The last single-conversation KV cache, its ids, and whether it was computed on the base weights.
@@ -125,6 +140,7 @@ class SpeechChat:
         attn_implementation: str | None = None,
         allow_mismatch: bool = False,
         keep_base: bool = True,
+        max_audio_seconds: float = MAX_AUDIO_SECONDS,
     ) -> SpeechChat:
         """A chat built from names: the speech tokenizer, then the LLM, given sound tokens if it lacks them.
 
@@ -138,6 +154,7 @@ class SpeechChat:
         elsewhere. An LLM without sound tokens gets them untrained, with a warning. keep_base: with an adapter,
         keep the weights it changed so that prompts without sound tokens get the base LLM's answers (memory for
         a copy of those weights: about 0.4 GB for SmolLM2-135M in float32); False answers them with the adapter.
+        max_audio_seconds: longer clips are refused.
         """
         if llm is None and adapter is None and names_shipped_tokenizer(checkpoint):  # "default" and None alike
             adapter = shipped_model(SHIPPED_ADAPTER)
@@ -152,22 +169,51 @@ class SpeechChat:
             model.set_attn_implementation(attn_implementation)
         if add_sound_tokens(model, tokenizer, speech):
             logger.warning("this LLM had no sound tokens; they were added untrained, so it cannot understand audio yet")
-        return cls(model, tokenizer, speech, allow_mismatch=allow_mismatch)
+        return cls(model, tokenizer, speech, allow_mismatch=allow_mismatch, max_audio_seconds=max_audio_seconds)
 
     def forget(self) -> None:
         """Drop what is kept between calls: the last turn's KV cache and the token strings of recent clips."""
         self._last_turn = None
         self._clips.clear()
+        self._silent.clear()
 
     # ---- prompts ---------------------------------------------------------------------------
 
-    def render(self, conversations: Sequence[Sequence[Message]]) -> list[list[dict[str, str]]]:
+    def render(
+        self, conversations: Sequence[Sequence[Message]], decoded: dict[int, torch.Tensor] | None = None
+    ) -> list[list[dict[str, str]]]:
         """Every audio part replaced by its sound-token string. New clips are encoded in one batch; a
-        clip seen lately is not encoded again (`ClipStrings`)."""
-        parts = audio_parts(conversations)
-        keys, strings, todo = self._clips.lookup(parts)
+        clip seen lately is not encoded again (`ClipStrings`). decoded: clips already decoded, by id(part)."""
+        parts, decoded = audio_parts(conversations), decoded or {}
+        keys, strings = self._clips.known(parts)
+        todo = [
+            decoded[id(p)] if id(p) in decoded else clip_audio(p, self.max_audio_seconds)
+            for p, string in zip(parts, strings, strict=True)
+            if string is None
+        ]
         codes = self.speech_tokenizer.encode(todo) if todo else []
         return with_audio_strings(conversations, self._clips.complete(keys, strings, codes))
+
+    def unheard(self, messages: Sequence[Message], decoded: dict[int, torch.Tensor] | None = None) -> bool:
+        """Whether the last message is the user's with audio, all of it silence (`is_silent`): such a turn gets
+        NO_SPEECH_REPLY. decoded: where the clips decoded to tell are left for `render` (by id(part))."""
+        last = messages[-1] if messages else {}
+        parts = audio_parts([[last]]) if last.get("role") == "user" else []
+        keys, strings = self._clips.known(parts)
+        for part, key, string in zip(parts, keys, strings, strict=True):
+            if key in self._silent:
+                continue
+            if string is not None:  # encoded before, so heard before
+                return False
+            audio = clip_audio(part, self.max_audio_seconds)
+            if decoded is not None:
+                decoded[id(part)] = audio
+            if not is_silent(audio):
+                return False
+            if key is not None:
+                self._silent = set() if len(self._silent) >= ENCODED_CLIPS_KEPT else self._silent
+                self._silent.add(key)
+        return bool(parts)
 
     def prompt_ids(self, messages: Sequence[Message]) -> list[int]:
         """Token ids of one conversation, ready for the assistant's turn."""
@@ -194,20 +240,27 @@ class SpeechChat:
         """
         if conversations and isinstance(conversations[0], dict):
             return self.reply(conversations, max_new_tokens, temperature, top_p, stop).text
-        conversations = list(conversations)
-        inputs = self._inputs(conversations)
+        conversations, decoded = list(conversations), {}
+        unheard = [self.unheard(c, decoded) for c in conversations]
+        heard = [c for c, u in zip(conversations, unheard, strict=True) if not u]
+        texts = iter(self._generate(heard, decoded, (max_new_tokens, temperature, top_p, stop)) if heard else [])
+        return [NO_SPEECH_REPLY if u else next(texts) for u in unheard]
+
+    def _generate(self, conversations: list[Sequence[Message]], decoded: dict, options: tuple) -> list[str]:
+        max_new_tokens, temperature, top_p, stop = options
+        inputs = self._inputs(conversations, decoded, max_new_tokens)
         heard = self._with_sound(inputs["input_ids"]).tolist()
         if len(set(heard)) > 1:  # clips' token strings are cached: rendering a group again costs no encoding
             replies = [""] * len(conversations)
             for group in ([i for i, h in enumerate(heard) if h == value] for value in (False, True)):
-                texts = self.generate([conversations[i] for i in group], max_new_tokens, temperature, top_p, stop)
+                texts = self._generate([conversations[i] for i in group], decoded, options)
                 for i, text in zip(group, texts, strict=True):
                     replies[i] = text
             return replies
         options = self._generation_options(max_new_tokens, temperature, top_p, stop, inputs["input_ids"].shape[1])
         output = self._generate_ids(inputs, options)
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        return [_cut(text, stop) for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        return [cut(text, stop) for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
     @torch.no_grad()
     def reply(
@@ -218,8 +271,12 @@ class SpeechChat:
         top_p: float = 1.0,
         stop: Sequence[str] = (),
     ) -> Reply:
-        """`generate` for one conversation, with why the reply ended and its token counts."""
-        inputs = self._inputs([messages])
+        """`generate` for one conversation, with why the reply ended and its token counts (none for
+        NO_SPEECH_REPLY, which takes no LLM)."""
+        decoded: dict[int, torch.Tensor] = {}
+        if self.unheard(messages, decoded):
+            return Reply(NO_SPEECH_REPLY, "stop", 0, 0)
+        inputs = self._inputs([messages], decoded, max_new_tokens)
         options = self._generation_options(max_new_tokens, temperature, top_p, stop, inputs["input_ids"].shape[1])
         return self._reply(inputs, self._generate_ids(inputs, options), max_new_tokens, stop)
 
@@ -233,13 +290,18 @@ class SpeechChat:
     ) -> ReplyStream:
         """The reply to one conversation as pieces of text while it is generated; joined, they equal
         `generate` with the same options (greedy: exactly). Once they are all read, the stream's
-        `reply` is what `reply` would have returned."""
-        return ReplyStream(self._stream(messages, max_new_tokens, temperature, top_p, stop))
+        `reply` is what `reply` would have returned. The prompt is made (clips encoded, limits checked:
+        their errors raise) here, the reply generated as the pieces are read."""
+        decoded: dict[int, torch.Tensor] = {}
+        if self.unheard(messages, decoded):
+            return ReplyStream(_said(NO_SPEECH_REPLY))
+        inputs = self._inputs([messages], decoded, max_new_tokens)
+        return ReplyStream(self._stream(inputs, max_new_tokens, temperature, top_p, stop))
 
     def _stream(
-        self, messages: Sequence[Message], max_new_tokens: int, temperature: float, top_p: float, stop: Sequence[str]
-    ) -> Generator[str, None, Reply]:
-        inputs = self._inputs([messages])
+        self, inputs: dict[str, torch.Tensor], max_new_tokens: int, temperature: float, top_p: float,
+        stop: Sequence[str],
+    ) -> Generator[str, None, Reply]:  # fmt: skip
         streamer = TokenStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         cancel = threading.Event()
         options = self._generation_options(
@@ -251,16 +313,20 @@ class SpeechChat:
         )
         worker.start()
         try:
-            yield from _until_stop(streamer, stop)
+            yield from until_stop(streamer, stop)
         finally:  # a reader that leaves early (a client that hung up) ends the generation too
             cancel.set()
             worker.join()
         return self._reply(inputs, output[0], max_new_tokens, stop)
 
     def transcribe(self, audio: Any, prompt: str = TRANSCRIBE_PROMPT, max_new_tokens: int = 256) -> str:
-        """What the LLM hears in a clip, asked with `prompt`."""
+        """What the LLM hears in a clip, asked with `prompt`; "" for a silent clip."""
         part = audio if isinstance(audio, dict) else {"type": "audio", "path": audio}
-        return self.generate([{"role": "user", "content": [part, {"type": "text", "text": prompt}]}], max_new_tokens)
+        messages = [{"role": "user", "content": [part, {"type": "text", "text": prompt}]}]
+        decoded: dict[int, torch.Tensor] = {}
+        if self.unheard(messages, decoded):
+            return ""
+        return self._generate([messages], decoded, (max_new_tokens, 0.0, 1.0, ()))[0]
 
     # ---- helpers ---------------------------------------------------------------------------
 
@@ -273,8 +339,8 @@ class SpeechChat:
         text = self.tokenizer.decode(new, skip_special_tokens=True)
         eos = self.model.generation_config.eos_token_id
         eos = {eos} if isinstance(eos, int) else set(eos or ())
-        ran_out = bool(new) and len(new) >= max_new_tokens and new[-1] not in eos and _cut(text, stop) == text
-        return Reply(_cut(text, stop), "length" if ran_out else "stop", prompt_tokens, len(new))
+        ran_out = bool(new) and len(new) >= max_new_tokens and new[-1] not in eos and cut(text, stop) == text
+        return Reply(cut(text, stop), "length" if ran_out else "stop", prompt_tokens, len(new))
 
     def _generate_ids(self, inputs: dict[str, torch.Tensor], options: dict[str, Any]) -> torch.Tensor:
         """`model.generate`'s sequences [B, prompt + new]; a single conversation starts from, and leaves
@@ -312,12 +378,26 @@ class SpeechChat:
         """input_ids (B, L) → (B,) bool: which prompts hold sound tokens."""
         return torch.isin(input_ids, self._sound_id_tensor.to(input_ids.device)).any(dim=1)
 
-    def _inputs(self, conversations: list[Sequence[Message]]) -> dict[str, torch.Tensor]:
+    def _inputs(
+        self, conversations: list[Sequence[Message]], decoded: dict[int, torch.Tensor], max_new_tokens: int
+    ) -> dict[str, torch.Tensor]:
+        """The prompts' ids and mask, padded; a prompt that leaves no room for max_new_tokens in the LLM's context
+        (its max_position_embeddings) is a ContextLengthError, before anything is generated."""
         texts = [
             self.tokenizer.apply_chat_template(r, add_generation_prompt=True, tokenize=False)
-            for r in self.render(conversations)
+            for r in self.render(conversations, decoded)
         ]
         inputs = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        context, prompt_tokens = (
+            getattr(self.model.config, "max_position_embeddings", None),
+            inputs["input_ids"].shape[1],
+        )
+        if isinstance(context, int) and prompt_tokens + max_new_tokens > context:
+            raise ContextLengthError(
+                f"the prompt is {prompt_tokens:,} tokens, over the {max(context - max_new_tokens, 0):,} this LLM "
+                f"takes with {max_new_tokens:,} new tokens (its context: {context:,}); use shorter audio, fewer "
+                "turns or fewer new tokens"
+            )
         return {k: v.to(self.model.device) for k, v in inputs.items()}
 
     def _generation_options(
@@ -334,9 +414,9 @@ class SpeechChat:
             options |= {"do_sample": True, "temperature": temperature, "top_p": top_p}
         else:
             options |= {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        criteria = [_StopStrings(self.tokenizer, stop, prompt_length)] if stop else []
+        criteria = [StopStrings(self.tokenizer, stop, prompt_length)] if stop else []
         if cancel is not None:
-            criteria.append(_Cancelled(cancel))
+            criteria.append(Cancelled(cancel))
         if criteria:
             options["stopping_criteria"] = StoppingCriteriaList(criteria)
         return options
@@ -363,68 +443,11 @@ def tokens_to_prompt(
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-class _StopStrings(StoppingCriteria):
-    """Ends a sequence once its reply so far contains a stop string (any tokenizer, any split)."""
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: Sequence[str], prompt_length: int):
-        self.tokenizer, self.stop, self.prompt_length = tokenizer, list(stop), prompt_length
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        replies = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
-        return torch.tensor([any(s in r for s in self.stop) for r in replies], device=input_ids.device)
-
-
-class _Cancelled(StoppingCriteria):
-    """Ends every sequence once `event` is set."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+def _said(text: str) -> Generator[str, None, Reply]:
+    """A reply known without the LLM, as a stream's pieces: all of it at once, at no token's cost."""
+    yield text
+    return Reply(text, "stop", 0, 0)
 
 
 def _shared_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
-
-
-def _cut(text: str, stop: Sequence[str]) -> str:
-    """The text before the first stop string."""
-    ends = [i for s in stop if (i := text.find(s)) >= 0]
-    return text[: min(ends)] if ends else text
-
-
-class TokenStreamer(TextIteratorStreamer):
-    """Each new token's text as soon as it decodes to whole characters. transformers' own streamer holds
-    text back to the last space, so a first word (or a reply with no spaces) arrives late."""
-
-    def put(self, value: torch.Tensor) -> None:
-        """value: the prompt (1, T) first (skipped), then each new token (1,)."""
-        if self.skip_prompt and self.next_tokens_are_prompt:
-            self.next_tokens_are_prompt = False
-            return
-        self.token_cache.extend(value.reshape(-1).tolist())
-        text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
-        if len(text) > self.print_len and not text.endswith("\ufffd"):  # U+FFFD: a character not yet whole
-            self.on_finalized_text(text[self.print_len :])
-            self.print_len = len(text)
-
-
-def _until_stop(pieces: Iterator[str], stop: Sequence[str]) -> Iterator[str]:
-    """Pass pieces on, holding back a tail that could begin a stop string, and end before one."""
-    hold = max((len(s) for s in stop), default=1) - 1
-    text, sent = "", 0
-    for piece in pieces:
-        text += piece
-        cut = _cut(text, stop)
-        if len(cut) < len(text):  # a stop string appeared: send up to it, swallow the rest
-            if len(cut) > sent:
-                yield cut[sent:]
-            for _ in pieces:  # let generation finish (it stops on the same string)
-                pass
-            return
-        if len(text) - hold > sent:
-            yield text[sent : len(text) - hold]
-            sent = len(text) - hold
-    if len(text) > sent:
-        yield text[sent:]

@@ -17,6 +17,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -78,7 +79,9 @@ def _with_adapter(
         tokenizer = AutoTokenizer.from_pretrained(adapter)
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     try:
-        peft_model = PeftModel.from_pretrained(model, adapter)
+        with warnings.catch_warnings():  # peft asks a deprecated property of every model it wraps: not the user's
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+            peft_model = PeftModel.from_pretrained(model, adapter)
         merged = [m.get_base_layer() for m in peft_model.modules() if isinstance(m, LoraLayer)]
         before = [layer.weight.detach().clone() for layer in merged] if keep_base else []
         model = peft_model.merge_and_unload()

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from auralm.tokenizer import SAMPLE_RATE, SpeechTokenizer, load_audio
+from auralm.tokenizer.audio import check_seconds, is_loaded_audio
 
 Message = dict[str, Any]
 ENCODED_CLIPS_KEPT = 256  # token strings of recent clips kept for later turns (about 10 KB each)
@@ -39,9 +40,13 @@ class ClipStrings:
 
     def lookup(self, parts: Sequence[Message]) -> tuple[list[tuple | None], list[str | None], list[Any]]:
         """Each audio part's key, its string when known (else None), and the audio of the unknown ones."""
-        keys = [_audio_key(part) for part in parts]
-        strings = [self._strings.get(key) if key is not None else None for key in keys]
+        keys, strings = self.known(parts)
         return keys, strings, [_audio_source(part) for part, s in zip(parts, strings, strict=True) if s is None]
+
+    def known(self, parts: Sequence[Message]) -> tuple[list[tuple | None], list[str | None]]:
+        """`lookup` without the audio: each part's key, and its string when known (else None)."""
+        keys = [_audio_key(part) for part in parts]
+        return keys, [self._strings.get(key) if key is not None else None for key in keys]
 
     def complete(
         self, keys: Sequence[tuple | None], strings: Sequence[str | None], codes: Sequence[torch.Tensor]
@@ -84,6 +89,21 @@ def with_audio_strings(conversations: Sequence[Sequence[Message]], strings: Sequ
 def message_text(pieces: Sequence[str]) -> str:
     """A message's parts (sound-token strings, text) joined into its content."""
     return "\n".join(pieces)
+
+
+def clip_audio(part: Message, max_seconds: float) -> torch.Tensor:
+    """An audio part's clip as the speech tokenizer takes it, float32 16 kHz (samples,): a file (or its bytes)
+    decoded, an array at another rate resampled, a decoded 16 kHz clip as it is. Audio over max_seconds is refused
+    (AudioError), a file before it is decoded."""
+    if "path" in part:
+        return load_audio(part["path"], max_seconds=max_seconds)
+    if "array" not in part:
+        raise ValueError("an audio part needs 'path' (a file, or its bytes), or 'array' with 'sampling_rate'")
+    array, rate = part["array"], part.get("sampling_rate", SAMPLE_RATE)
+    if is_loaded_audio(array, rate):  # a server's decoded upload: nothing to copy
+        check_seconds(len(array) / SAMPLE_RATE, max_seconds, f"<array {tuple(array.shape)}>")
+        return array
+    return load_audio(array, rate, max_seconds=max_seconds)
 
 
 def _parts(message: Message) -> list[Any]:

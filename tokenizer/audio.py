@@ -1,4 +1,5 @@
-"""Audio input: any file, bytes or array → float32 mono 16 kHz in [-1, 1]; long audio → ≤ 30 s windows.
+"""Audio input: any file, bytes or array → float32 mono 16 kHz in [-1, 1]; long audio → ≤ 30 s windows; a file
+checked from its header alone (`probe_audio`); silence told apart from sound (`is_silent`).
 
 Decoding uses soundfile (libsndfile: wav, flac, ogg/vorbis, opus, mp3, …), so no
 ffmpeg is needed. Every failure is an `AudioError` whose message starts with the
@@ -28,6 +29,14 @@ MIN_SAMPLE_RATE = 8_000  # telephone speech; below it speech is unintelligible
 MAX_SAMPLE_RATE = 768_000  # the highest rate audio interfaces record at
 MAX_CHANNELS = 32  # more is a misread array (samples taken for channels), not a recording
 DEFAULT_MAX_SECONDS = 3600.0  # decoding more at once costs GBs; raise it for long recordings
+# The longest clip a conversation or a transcription takes: SpeechChat, `auralm chat`, `auralm transcribe`,
+# `auralm whisper` (--max-audio-seconds) and the servers (`auralm serve --max-audio-seconds`, the web demo).
+# 300 s are 7,500 sound tokens at 25 a second: with a reply, within an 8,192-token context.
+MAX_AUDIO_SECONDS = 300.0
+# A clip is silence when no QUIET_SECONDS (0.1 s) span of it reaches this RMS level, in dB of full scale:
+# digital silence and a quiet room's hiss (about −60 dBFS) are below, whispered speech (−40 dBFS and up) and
+# a single click are above. `is_silent`.
+SILENCE_DBFS = -50.0
 MAX_RESAMPLE_DENOMINATOR = 1000  # odd rates (22051 Hz) are resampled via a ratio this simple
 UNKNOWN_WAV_SIZE = 0x7FFF0000  # WAV data sizes from here up mean "streamed, length unknown"
 # Files a folder is searched for (what libsndfile decodes).
@@ -117,6 +126,83 @@ def split_windows(
     return windows
 
 
+def probe_audio(path: str | os.PathLike, max_seconds: float = DEFAULT_MAX_SECONDS) -> float:
+    """Check an audio file from its header, without decoding it: it exists, libsndfile reads it, and its channels,
+    sample rate and length (at most max_seconds) are usable. Returns its length in seconds. Raises the AudioError
+    load_audio would; a file that passes may still turn out truncated or corrupt when it is decoded.
+
+    The front ends check their files this way before they load any model, so a typo costs no start-up.
+    """
+    name = os.fspath(path)
+    if not os.path.exists(path):
+        raise AudioError(f"{name}: no such file")
+    if os.path.isdir(path):
+        raise AudioError(f"{name}: is a directory, not an audio file")
+    if os.path.getsize(path) == 0:
+        raise AudioError(f"{name}: empty file (0 bytes)")
+    info = _info(name, name)
+    _check_header(info, name, max_seconds)
+    if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+        raise AudioError(
+            f"{name}: sample rate {info.samplerate} Hz is outside {MIN_SAMPLE_RATE}–{MAX_SAMPLE_RATE} Hz; "
+            "is it the rate of this audio?"
+        )
+    return info.frames / info.samplerate
+
+
+def check_seconds(seconds: float, max_seconds: float, name: str) -> None:
+    """The one length rule of every front end: audio over max_seconds is an AudioError naming the limit."""
+    if seconds > max_seconds:
+        raise AudioError(
+            f"{name}: {seconds:.0f} s long, over the {max_seconds:.0f} s limit; "
+            "split it, or raise the limit (--max-audio-seconds; max_seconds= in Python)"
+        )
+
+
+def is_silent(audio: torch.Tensor, threshold_dbfs: float = SILENCE_DBFS) -> bool:
+    """Whether a 16 kHz clip (samples,) in [-1, 1] holds no sound to hear: no QUIET_SECONDS (0.1 s) span of it
+    reaches threshold_dbfs in RMS (see SILENCE_DBFS). Spans overlap by half, and the clip's last span counts too.
+    An empty clip is silent."""
+    n = audio.shape[-1]
+    if n == 0:
+        return True
+    span = max(1, min(n, round(QUIET_SECONDS * SAMPLE_RATE)))
+    power = audio.detach().reshape(1, 1, -1).float().square()
+    loudest = torch.nn.functional.avg_pool1d(power, span, stride=max(1, span // 2)).max()
+    loudest = torch.maximum(loudest, power[..., n - span :].mean())
+    return bool(loudest < 10 ** (threshold_dbfs / 10))
+
+
+def is_loaded_audio(item: AudioSource, sample_rate: int = SAMPLE_RATE) -> bool:
+    """Whether `item` is already what load_audio makes: a non-empty (samples,) float32 CPU tensor at
+    16 kHz within [-1, 1] (NaN fails the comparison), such as a server's decoded upload."""
+    return (
+        isinstance(item, torch.Tensor)
+        and sample_rate == SAMPLE_RATE
+        and item.dtype == torch.float32
+        and item.dim() == 1
+        and item.device.type == "cpu"
+        and len(item) > 0
+        and bool(item.abs().max() <= 1)
+    )
+
+
+def _info(file: str | BinaryIO, name: str):
+    """soundfile's header information (format, channels, rate, frames), or the AudioError of an unreadable file."""
+    try:
+        return soundfile.info(file)
+    except (soundfile.SoundFileError, RuntimeError, TypeError) as e:
+        raise AudioError(
+            f"{name}: not a readable audio file ({_reason(e)}); supported: wav, flac, ogg, opus, mp3, …"
+        ) from e
+
+
+def _check_header(info, name: str, max_seconds: float) -> None:
+    if info.samplerate > 0:
+        check_seconds(info.frames / info.samplerate, max_seconds, name)
+    _check_channels(info.channels, name)
+
+
 def _describe(source: AudioSource) -> str:
     if isinstance(source, (str, os.PathLike)):
         return os.fspath(source)
@@ -149,18 +235,8 @@ def _decode(source: AudioSource, name: str, max_seconds: float) -> tuple[torch.T
     if not data:
         raise AudioError(f"{name}: empty file (0 bytes)")
 
-    try:
-        info = soundfile.info(io.BytesIO(data))
-    except (soundfile.SoundFileError, RuntimeError, TypeError) as e:
-        raise AudioError(
-            f"{name}: not a readable audio file ({_reason(e)}); supported: wav, flac, ogg, opus, mp3, …"
-        ) from e
-    if info.samplerate > 0 and info.frames / info.samplerate > max_seconds:
-        raise AudioError(
-            f"{name}: {info.frames / info.samplerate:.0f} s long, over the {max_seconds:.0f} s limit; "
-            "split it, or raise the limit (max_seconds=; the server's --max-audio-seconds)"
-        )
-    _check_channels(info.channels, name)
+    info = _info(io.BytesIO(data), name)
+    _check_header(info, name, max_seconds)
     try:
         samples, sample_rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)  # (samples, channels)
     except (soundfile.SoundFileError, RuntimeError, ValueError) as e:
@@ -243,11 +319,7 @@ def _to_mono_16k(samples: torch.Tensor, sample_rate: int, name: str, max_seconds
     _check_channels(samples.shape[0], name)
     if samples.shape[1] == 0:
         raise AudioError(f"{name}: contains no samples")
-    if samples.shape[1] / sample_rate > max_seconds:
-        raise AudioError(
-            f"{name}: {samples.shape[1] / sample_rate:.0f} s long, over the {max_seconds:.0f} s limit; "
-            "split it, or raise the limit (max_seconds=; the server's --max-audio-seconds)"
-        )
+    check_seconds(samples.shape[1] / sample_rate, max_seconds, name)
     if not torch.isfinite(samples).all():
         raise AudioError(f"{name}: contains NaN or infinite samples")
     mono = samples.mean(dim=0)

@@ -108,12 +108,14 @@ def transcribe(
     language: str | None = None,
     batch_size: int = 8,
     temperatures: Sequence[float] = FALLBACK_TEMPERATURES,
+    prompt: str | None = None,
 ) -> Transcript:
     """Transcribe a 16 kHz clip of any length: split at quiet points, decode windows in batches.
 
     Greedy first; a window whose text repeats itself or scores too low is decoded again at
     rising temperatures, as openai-whisper's `transcribe` does ((0.0,): greedy only, deterministic).
-    audio: (samples,). language: e.g. "en"; None detects it on multilingual models.
+    audio: (samples,). language: e.g. "en"; None detects it on multilingual models. prompt: earlier text as
+    context for every window (OpenAI's `prompt`).
     """
     language = resolve_language(model, language)
     parameter = next(model.parameters())
@@ -124,7 +126,7 @@ def transcribe(
         mels = torch.stack([log_mel(audio[w.start : w.end], model.dims.n_mels) for w in batch])
         seconds = max(w.end - w.start for w in batch) / SAMPLE_RATE
         mels = mels.to(parameter.device, parameter.dtype)
-        results += decode_with_fallback(model, mels, language, temperatures=temperatures, seconds=seconds)
+        results += decode_with_fallback(model, mels, language, prompt, temperatures, seconds)
     languages = [r.language for r in results]
     text = " ".join(r.text.strip() for r in results if r.text.strip())
     return Transcript(text, language or max(set(languages), key=languages.count), len(windows))

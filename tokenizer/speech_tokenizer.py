@@ -24,7 +24,7 @@ from whisper.model import Whisper
 from auralm.checkpoints import CheckpointError, load_whisper, shipped_model
 from auralm.checkpoints.registry import SHIPPED_TOKENIZER, names_shipped_tokenizer
 from auralm.checkpoints.whisper_vq import read_whisper_vq
-from auralm.tokenizer.audio import SAMPLE_RATE, AudioSource, Window, load_audio, split_windows
+from auralm.tokenizer.audio import SAMPLE_RATE, AudioSource, Window, is_loaded_audio, load_audio, split_windows
 from auralm.tokenizer.backbone import (
     FALLBACK_TEMPERATURES,
     decode_with_fallback,
@@ -262,7 +262,7 @@ class SpeechTokenizer(nn.Module):
     # ---- helpers -------------------------------------------------------------------------
 
     def _load(self, item: AudioSource, sample_rate: int) -> torch.Tensor:
-        if _is_loaded(item, sample_rate):  # load_audio would return it unchanged: skip the copies
+        if is_loaded_audio(item, sample_rate):  # load_audio would return it unchanged: skip the copies
             return item
         is_array = isinstance(item, torch.Tensor) or hasattr(item, "__array_interface__")
         return load_audio(item, sample_rate if is_array else None)
@@ -290,23 +290,27 @@ def window_mels(audio: torch.Tensor, config: TokenizerConfig) -> tuple[torch.Ten
     return torch.stack(mels), [config.num_codes(w.end - w.start) for w in windows]
 
 
-def _is_loaded(item: AudioSource, sample_rate: int) -> bool:
-    """Whether `item` is already what load_audio makes: a non-empty (samples,) float32 CPU tensor at
-    16 kHz within [-1, 1] (NaN fails the comparison), such as a server's decoded upload."""
-    return (
-        isinstance(item, torch.Tensor)
-        and sample_rate == SAMPLE_RATE
-        and item.dtype == torch.float32
-        and item.dim() == 1
-        and item.device.type == "cpu"
-        and len(item) > 0
-        and bool(item.abs().max() <= 1)
-    )
+def read_config(source: str | os.PathLike | None = None) -> TokenizerConfig:
+    """A speech tokenizer's config without the tokenizer: "default" or None (the shipped one) or an auralm folder
+    read from its config.json alone, an Ichigo / WhisperSpeech file from its weights; no Whisper is loaded
+    (n_mels, when the file does not say, is Whisper's 80)."""
+    path = shipped_model(SHIPPED_TOKENIZER) if names_shipped_tokenizer(source) else Path(source)
+    if path.is_dir():
+        fields = _read_auralm_config(path)
+        fields.pop("tokenizer_hash", None)
+    elif path.is_file():
+        fields, _ = read_whisper_vq(path)
+    else:
+        raise CheckpointError(f"{path}: no such tokenizer folder or checkpoint file")
+    try:
+        return TokenizerConfig.from_dict(fields)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: bad tokenizer config: {e}") from e
 
 
-def _read_auralm_folder(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-    if not config_path.is_file() or not weights_path.is_file():
+def _read_auralm_config(directory: Path) -> dict[str, Any]:
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file():
         raise CheckpointError(f"{directory}: not a tokenizer folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
     try:
         fields = json.loads(config_path.read_text())
@@ -316,6 +320,14 @@ def _read_auralm_folder(directory: Path) -> tuple[dict[str, Any], dict[str, torc
         raise CheckpointError(f"{config_path}: not an auralm speech tokenizer config")
     if fields.pop("format_version", None) != FORMAT_VERSION:
         raise CheckpointError(f"{config_path}: written by a newer auralm (format version); upgrade auralm")
+    return fields
+
+
+def _read_auralm_folder(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    weights_path = directory / WEIGHTS_FILE
+    fields = _read_auralm_config(directory)
+    if not weights_path.is_file():
+        raise CheckpointError(f"{directory}: not a tokenizer folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
     try:
         state_dict = safetensors.torch.load_file(weights_path)
     except Exception as e:  # safetensors raises its own error types

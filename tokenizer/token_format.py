@@ -17,6 +17,9 @@ SOUND_START = "<|sound_start|>"
 SOUND_END = "<|sound_end|>"
 # The instruction speech LLMs learn transcription with: training data (auralm.data) and SpeechChat.transcribe share it.
 TRANSCRIBE_PROMPT = "Transcribe the speech."
+# The reply to a clip without speech: what the speech LLM is trained to say (auralm.data.noise's REFUSAL), and what
+# SpeechChat answers a silent clip with without running the LLM.
+NO_SPEECH_REPLY = "I couldn't hear any speech in that."
 _SOUND_TOKEN = re.compile(r"<\|sound_(\d{4,})\|>")
 
 

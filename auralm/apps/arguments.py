@@ -2,7 +2,8 @@
 the models those arguments name, and running a command over audio files.
 
 Argument types raise argparse.ArgumentTypeError, which argparse reports as "argument --flag: message". Nothing
-here imports torch before a command runs, so `auralm --help` answers at once.
+here imports torch before a command runs, so `auralm --help` answers at once. Files and paths are checked before
+any model loads (`usable_audio_files`, `check_model_paths`), so a typo costs no start-up.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, NamedTuple, TextIO
 
 from tqdm import tqdm
 
@@ -137,6 +138,21 @@ def add_language(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_max_audio_seconds(parser: argparse.ArgumentParser, what: str = "longest clip") -> None:
+    """--max-audio-seconds; unset, `max_audio_seconds` gives the one limit of auralm.tokenizer.audio (the servers')."""
+    parser.add_argument(
+        "--max-audio-seconds",
+        type=positive_float,
+        help=f"{what}, in seconds; longer audio is refused (default: 300, as the servers)",
+    )
+
+
+def max_audio_seconds(args: argparse.Namespace) -> float:
+    from auralm.tokenizer.audio import MAX_AUDIO_SECONDS
+
+    return getattr(args, "max_audio_seconds", None) or MAX_AUDIO_SECONDS
+
+
 def add_device(parser: argparse.ArgumentParser, choices: tuple[str, ...] | None = None, note: str = "") -> None:
     """--device, default auto: the one rule of auralm.devices, stated in the help. choices: to narrow the devices
     a command takes (all of `device` by default); note: what else the command does with it."""
@@ -194,14 +210,26 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 # ---- the models the arguments name --------------------------------------------------------------------
 
 
+def check_model_paths(args: argparse.Namespace) -> None:
+    """The LLM and adapter folders or files --llm and --adapter name exist, so a typo fails before the speech
+    tokenizer loads (which checks its own --checkpoint and --whisper first thing)."""
+    from auralm.lm.loading import DEFAULT_LLM
+
+    for flag, value in (("--llm", args.llm), ("--adapter", args.adapter)):
+        if value is not None and value != DEFAULT_LLM and not Path(value).exists():
+            raise UsageError(f"{flag} {value}: no such file or folder")
+
+
 def load_speech_chat(args: argparse.Namespace) -> SpeechChat:
     """The chat `add_model_arguments` names, built by SpeechChat.from_pretrained (the one way every front end
-    builds one); its warnings (an LLM without sound tokens) go to stderr."""
+    builds one); its warnings (an LLM without sound tokens) go to stderr. Its clips may be as long as
+    --max-audio-seconds, where the command has it."""
+    check_model_paths(args)
     from auralm.lm import SpeechChat
 
     return SpeechChat.from_pretrained(
         args.llm, args.checkpoint, adapter=args.adapter, whisper=args.whisper, device=args.device,
-        allow_mismatch=args.allow_mismatch,
+        allow_mismatch=args.allow_mismatch, max_audio_seconds=max_audio_seconds(args),
     )  # fmt: skip
 
 
@@ -250,8 +278,32 @@ def audio_files(inputs: list[str]) -> list[Path]:
     return files
 
 
+class AudioFiles(NamedTuple):
+    """A command's audio files: those whose headers pass (`probe_audio`), and how many of all did not."""
+
+    paths: list[Path]
+    failed: int  # each reported already, as `for_each_file` reports a file that fails
+    total: int
+
+
+def usable_audio_files(files: list[Path], max_seconds: float | None = None) -> AudioFiles:
+    """`files` checked from their headers before any model loads: an unreadable or too long file is reported
+    ("FAILED …" on stderr) and left out. max_seconds: None is load_audio's own limit."""
+    from auralm.tokenizer.audio import DEFAULT_MAX_SECONDS, AudioError, probe_audio
+
+    usable = []
+    for path in files:
+        try:
+            probe_audio(path, max_seconds or DEFAULT_MAX_SECONDS)
+        except AudioError as e:
+            print(f"FAILED {e}", file=sys.stderr)
+            continue
+        usable.append(path)
+    return AudioFiles(usable, len(files) - len(usable), len(files))
+
+
 def for_each_file(
-    files: list[Path],
+    files: AudioFiles,
     work: Callable[[list[Path]], list[str]],
     desc: str,
     batch_size: int = 1,
@@ -264,16 +316,16 @@ def for_each_file(
     is retried file by file, so one bad file costs its batch a retry, not its results.
     output: where lines go (default: stdout). A progress bar shows on stderr when it is a terminal,
     or with progress=True.
-    Returns the exit code: 0 if all succeeded, else 1.
+    Returns the exit code: 0 if all succeeded (those `usable_audio_files` left out count), else 1.
     """
     from auralm.tokenizer import AudioError
 
-    failed = 0
+    failed = files.failed
     started = time.perf_counter()
-    show = (progress or sys.stderr.isatty()) and len(files) > 1
-    with tqdm(total=len(files), desc=desc, unit="file", disable=not show, file=sys.stderr) as bar:
-        for first in range(0, len(files), batch_size):
-            batch = files[first : first + batch_size]
+    show = (progress or sys.stderr.isatty()) and len(files.paths) > 1
+    with tqdm(total=len(files.paths), desc=desc, unit="file", disable=not show, file=sys.stderr) as bar:
+        for first in range(0, len(files.paths), batch_size):
+            batch = files.paths[first : first + batch_size]
             try:
                 lines = work(batch)
             except AudioError:
@@ -290,9 +342,9 @@ def for_each_file(
                 else:
                     print(line, file=output, flush=True)
             bar.update(len(batch))
-    if len(files) > 1:
+    if files.total > 1:
         print(
-            f"{len(files) - failed} of {len(files)} files done in {time.perf_counter() - started:.1f} s"
+            f"{files.total - failed} of {files.total} files done in {time.perf_counter() - started:.1f} s"
             + (f"; {failed} failed (see above)" if failed else ""),
             file=sys.stderr,
         )

@@ -1,9 +1,12 @@
-"""`auralm chat`: one question (--prompt) or an interactive session, answers streamed as they come.
+"""`auralm chat`: one question (--prompt), a clip (--audio: answered as it is, a complete request), or an
+interactive session after it, answers streamed as they come.
 
 In the session, a line is a message to the model; commands start with a slash:
     /audio FILE   attach a clip to the next message     /reset   forget the conversation
     /exit         leave (so does end of input)
-Ctrl-C during a reply stops that reply and returns to the prompt; at the prompt it ends the session.
+Ctrl-C during a reply stops that reply and returns to the prompt; at the prompt it ends the session. A message the
+model cannot take (a clip over the limit, a conversation beyond the LLM's context) is reported, and the session
+goes on. A silent clip is answered that no speech was heard (SpeechChat).
 """
 
 from __future__ import annotations
@@ -14,7 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from auralm.apps.arguments import add_model_arguments, load_speech_chat, non_negative_float, positive_int
+from auralm.apps.arguments import (
+    add_max_audio_seconds,
+    add_model_arguments,
+    load_speech_chat,
+    max_audio_seconds,
+    non_negative_float,
+    positive_int,
+)
+from auralm.errors import AuralmError
 
 if TYPE_CHECKING:
     from auralm.lm import SpeechChat
@@ -28,7 +39,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "chat", help="talk with the LLM about audio: one --prompt, or an interactive session"
     )
     parser.add_argument("--prompt", help="ask this once and exit; without it, an interactive session starts")
-    parser.add_argument("--audio", type=Path, help="a clip to go with --prompt (or with the first message)")
+    parser.add_argument(
+        "--audio", type=Path, help="a clip to go with --prompt; alone, the clip is answered, then the session starts"
+    )
+    add_max_audio_seconds(parser)
     add_model_arguments(parser)
     parser.add_argument("--max-new-tokens", type=positive_int, default=256, help="longest reply (default: 256)")
     parser.add_argument(
@@ -38,24 +52,41 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.audio is not None:  # before the models load: a typo costs no start-up
+        from auralm.tokenizer.audio import probe_audio
+
+        probe_audio(args.audio, max_audio_seconds(args))
     chat = load_speech_chat(args)
     options = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
     if args.prompt is not None:
         _, stopped = _print_stream(chat.stream([_message(args.prompt, args.audio)], **options), sys.stdout)
         return 130 if stopped else 0
-    return session(chat, sys.stdin, sys.stdout, args.audio, **options)
+    history: list[dict] = []
+    if args.audio is not None:  # a clip alone is a whole request: answered, then the session goes on
+        history.append(_message("", args.audio))
+        reply, stopped = _print_stream(chat.stream(history, **options), sys.stdout)
+        history.append({"role": "assistant", "content": reply})
+        if stopped and not sys.stdin.isatty():
+            return 130
+    return session(chat, sys.stdin, sys.stdout, history=history, **options)
 
 
-def session(chat: SpeechChat, stdin: TextIO, stdout: TextIO, audio: Path | None = None, **options: Any) -> int:
-    """Talk until /exit or end of input: lines from stdin, replies streamed to stdout, notes on stderr.
+def session(
+    chat: SpeechChat, stdin: TextIO, stdout: TextIO, audio: Path | None = None, history: list[dict] | None = None,
+    **options: Any,
+) -> int:  # fmt: skip
+    """Talk until /exit or end of input: lines from stdin, replies streamed to stdout, notes on stderr (the
+    commands' help only on a terminal).
 
-    audio: a clip for the first message. options: for `SpeechChat.stream` (max_new_tokens, temperature).
-    A reply stopped by Ctrl-C stays in the conversation as far as it was printed.
+    audio: a clip for the first message. history: the conversation so far. options: for `SpeechChat.stream`
+    (max_new_tokens, temperature). A reply stopped by Ctrl-C stays in the conversation as far as it was printed;
+    a message that fails (AuralmError) is reported and left out of it.
     """
     from auralm.tokenizer import AudioError, load_audio
 
-    print(HELP, file=sys.stderr)
-    history: list[dict] = []
+    if stdin.isatty():
+        print(HELP, file=sys.stderr)
+    history = list(history or [])
     for line in _lines(stdin):
         command, _, argument = line.partition(" ")
         if command in ("/exit", "/quit"):
@@ -69,8 +100,8 @@ def session(chat: SpeechChat, stdin: TextIO, stdout: TextIO, audio: Path | None 
                 print("usage: /audio FILE (a clip to attach to your next message)", file=sys.stderr)
                 continue
             path = Path(argument.strip())
-            try:
-                load_audio(path)  # a bad file is reported now, not after the next message
+            try:  # a bad file is reported now, not after the next message
+                load_audio(path, max_seconds=chat.max_audio_seconds)
             except AudioError as e:
                 print(f"error: {e}", file=sys.stderr)
                 continue
@@ -79,18 +110,26 @@ def session(chat: SpeechChat, stdin: TextIO, stdout: TextIO, audio: Path | None 
         elif command.startswith("/"):
             print(f"unknown command {command}; {HELP}", file=sys.stderr)
         elif line:
-            history.append(_message(line, audio))
-            audio = None
-            reply, _ = _print_stream(chat.stream(history, **options), stdout)
-            history.append({"role": "assistant", "content": reply})
+            message, audio = _message(line, audio), None
+            try:
+                pieces = chat.stream([*history, message], **options)
+            except AuralmError as e:  # a clip over the limit or gone, a conversation beyond the context
+                print(f"error: {e}", file=sys.stderr)
+                continue
+            except KeyboardInterrupt:
+                print("(reply stopped)", file=sys.stderr)
+                continue
+            reply, _ = _print_stream(pieces, stdout)
+            history += [message, {"role": "assistant", "content": reply}]
     return 0
 
 
 def _message(text: str, audio: Path | None) -> dict:
-    """Text first, then the clip: models read the question before the sound."""
+    """Text first, then the clip: models read the question before the sound. No text: the clip alone."""
     if audio is None:
         return {"role": "user", "content": text}
-    return {"role": "user", "content": [{"type": "text", "text": text}, {"type": "audio", "path": audio}]}
+    parts = [{"type": "text", "text": text}] if text else []
+    return {"role": "user", "content": [*parts, {"type": "audio", "path": audio}]}
 
 
 def _lines(stdin: TextIO) -> Iterator[str]:

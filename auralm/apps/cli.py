@@ -5,7 +5,8 @@
 Exit codes: 0 done; 1 some inputs failed (each reported, the rest still done);
 2 nothing was done: bad arguments, a missing path, weights that do not load.
 Every error is one line on stderr. torch, transformers and Whisper load inside the
-commands that use them, so `auralm --help` answers at once.
+commands that use them, so `auralm --help` answers at once. Progress bars show on a terminal or with
+--progress, the libraries' (transformers' "Loading weights") as auralm's own.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from typing import NoReturn
 
 import auralm
@@ -43,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += unknown
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if not (getattr(args, "progress", False) or sys.stderr.isatty()):
+        quiet_library_progress_bars()
+    # peft asks every model it wraps a property transformers 5 deprecated: noise, not the user's to act on (the
+    # training recipes wrap models too; SpeechChat's loading filters it where it builds one)
+    warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
     try:
         return args.run(args)
     except (UsageError, AuralmError) as e:
@@ -54,6 +61,22 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader of stdout left (`auralm … | head`): stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush fails silently
         return 1
+
+
+def quiet_library_progress_bars() -> None:
+    """No progress bars from Hugging Face libraries (transformers' "Loading weights", the hub's) in this process:
+    through the environment for those not imported yet, through their switches for those that are."""
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") is not None:  # set by the user (or by an earlier call)
+        return
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "huggingface_hub" in sys.modules:
+        import huggingface_hub.utils
+
+        huggingface_hub.utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        import transformers.utils.logging
+
+        transformers.utils.logging.disable_progress_bar()
 
 
 def build_parser() -> argparse.ArgumentParser:

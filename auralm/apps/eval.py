@@ -16,7 +16,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "eval", help="the quality report: WERs, spoken-QA accuracy, refusals, text answers kept, on held-out clips"
     )
     parser.add_argument(
-        "manifest", type=Path, help="a clip manifest (JSONL: audio, text, kind, answer), as synthetic_speech writes"
+        "manifest",
+        type=Path,
+        help="a clip manifest, JSONL: audio (relative to the manifest), text, kind (transcript, or question with its "
+        "answer), optional id and language; as `auralm data synth` writes test.jsonl",
     )
     parser.add_argument("--limit", type=positive_int, help="evaluate the first N clips only (default: all)")
     parser.add_argument("--json", type=Path, help="also write the whole report, every reply included, to this file")
@@ -37,8 +40,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from auralm.evaluation import evaluate, format_report, read_clips
     from auralm.lm import DEFAULT_LLM
+    from auralm.tokenizer.audio import probe_audio
 
-    clips = read_clips(args.manifest, args.limit)  # a bad manifest is reported before the models load
+    clips = read_clips(args.manifest, args.limit)  # a bad manifest is reported before the models load,
+    for clip in clips:  # and so is a clip that is not audio
+        probe_audio(clip.audio)
+    if args.base_llm not in (None, DEFAULT_LLM) and not Path(args.base_llm).exists():
+        raise UsageError(f"--base-llm {args.base_llm}: no such file or folder")
     report = evaluate(
         load_speech_chat(args), clips, base_llm=args.base_llm or DEFAULT_LLM, noise_clips=args.noise_clips,
         progress=args.progress or sys.stderr.isatty(),

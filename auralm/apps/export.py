@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from auralm.apps.arguments import (
+    UsageError,
     add_device,
     add_progress,
     add_speech_tokenizer,
@@ -56,6 +57,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--audio-column", default="audio", help="of a datasets folder or Parquet input (default: audio)"
     )
     parser.add_argument("--text-column", default="text", help="of a datasets folder or Parquet input (default: text)")
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="also do again the shards holding inputs that failed (errors.jsonl), e.g. once those files are mended",
+    )
     add_progress(parser)
     parser.set_defaults(run=run)
 
@@ -66,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     from auralm.distributed import init_distributed
     from auralm.tokenizer import SpeechTokenizer
 
+    if not Path(args.input).exists():  # before the tokenizer loads: a typo costs no start-up
+        raise UsageError(f"{args.input}: no such file or folder")
     # auto: the device type of auralm.devices' rule; init_distributed gives each torchrun process its own GPU
     world = init_distributed(default_device().type if args.device == AUTO else args.device)
     try:
@@ -83,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
             audio_column=args.audio_column,
             text_column=args.text_column,
             progress=args.progress or sys.stderr.isatty(),
+            retry_failed=args.retry_failed,
         )
     finally:
         world.close()

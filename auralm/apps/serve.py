@@ -11,7 +11,16 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from auralm.apps.arguments import UsageError, add_model_arguments, load_speech_chat, port, positive_float, positive_int
+from auralm.apps.arguments import (
+    UsageError,
+    add_max_audio_seconds,
+    add_model_arguments,
+    load_speech_chat,
+    max_audio_seconds,
+    port,
+    positive_float,
+    positive_int,
+)
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -29,9 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=port, default=8000, help="(default: 8000)")
     parser.add_argument("--max-body-mb", type=positive_float, default=25.0, help="largest request body (default: 25)")
-    parser.add_argument(
-        "--max-audio-seconds", type=positive_float, default=300.0, help="longest clip in a request (default: 300)"
-    )
+    add_max_audio_seconds(parser, "longest clip in a request")
     parser.add_argument(
         "--max-new-tokens", type=positive_int, default=1024, help="largest max_tokens a request may ask (default: 1024)"
     )
@@ -58,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     limits = ServerLimits(
         max_body_bytes=int(args.max_body_mb * 2**20),
-        max_audio_seconds=args.max_audio_seconds,
+        max_audio_seconds=max_audio_seconds(args),
         max_new_tokens=args.max_new_tokens,
         max_waiting=args.max_waiting,
     )

@@ -5,9 +5,9 @@
     POST /v1/audio/transcriptions  multipart `file`; response_format json, text, verbose_json, srt or vtt
     GET  /v1/models, GET /health
 
-Transcription reads the sound tokens with the speech tokenizer's Whisper decoder (`auralm transcribe`),
-unless the form's `model` names the served LLM: then the LLM transcribes. Long audio is cut into the
-speech tokenizer's windows (30 s by default) at quiet points, one segment each.
+Transcription (auralm.apps.transcription) runs Whisper itself for `whisper-1` (the speech tokenizer's backbone),
+reads the sound tokens back with its decoder for `auralm-tokens`, and lets the LLM transcribe for the LLM's
+name. Long audio is cut into the speech tokenizer's windows at quiet points, one segment each.
 
 Limits guard the one model every request shares: request body size, audio seconds, new tokens,
 and how many requests may wait for the model (more get 429). A bad request gets a 4xx with an
@@ -33,20 +33,24 @@ from typing import Any
 import anyio
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from auralm.apps.transcription import (
+    TOKENS_MODEL,
+    TRANSCRIPTION_FORMATS,
+    WHISPER_MODEL,
+    read_windows,
+    transcription_response,
+)
 from auralm.errors import AuralmError
 from auralm.lm.chat import Reply, ReplyStream, SpeechChat
 from auralm.tokenizer import SAMPLE_RATE, AudioError, load_audio
+from auralm.tokenizer.audio import MAX_AUDIO_SECONDS
 
-# The name OpenAI clients send for transcription; here it means the speech tokenizer's Whisper
-# decoder reading the sound tokens (the served LLM's name means the LLM transcribes).
-TRANSCRIPTION_MODEL = "whisper-1"
-TRANSCRIPTION_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 PART_TYPES = "'text', 'input_audio' or 'audio_url'"
 logger = logging.getLogger(__name__)
 
@@ -54,7 +58,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ServerLimits:
     max_body_bytes: int = 25 * 2**20  # OpenAI's audio upload limit
-    max_audio_seconds: float = 300.0
+    max_audio_seconds: float = MAX_AUDIO_SECONDS
     max_new_tokens: int = 1024
     max_waiting: int = 8  # requests queued for the model beyond the one it is answering
 
@@ -73,9 +77,11 @@ class RequestError(Exception):
 
 
 def create_app(chat: SpeechChat, model_name: str, limits: ServerLimits = ServerLimits()) -> FastAPI:
+    """The app serving `chat` as `model_name`; the chat takes clips as long as the server does."""
     app = base_app(limits)
     queue = _ModelQueue(limits.max_waiting)
-    served = (model_name, TRANSCRIPTION_MODEL)
+    served = (model_name, WHISPER_MODEL, TOKENS_MODEL)
+    chat.max_audio_seconds = limits.max_audio_seconds
 
     @app.get("/health")
     async def health() -> dict:
@@ -146,9 +152,18 @@ async def _chat_completion(
     include_usage = _include_usage(body)
     if body.get("stream"):
         await queue.take()  # held until the stream ends; released by _StreamedReply
-        pieces = chat.stream(messages, **options)
+        try:  # the prompt is made (and checked) here; the generation runs as the response is sent
+            pieces = await run_in_threadpool(lambda: chat.stream(messages, **options))
+        except BaseException as e:
+            queue.lock.release()
+            if isinstance(e, AuralmError):
+                raise _prompt_error(e) from e
+            raise
         return _StreamedReply(pieces, queue.lock, completion_id, created, model_name, include_usage)
-    reply: Reply = await queue.run(lambda: chat.reply(messages, **options))
+    try:
+        reply: Reply = await queue.run(lambda: chat.reply(messages, **options))
+    except AuralmError as e:
+        raise _prompt_error(e) from e
     return {
         "id": completion_id,
         "object": "chat.completion",
@@ -165,11 +180,16 @@ async def _chat_completion(
     }
 
 
+def _prompt_error(error: AuralmError) -> RequestError:
+    """A conversation SpeechChat cannot take (over the LLM's context) as OpenAI's 400."""
+    return RequestError(400, str(error), param="messages", code="context_length_exceeded")
+
+
 async def _transcription(
     chat: SpeechChat, model_name: str, limits: ServerLimits, queue: _ModelQueue, request: Request
 ) -> Any:
-    """POST /v1/audio/transcriptions: by the speech tokenizer's Whisper decoder, or by the LLM when the form's
-    model names it; one segment per window of the speech tokenizer."""
+    """POST /v1/audio/transcriptions, by the model the form names (auralm.apps.transcription; whisper-1 when it
+    names none); one segment per window of the speech tokenizer."""
     try:
         form = await request.form()
     except ClientDisconnect:
@@ -177,7 +197,8 @@ async def _transcription(
     except Exception as e:  # starlette raises several types for malformed multipart bodies
         raise RequestError(400, f"expected a multipart form with a 'file' field ({e})") from e
     fields = {key: value for key, value in form.items() if isinstance(value, str)}
-    _check_model(fields.get("model"), (model_name, TRANSCRIPTION_MODEL))
+    _check_model(fields.get("model"), (WHISPER_MODEL, TOKENS_MODEL, model_name))
+    reader = fields.get("model") or WHISPER_MODEL
     response_format = fields.get("response_format", "json")
     if response_format not in TRANSCRIPTION_FORMATS:
         raise RequestError(
@@ -185,11 +206,10 @@ async def _transcription(
         )
     if "word" in form.getlist("timestamp_granularities[]"):
         raise RequestError(400, "word timestamps are not available; segments are", param="timestamp_granularities")
-    use_llm = fields.get("model") == model_name
     language, prompt = fields.get("language"), fields.get("prompt")
-    if use_llm and (language or prompt):
+    if reader == model_name and (language or prompt):
         raise RequestError(
-            400, f"language and prompt are for the {TRANSCRIPTION_MODEL} model, not the LLM", param="model"
+            400, f"language and prompt are for the {WHISPER_MODEL} and {TOKENS_MODEL} models, not the LLM", "model"
         )
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
@@ -197,39 +217,13 @@ async def _transcription(
     audio = _decode_audio(await upload.read(), upload.filename or "file", limits)
     windows = chat.speech_tokenizer.windows(audio)  # one segment each
     clips = [audio[w.start : w.end] for w in windows]
-
-    def transcribe() -> list[str]:
-        if use_llm:
-            parts = [{"type": "audio", "array": clip, "sampling_rate": SAMPLE_RATE} for clip in clips]
-            return [chat.transcribe(part, max_new_tokens=limits.max_new_tokens) for part in parts]
-        speech = chat.speech_tokenizer
-        return speech.decode_text(speech.encode(clips), language=language, prompt=prompt)
-
     try:
-        texts = await queue.run(transcribe)
+        texts, language = await queue.run(
+            lambda: read_windows(chat, reader, clips, language, prompt, limits.max_new_tokens)
+        )
     except AuralmError as e:  # a language the backbone does not know
         raise RequestError(400, str(e), param="language") from e
-    segments = [
-        {"id": i, "start": w.start / SAMPLE_RATE, "end": w.end / SAMPLE_RATE, "text": text}
-        for i, (w, text) in enumerate(zip(windows, texts, strict=True))
-    ]
-    return _transcription_response(chat, response_format, " ".join(t for t in texts if t), segments, audio, language)
-
-
-def _transcription_response(
-    chat: SpeechChat, response_format: str, text: str, segments: list[dict[str, Any]], audio: torch.Tensor,
-    language: str | None,
-) -> Any:  # fmt: skip
-    if response_format == "json":
-        return {"text": text}
-    if response_format == "verbose_json":
-        speech_language = language or ("en" if not chat.speech_tokenizer.whisper.is_multilingual else None)
-        duration = len(audio) / SAMPLE_RATE
-        return {"task": "transcribe", "language": speech_language, "duration": duration, "text": text,
-                "segments": segments}  # fmt: skip
-    if response_format == "text":
-        return PlainTextResponse(text + "\n")
-    return PlainTextResponse(_subtitles(segments, response_format))
+    return transcription_response(response_format, texts, windows, len(audio) / SAMPLE_RATE, language)
 
 
 def base_app(limits: ServerLimits, lifespan: Callable[[FastAPI], AbstractAsyncContextManager] | None = None) -> FastAPI:
@@ -378,24 +372,6 @@ def _include_usage(body: dict[str, Any]) -> bool:
 def _usage(reply: Reply) -> dict[str, int]:
     total = reply.prompt_tokens + reply.completion_tokens
     return {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens, "total_tokens": total}
-
-
-def _subtitles(segments: list[dict[str, Any]], kind: str) -> str:
-    """SubRip (srt) or WebVTT (vtt) cues, one per segment."""
-    separator = "," if kind == "srt" else "."
-    cues = [
-        f"{_timestamp(s['start'], separator)} --> {_timestamp(s['end'], separator)}\n{s['text']}\n" for s in segments
-    ]
-    if kind == "srt":
-        return "\n".join(f"{i}\n{cue}" for i, cue in enumerate(cues, 1))
-    return "WEBVTT\n\n" + "\n".join(cues)
-
-
-def _timestamp(seconds: float, separator: str) -> str:
-    """HH:MM:SS,mmm (SubRip) or HH:MM:SS.mmm (WebVTT)."""
-    minutes, ms = divmod(round(seconds * 1000), 60_000)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours:02d}:{minutes:02d}:{ms // 1000:02d}{separator}{ms % 1000:03d}"
 
 
 class _StreamedReply(StreamingResponse):

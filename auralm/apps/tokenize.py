@@ -6,7 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from auralm.apps.arguments import UsageError, add_tokenizer_arguments, audio_files, for_each_file, load_speech_tokenizer
+from auralm.apps.arguments import (
+    UsageError,
+    add_tokenizer_arguments,
+    audio_files,
+    for_each_file,
+    load_speech_tokenizer,
+    usable_audio_files,
+)
 from auralm.data.token_lines import FORMATS, format_line, resume
 
 
@@ -25,10 +32,13 @@ def run(args: argparse.Namespace) -> int:
 
     files = audio_files(args.inputs)
     done = resume(args.output, args.format) if args.output else set()  # before the slow part: it may refuse
-    tokenizer = load_speech_tokenizer(args)
     todo = [path for path in files if str(path) not in done]
     if done:
         print(f"resuming: {len(files) - len(todo)} of {len(files)} files already in {args.output}", file=sys.stderr)
+    todo = usable_audio_files(todo)  # checked from their headers, before the model loads
+    if not todo.paths:
+        return for_each_file(todo, list, "tokenize")
+    tokenizer = load_speech_tokenizer(args)
 
     def tokenize_files(paths: list[Path]) -> list[str]:
         clips = [load_audio(path) for path in paths]

@@ -33,8 +33,9 @@ from auralm.apps.web_talk import TalkHandler
 from auralm.errors import AuralmError
 from auralm.lm import SpeechChat
 from auralm.tokenizer import SAMPLE_RATE, load_audio
+from auralm.tokenizer.audio import MAX_AUDIO_SECONDS
 
-MAX_SECONDS = 300.0  # longest clip the demo takes
+MAX_SECONDS = MAX_AUDIO_SECONDS  # longest clip the demo takes: the servers' limit
 PICTURE_HEIGHT, WAVE_HEIGHT, PIXELS_PER_CODE, MIN_WIDTH, MAX_WIDTH = 160, 110, 16, 600, 1800
 
 
@@ -78,7 +79,12 @@ def build_app(chat: SpeechChat, max_seconds: float = MAX_SECONDS):
         shown = [*shown, {"role": "user", "content": text.strip()}, {"role": "assistant", "content": ""}]
         with model_lock:
             started, first, reply = time.perf_counter(), None, ""
-            for piece in chat.stream(history, max_new_tokens=256):
+            try:
+                pieces = chat.stream(history, max_new_tokens=256)
+            except AuralmError as e:  # the conversation outgrew the LLM's context
+                yield history[:-1], shown[:-2], text, None, f"Error: {e}"
+                return
+            for piece in pieces:
                 first = first or time.perf_counter() - started
                 reply += piece
                 shown[-1] = {"role": "assistant", "content": reply}

@@ -167,7 +167,13 @@ class TalkHandler(ReplyOnPause):
         self.shown += [{"role": "user", "content": f"[spoken, {seconds:.1f} s]"}, {"role": "assistant", "content": ""}]
         reply, unspoken = "", ""
         with self.lock:
-            pieces = self.chat.stream(self.history, max_new_tokens=self.max_new_tokens)
+            try:
+                pieces = self.chat.stream(self.history, max_new_tokens=self.max_new_tokens)
+            except AuralmError as e:  # the conversation outgrew the LLM's context: shown, and left out
+                self.history.pop()
+                self.shown[-1] = {"role": "assistant", "content": f"Error: {e}"}
+                yield AdditionalOutputs(list(self.shown))
+                return
             try:
                 for piece in pieces:
                     if self.barge_in.is_set():

@@ -8,7 +8,9 @@ strings; the folder's format is `export.py`'s), resumable, over any number of pr
 Shard k holds inputs k·S … (k+1)·S − 1 (S = shard_size, in input order), so the layout does not depend on the
 number of processes: rank r of N does shards r, r + N, …. A shard is written under a temporary name, renamed,
 then recorded in its rank's ledger; a shard not in a ledger is (re)done. So a kill at any moment costs only the
-shards in flight, and the same command run again finishes with every input exactly once.
+shards in flight, and the same command run again finishes with every input exactly once. `retry_failed` (the
+command's --retry-failed) does the shards holding inputs that failed once more, all of their inputs, and records
+them again (`_Shard.attempt` orders a shard's records).
 
 Decoding and log-mels run in DataLoader workers. The encoder always sees whole windows (short clips are padded,
 as Ichigo pads them, so codes do not depend on what shares a batch), so batches are filled with windows, not
@@ -68,7 +70,8 @@ class ExportSummary:
             f"in {self.shards} shard{'s' * (self.shards != 1)} to {self.out}"
         )
         if self.resumed_shards:
-            text += f"; {self.resumed_shards} shard{'s' * (self.resumed_shards != 1)} were done before this run"
+            one = self.resumed_shards == 1
+            text += f"; {self.resumed_shards} shard{'' if one else 's'} {'was' if one else 'were'} done before this run"
         if self.run_audio_seconds:
             text += (
                 f"; this run: {self.run_audio_seconds / 3600:.2f} h in {self.run_seconds:.1f} s, {speed:.0f}× real time"
@@ -87,6 +90,7 @@ class _Shard:
     rows: int
     seconds: float
     errors: list[dict[str, str]] = field(default_factory=list)  # {"index", "id", "source", "reason"}
+    attempt: int = 0  # how often it was done again (retry_failed); the latest record counts
 
 
 def export_dataset(
@@ -103,12 +107,14 @@ def export_dataset(
     audio_column: str = "audio",
     text_column: str = "text",
     progress: bool = True,
+    retry_failed: bool = False,
 ) -> ExportSummary:
     """Export the sound codes of every input of `source` (see `auralm.data.read_examples`) into `out`.
 
     world: this process's rank among those exporting together (default: a world of one on the tokenizer's device).
     batch_size: windows encoded together; num_workers: DataLoader processes that decode audio.
     max_seconds: longer inputs are left out (errors.jsonl) before they are decoded.
+    retry_failed: do the shards with inputs that failed (errors.jsonl) again, in an export begun or finished before.
     Returns the summary (every rank returns the same counts once all have finished).
     """
     if fmt not in FORMATS:
@@ -123,7 +129,7 @@ def export_dataset(
     job = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "input": str(Path(source).absolute()),
+        "input": str(Path(source).resolve()),
         "inputs": len(examples),
         "shard_size": shard_size,
         "output_format": fmt,
@@ -132,9 +138,7 @@ def export_dataset(
     }
     _start_job(out, job, world)
     n_shards = -(-len(examples) // shard_size)
-    done = _read_ledgers(out)
-    mine = [k for k in range(world.rank, n_shards, world.size) if k not in done]
-    resumed = len(done)
+    mine, retried, resumed = _shards_to_do(out, n_shards, world, retry_failed)
     reader = _ClipReader(examples, tokenizer.config, max_seconds, str(source))
     todo_seconds = sum(examples[i].seconds or 0.0 for k in mine for i in _shard_range(k, shard_size, len(examples)))
     bar = tqdm(
@@ -153,14 +157,31 @@ def export_dataset(
             name = f"shard-{k:05d}-of-{n_shards:05d}.{fmt}" if rows else None
             if name:
                 write_shard(out / name, rows, fmt, tokenizer.config)
+            elif k in retried and retried[k].file:  # every input failed this time: no shard left behind
+                (out / retried[k].file).unlink(missing_ok=True)
             seconds = sum(r["duration_s"] for r in rows)
-            ledger.record(_Shard(k, name, len(rows), seconds, errors))
+            attempt = retried[k].attempt + 1 if k in retried else 0
+            ledger.record(_Shard(k, name, len(rows), seconds, errors, attempt))
             run_audio += seconds
     world.barrier()
     summary = _finish(out, job, examples, tokenizer, n_shards, world)
     summary.run_seconds, summary.resumed_shards = time.perf_counter() - started, resumed
     summary.run_audio_seconds = sum(float(s) for s in world.gather(run_audio))
     return summary
+
+
+def _shards_to_do(
+    out: Path, n_shards: int, world: World, retry_failed: bool
+) -> tuple[list[int], dict[int, _Shard], int]:
+    """This rank's shards to do: those not recorded, and with retry_failed those that hold failed inputs (their
+    records, by shard); and how many shards earlier runs finished (and this one keeps)."""
+    done = _read_ledgers(out)
+    failed = {k: shard for k, shard in done.items() if shard.errors} if retry_failed else {}
+    if failed and world.is_main:
+        (out / EXPORT_FILE).unlink(missing_ok=True)  # complete again once the shards done again are
+    retried = {k: shard for k, shard in failed.items() if k % world.size == world.rank}
+    mine = [k for k in range(world.rank, n_shards, world.size) if k not in done or k in retried]
+    return mine, retried, len(done) - len(failed)
 
 
 # ---- reading and encoding -----------------------------------------------------------------------------------
@@ -269,10 +290,13 @@ def _start_job(out: Path, job: dict, world: World) -> None:
     found = out / JOB_FILE
     if found.is_file():
         earlier = json.loads(found.read_text())
-        if earlier != job:
-            changed = ", ".join(k for k in job if earlier.get(k) != job[k])
+        changed = [
+            k for k in job if earlier.get(k) != job[k] and not (k == "input" and _same_input(earlier[k], job[k]))
+        ]
+        if changed:
             raise ExportError(
-                f"{out} holds another export (its {changed} differ); rerun with the same input and settings "
+                f"{out} holds another export (its {' and '.join(changed)} "
+                f"{'differs' if len(changed) == 1 else 'differ'}); rerun with the same input and settings "
                 "to resume it, or choose another --out"
             )
     elif out.is_file() or (out.is_dir() and any(not p.name.endswith(".partial") for p in out.iterdir())):
@@ -284,14 +308,22 @@ def _start_job(out: Path, job: dict, world: World) -> None:
     world.barrier()
 
 
+def _same_input(recorded: str, given: str) -> bool:
+    """Whether job.json's input is the one given (resolved): an absolute path from any folder, or as earlier
+    auralm versions wrote it (absolute, unresolved: `..` in it; or relative, to the folder the command ran in)."""
+    return Path(recorded).resolve() == Path(given).resolve()
+
+
 def _read_ledgers(out: Path) -> dict[int, _Shard]:
-    """Every shard any rank has recorded as finished (a line cut short by a kill is not a record)."""
-    done = {}
+    """Every shard any rank has recorded as finished, as its latest attempt left it (a line cut short by a kill is
+    not a record)."""
+    done: dict[int, _Shard] = {}
     for ledger in sorted((out / LEDGER_DIR).glob("rank-*.jsonl")):
         for line in ledger.read_text().splitlines(keepends=True):
             if line.endswith("\n"):
                 shard = _Shard(**json.loads(line))
-                done[shard.shard] = shard
+                if shard.shard not in done or shard.attempt >= done[shard.shard].attempt:
+                    done[shard.shard] = shard
     return done
 
 

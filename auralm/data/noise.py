@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from auralm.tokenizer.token_format import NO_SPEECH_REPLY
+
 NOISE_SECONDS = (1.0, 8.0)  # a noise clip's length, drawn uniformly
 RANDOM_CODES, SILENCE, WHITE_NOISE = range(3)  # the kinds of noise, drawn uniformly
-REFUSAL = "I couldn't hear any speech in that."  # the default reply to a clip without speech
+REFUSAL = NO_SPEECH_REPLY  # the default reply to a clip without speech
 
 
 def noise_samples(kind: int, samples: int, generator: np.random.Generator) -> np.ndarray:

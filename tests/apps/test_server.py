@@ -18,19 +18,22 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import openai
 import pytest
 import soundfile
 import torch
 
 import auralm.apps.server
+import auralm.apps.transcription
 import auralm.lm.messages
 import auralm.tokenizer.speech_tokenizer
 from auralm.apps.demo import QUESTION as QUESTION_CLIP
 from auralm.apps.demo import SAMPLES
 from auralm.apps.server import ServerLimits, create_app
 from auralm.lm import SpeechChat, add_sound_tokens
-from auralm.tokenizer import SAMPLE_RATE, load_audio
+from auralm.tokenizer import SAMPLE_RATE, load_audio, transcribe
+from auralm.tokenizer.token_format import NO_SPEECH_REPLY
 from tests.apps.conftest import running
 from tests.conftest import DATA
 from tests.lm.conftest import tiny_llama, tiny_text_tokenizer
@@ -105,7 +108,7 @@ def chat_body(content, **options) -> bytes:
 
 @pytest.mark.integration
 def test_models_and_chat_with_audio(client):
-    assert [m.id for m in client.models.list().data] == ["smollm2", "whisper-1"]
+    assert [m.id for m in client.models.list().data] == ["smollm2", "whisper-1", "auralm-tokens"]
     reply = client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=40)
     # the shipped models' own answer to the spoken question, asked here without the server
     spoken = [{"role": "user", "content": [{"type": "audio", "path": QUESTION_CLIP}]}]
@@ -325,7 +328,7 @@ def test_transcription_formats_and_windows(tiny_client, tiny_chat, monkeypatch):
 
     def transcribe(response_format: str):
         return tiny_client.audio.transcriptions.create(
-            model="whisper-1", file=("long.wav", data), response_format=response_format
+            model="auralm-tokens", file=("long.wav", data), response_format=response_format
         )
 
     verbose = transcribe("verbose_json")
@@ -347,25 +350,67 @@ def test_transcription_formats_and_windows(tiny_client, tiny_chat, monkeypatch):
     assert [b.split("\n")[0] for b in blocks] == [str(i) for i in range(1, len(windows) + 1)]
 
 
-def test_transcription_by_the_decoder_or_the_llm_by_model_name(tiny_server, tiny_client, tiny_chat, monkeypatch):
-    speech = tiny_chat.speech_tokenizer
+def test_whisper_1_is_whisper_and_the_tokens_and_the_llm_have_their_own_names(
+    tiny_server, tiny_client, tiny_chat, monkeypatch
+):
+    """OpenAI clients send whisper-1 expecting Whisper: it is the speech tokenizer's own Whisper on the audio, not
+    the sound tokens read back (auralm-tokens) nor the LLM (its own name); all three are listed."""
+    speech = tiny_chat.speech_tokenizer  # greedy only: random weights would make the fallback sample
     monkeypatch.setattr(speech, "decode_text", functools.partial(speech.decode_text, temperatures=(0.0,)))
+    monkeypatch.setattr(auralm.apps.transcription, "transcribe", functools.partial(transcribe, temperatures=(0.0,)))
     clip = DATA / "en_8k.wav"
 
-    def transcribe(**options) -> str:
+    def read(**options) -> str:
         with open(clip, "rb") as f:
             return tiny_client.audio.transcriptions.create(file=f, **options).text
 
+    whisper = transcribe(speech.whisper, load_audio(clip), temperatures=(0.0,)).text
     decoder = speech.decode_text(speech.encode(clip))
     llm = tiny_chat.transcribe({"type": "audio", "path": clip}, max_new_tokens=16)
-    assert decoder != llm
-    assert transcribe(model="whisper-1") == decoder
-    assert transcribe(model="tiny") == llm
+    assert len({whisper, decoder, llm}) == 3
+    assert read(model="whisper-1") == whisper
+    assert read(model="auralm-tokens") == decoder
+    assert read(model="tiny") == llm
+    assert [m.id for m in tiny_client.models.list().data] == ["tiny", "whisper-1", "auralm-tokens"]
     with pytest.raises(openai.NotFoundError) as missing:
-        transcribe(model="gpt-4o-transcribe")
+        read(model="gpt-4o-transcribe")
     assert missing.value.code == "model_not_found"
     with pytest.raises(openai.BadRequestError, match="response_format"):
-        transcribe(model="whisper-1", response_format="xml")
+        read(model="whisper-1", response_format="xml")
+
+
+def silent_wav(seconds: float) -> bytes:
+    wav = io.BytesIO()
+    soundfile.write(wav, np.zeros(int(seconds * SAMPLE_RATE), np.float32), SAMPLE_RATE, format="WAV")
+    return wav.getvalue()
+
+
+def test_silence_is_heard_as_silence_and_a_prompt_beyond_the_context_is_a_400(tiny_server, tiny_client, tiny_chat):
+    ran = []  # no model runs on silence: neither Whisper (encoder or decoder) nor the LLM
+    for model in (tiny_chat.model, tiny_chat.speech_tokenizer.whisper):
+        model.register_forward_pre_hook(lambda *_: ran.append(1))
+    for model in ("whisper-1", "auralm-tokens", "tiny"):
+        result = tiny_client.audio.transcriptions.create(
+            model=model, file=("quiet.wav", silent_wav(40)), response_format="verbose_json"
+        )
+        assert result.text == "" and [s.text for s in result.segments] == ["", ""], model
+    data = base64.b64encode(silent_wav(3)).decode()
+    part = {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}
+    silent = [{"role": "user", "content": [part, {"type": "text", "text": "what is this sound ?"}]}]
+    reply = tiny_client.chat.completions.create(model="tiny", messages=silent, max_tokens=8)
+    assert reply.choices[0].message.content == NO_SPEECH_REPLY and reply.usage.completion_tokens == 0
+    stream = tiny_client.chat.completions.create(model="tiny", messages=silent, max_tokens=8, stream=True)
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in stream) == NO_SPEECH_REPLY
+    assert ran == []
+
+    # 41 s of speech are 1,025 sound tokens; the tiny Llama's context is 512
+    long = base64.b64encode(long_wav()[0]).decode()
+    content = [{"type": "input_audio", "input_audio": {"data": long, "format": "wav"}}]
+    for streamed in (False, True):
+        code, error = post(tiny_server, "/v1/chat/completions", chat_body(content, max_tokens=8, stream=streamed))
+        assert code == 400 and error["error"]["code"] == "context_length_exceeded", error
+        assert "over the 504 this LLM takes with 8 new tokens (its context: 512)" in error["error"]["message"]
+    assert tiny_client.chat.completions.create(model="tiny", messages=SOUND_QUESTION, max_tokens=2).choices
 
 
 def test_the_access_log_has_a_line_per_request_and_a_hang_up_is_one_line(tiny_server, tiny_client, tiny_chat, caplog):

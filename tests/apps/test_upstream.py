@@ -265,8 +265,10 @@ def test_the_start_up_check_finds_the_model_and_refuses_another_speech_tokenizer
 
 
 def test_an_upstream_with_several_models_needs_one_named(chat, speech):
-    with running(create_app(chat, "speech")) as url:  # auralm's built-in server lists two: speech, whisper-1
-        with pytest.raises(UpstreamError, match=r"serves 2 models \(speech, whisper-1\); pick one with --upstream"):
+    with running(create_app(chat, "speech")) as url:  # auralm's built-in server lists three
+        with pytest.raises(
+            UpstreamError, match=r"serves 3 models \(speech, whisper-1, auralm-tokens\); pick one with --upstream"
+        ):
             connect_upstream(f"{url}/v1", speech)
         with pytest.raises(UpstreamError, match="give the base URL OpenAI clients take"):
             connect_upstream(url, speech)  # /v1 left out

@@ -102,6 +102,7 @@ def test_a_word_begun_late_in_a_detection_chunk_is_heard_from_its_start(tiny_cha
 
 def test_speaking_during_a_reply_stops_it_and_the_new_utterance_is_answered_whole(tiny_chat):
     first, second = at_48k(DATA / "en_48k.opus"), at_48k(DATA / "en_48k.opus")[: INPUT_RATE * 2]
+    tiny_chat.model.config.max_position_embeddings = 1024  # room for the second turn's 400 new tokens
     call = Call(tiny_chat, max_new_tokens=400)
     call.say(np.concatenate([first, silence(1.5)]))
     assert call.handler.state.responding and call.forwards > 0  # the first reply is being generated

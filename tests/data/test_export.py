@@ -178,13 +178,28 @@ def test_bad_inputs_are_listed_and_the_export_goes_on(tmp_path, tokenizer_dir, r
 
 def test_another_job_in_the_folder_is_refused(tmp_path, tokenizer, clip_folder):
     export_dataset(clip_folder, tmp_path / "out", tokenizer, shard_size=3, num_workers=0)
-    with pytest.raises(ExportError, match="shard_size differ"):
+    with pytest.raises(ExportError, match=r"holds another export \(its shard_size differs\)"):
         export_dataset(clip_folder, tmp_path / "out", tokenizer, shard_size=4, num_workers=0)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(ExportError, match="not empty and holds no export"):
         export_dataset(clip_folder, tmp_path / "other", tokenizer, num_workers=0)
     assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_a_relative_input_resumes_from_another_folder(tmp_path, tokenizer, clip_folder, monkeypatch):
+    """job.json records the input resolved, so the same input named from elsewhere is the same export; a job.json
+    of an earlier version (the input absolute but unresolved) still resumes."""
+    shutil.copytree(clip_folder, tmp_path / "a" / "clips")
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    first = export_dataset("clips", "tokens", tokenizer, shard_size=3, num_workers=0)
+    monkeypatch.chdir(tmp_path / "b")
+    again = export_dataset("../a/clips", "../a/tokens", tokenizer, shard_size=3, num_workers=0)
+    assert again.resumed_shards == first.shards == 3 and again.exported == len(CLIPS)
+    job = tmp_path / "a" / "tokens" / "job.json"
+    job.write_text(json.dumps(json.loads(job.read_text()) | {"input": str(tmp_path / "b" / ".." / "a" / "clips")}))
+    assert export_dataset("../a/clips", "../a/tokens", tokenizer, shard_size=3, num_workers=0).resumed_shards == 3
 
 
 def ledger_lines(out: Path) -> int:

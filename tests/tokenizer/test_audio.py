@@ -225,3 +225,17 @@ def test_file_objects_are_named_in_errors(tmp_path):
     buffer = io.BytesIO(b"not audio" * 100)
     buffer.name = "upload.mp3"
     assert_audio_error(buffer, "not a readable", "upload.mp3")
+
+
+def test_silence_is_no_span_louder_than_minus_50_dbfs():
+    from auralm.tokenizer.audio import is_silent
+
+    noise = torch.from_numpy(np.random.default_rng(0).standard_normal(5 * SAMPLE_RATE).astype(np.float32))
+    assert is_silent(torch.zeros(5 * SAMPLE_RATE)) and is_silent(torch.zeros(0)) and is_silent(torch.zeros(10))
+    assert is_silent(noise * 10**-3)  # a quiet room's hiss, −60 dBFS
+    assert not is_silent(noise * 10**-2)  # −40 dBFS: whispered speech is louder
+    assert not is_silent(load_audio(DATA / "en_16k.wav"))
+    click, late = torch.zeros(5 * SAMPLE_RATE), torch.zeros(5 * SAMPLE_RATE)
+    click[SAMPLE_RATE] = 0.5
+    late[-100:] = 0.05  # sound in the clip's last few milliseconds counts too
+    assert not is_silent(click) and not is_silent(late)
