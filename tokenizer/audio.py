@@ -20,9 +20,9 @@ import torch
 import torchaudio.functional
 
 from auralm.errors import AuralmError
+from auralm.tokenizer.config import WHISPER_SECONDS
 
 SAMPLE_RATE = 16_000  # Whisper's input rate
-WINDOW_SECONDS = 30.0  # Whisper's receptive field
 MIN_WINDOW_SECONDS = 20.0  # cuts are searched for in the last 10 s of a window
 QUIET_SECONDS = 0.1  # the span whose energy decides where to cut
 MIN_SAMPLE_RATE = 8_000  # telephone speech; below it speech is unintelligible
@@ -87,7 +87,7 @@ def load_audio(
 
 def split_windows(
     audio: torch.Tensor,
-    max_seconds: float = WINDOW_SECONDS,
+    max_seconds: float = WHISPER_SECONDS,
     min_seconds: float = MIN_WINDOW_SECONDS,
     quiet_seconds: float = QUIET_SECONDS,
     step: int = 1,

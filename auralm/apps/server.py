@@ -374,24 +374,35 @@ def _usage(reply: Reply) -> dict[str, int]:
     return {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens, "total_tokens": total}
 
 
-class _StreamedReply(StreamingResponse):
-    """One generation as server-sent events. However the response ends (finished, or the client hung
-    up mid-stream), the generation is stopped and then the model freed for the next request: the
-    cleanup belongs to the response, since a hang-up can leave the event generator suspended, unclosed."""
+class CleanedUpStream(StreamingResponse):
+    """A streamed response whose `cleanup` runs however it ends: finished, or the client hung up mid-stream. A
+    hang-up cancels the task and can leave the body's generator suspended, unclosed, so the cleanup belongs to
+    the response and is shielded from the cancellation."""
+
+    async def cleanup(self) -> None:
+        """What the stream holds, released."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()
+                await self.cleanup()
+
+
+class _StreamedReply(CleanedUpStream):
+    """One generation as server-sent events; when it ends, the generation is stopped and then the model freed for
+    the next request."""
 
     def __init__(self, pieces: ReplyStream, lock: asyncio.Lock, completion_id: str, created: int, model: str,
                  include_usage: bool):  # fmt: skip
         super().__init__(_sse(pieces, completion_id, created, model, include_usage), media_type="text/event-stream")
         self.pieces, self.lock = pieces, lock
 
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            with anyio.CancelScope(shield=True):  # a hang-up cancels this task; cleaning up must not be
-                await self.body_iterator.aclose()
-                await run_in_threadpool(self.pieces.close)  # ends the generation (SpeechChat.stream)
-            self.lock.release()
+    async def cleanup(self) -> None:
+        await run_in_threadpool(self.pieces.close)  # ends the generation (SpeechChat.stream)
+        self.lock.release()
 
 
 async def _sse(

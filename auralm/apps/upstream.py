@@ -26,14 +26,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
 import httpx2
 import torch
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from auralm.apps.server import RequestError, ServerLimits, base_app, checked_messages, json_body
+from auralm.apps.server import CleanedUpStream, RequestError, ServerLimits, base_app, checked_messages, json_body
 from auralm.errors import AuralmError
 from auralm.lm.messages import ClipStrings, Message, audio_parts, with_audio_strings
 from auralm.lm.vocabulary import SpeechTokenizerMismatchError
@@ -166,7 +164,7 @@ async def _forward(client: httpx2.AsyncClient, url: str, body: dict[str, Any]) -
     return Response(raw, response.status_code, media_type=response.headers.get("content-type"))
 
 
-class _RelayedStream(StreamingResponse):
+class _RelayedStream(CleanedUpStream):
     """An upstream stream relayed chunk by chunk. However it ends (done, or the client hung up), the upstream
     connection is closed, which ends the upstream's generation too."""
 
@@ -175,13 +173,8 @@ class _RelayedStream(StreamingResponse):
         super().__init__(_relay(response, url), status_code=response.status_code, media_type=media_type)
         self.upstream = response
 
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            with anyio.CancelScope(shield=True):  # a hang-up cancels this task; closing must still happen
-                await self.body_iterator.aclose()
-                await self.upstream.aclose()
+    async def cleanup(self) -> None:
+        await self.upstream.aclose()
 
 
 async def _relay(response: httpx2.Response, url: str) -> AsyncIterator[bytes]:
