@@ -72,7 +72,7 @@ ESPEAK_VARIANTS = ("", "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "f2", "f3
 
 
 @dataclass(frozen=True)
-class Recipe:
+class DataRecipe:
     """What a data set is made of.
 
     source_weights: share of clips per text source. held_out: share of clips (and of each source's text groups)
@@ -103,7 +103,7 @@ class Recipe:
 
 # fmt: off
 RECIPES = {
-    "broad": Recipe(
+    "broad": DataRecipe(
         name="broad",
         source_weights={"wiki": 0.42, "wiki-questions": 0.08, "fortunes": 0.16, "pyjokes": 0.03, "arithmetic": 0.06,
                         "facts": 0.07, "definitions": 0.03, "instructions": 0.05, "repeat": 0.10},
@@ -116,7 +116,7 @@ RECIPES = {
         test_topics=("Everyday life", "Mathematics"),
     ),
     # The first shipped models' data: half plain transcripts, half spoken questions; Piper trains only.
-    "v1": Recipe(
+    "v1": DataRecipe(
         name="v1",
         source_weights={"fortunes": 0.45, "pyjokes": 0.05, "arithmetic": 0.12, "facts": 0.12, "definitions": 0.06,
                         "instructions": 0.06, "repeat": 0.14},
@@ -166,7 +166,7 @@ def family_voices(family: str) -> list[str]:
     return [f"{family}:{name}" for name in names] if names else [{"piper": PIPER_VOICE, "hibari": HIBARI_VOICE}[family]]
 
 
-def split_voices(seed: int, recipe: Recipe, families: tuple[str, ...] | None = None) -> dict[str, dict[str, list]]:
+def split_voices(seed: int, recipe: DataRecipe, families: tuple[str, ...] | None = None) -> dict[str, dict[str, list]]:
     """{split: {family: voices}}: each family's held-out voices drawn with `seed`; the rest train. A family or split
     left with no voices is left out."""
     voices: dict[str, dict[str, list]] = {split: {} for split in recipe.splits}
