@@ -16,6 +16,9 @@ Limits hold before anything runs: a clip over `max_audio_seconds` (300 s by defa
 a prompt that leaves no room for `max_new_tokens` in the LLM's context (`max_position_embeddings`) a
 ContextLengthError. A last user message whose audio is all silence (`auralm.tokenizer.audio.is_silent`) gets
 NO_SPEECH_REPLY ("I couldn't hear any speech in that.", what the speech LLM is trained to say) without the LLM.
+A clip in the last user turn longer than the speech tokenizer's window (what the speech LLM hears whole and learns
+from) is answered one window at a time, cut at quiet points, the replies joined in order: a 60 s recording is
+transcribed, or answered, in six turns of 10 s rather than misheard whole.
 
 A conversation that goes on where the last one stopped costs only its new tokens: the KV cache of the
 last single-conversation generation is kept, and the next prompt reuses it up to the first token where
@@ -54,6 +57,7 @@ from auralm.lm.messages import (
     Message,
     audio_parts,
     clip_audio,
+    in_windows,
     message_text,
     with_audio_strings,
 )
@@ -242,9 +246,11 @@ class SpeechChat:
             return self.reply(conversations, max_new_tokens, temperature, top_p, stop).text
         conversations, decoded = list(conversations), {}
         unheard = [self.unheard(c, decoded) for c in conversations]
-        heard = [c for c, u in zip(conversations, unheard, strict=True) if not u]
-        texts = iter(self._generate(heard, decoded, (max_new_tokens, temperature, top_p, stop)) if heard else [])
-        return [NO_SPEECH_REPLY if u else next(texts) for u in unheard]
+        turns = [self.in_windows(c, decoded) for c, u in zip(conversations, unheard, strict=True) if not u]
+        flat = [turn for windows in turns for turn in windows]
+        texts = iter(self._generate(flat, decoded, (max_new_tokens, temperature, top_p, stop)) if flat else [])
+        heard = iter([" ".join(next(texts) for _ in windows) for windows in turns])
+        return [NO_SPEECH_REPLY if u else next(heard) for u in unheard]
 
     def _generate(self, conversations: list[Sequence[Message]], decoded: dict, options: tuple) -> list[str]:
         max_new_tokens, temperature, top_p, stop = options
@@ -276,9 +282,12 @@ class SpeechChat:
         decoded: dict[int, torch.Tensor] = {}
         if self.unheard(messages, decoded):
             return Reply(NO_SPEECH_REPLY, "stop", 0, 0)
-        inputs = self._inputs([messages], decoded, max_new_tokens)
-        options = self._generation_options(max_new_tokens, temperature, top_p, stop, inputs["input_ids"].shape[1])
-        return self._reply(inputs, self._generate_ids(inputs, options), max_new_tokens, stop)
+        prompts = [self._inputs([turn], decoded, max_new_tokens) for turn in self.in_windows(messages, decoded)]
+        replies = []
+        for inputs in prompts:  # one, or a long clip's windows in turn
+            options = self._generation_options(max_new_tokens, temperature, top_p, stop, inputs["input_ids"].shape[1])
+            replies.append(self._reply(inputs, self._generate_ids(inputs, options), max_new_tokens, stop))
+        return _joined(replies)
 
     def stream(
         self,
@@ -295,8 +304,8 @@ class SpeechChat:
         decoded: dict[int, torch.Tensor] = {}
         if self.unheard(messages, decoded):
             return ReplyStream(_said(NO_SPEECH_REPLY))
-        inputs = self._inputs([messages], decoded, max_new_tokens)
-        return ReplyStream(self._stream(inputs, max_new_tokens, temperature, top_p, stop))
+        prompts = [self._inputs([turn], decoded, max_new_tokens) for turn in self.in_windows(messages, decoded)]
+        return ReplyStream(self._in_turn(prompts, max_new_tokens, temperature, top_p, stop))
 
     def _stream(
         self, inputs: dict[str, torch.Tensor], max_new_tokens: int, temperature: float, top_p: float,
@@ -319,14 +328,27 @@ class SpeechChat:
             worker.join()
         return self._reply(inputs, output[0], max_new_tokens, stop)
 
+    def _in_turn(self, prompts: list[dict[str, torch.Tensor]], *options: Any) -> Generator[str, None, Reply]:
+        """The replies to prompts made beforehand (one, or a long clip's windows), streamed one after the other."""
+        replies = []
+        for number, inputs in enumerate(prompts):
+            if number:
+                yield " "
+            replies.append((yield from self._stream(inputs, *options)))
+        return _joined(replies)
+
     def transcribe(self, audio: Any, prompt: str = TRANSCRIBE_PROMPT, max_new_tokens: int = 256) -> str:
-        """What the LLM hears in a clip, asked with `prompt`; "" for a silent clip."""
+        """What the LLM hears in a clip, asked with `prompt` (a long clip window by window); "" for a silent clip."""
         part = audio if isinstance(audio, dict) else {"type": "audio", "path": audio}
         messages = [{"role": "user", "content": [part, {"type": "text", "text": prompt}]}]
         decoded: dict[int, torch.Tensor] = {}
         if self.unheard(messages, decoded):
             return ""
-        return self._generate([messages], decoded, (max_new_tokens, 0.0, 1.0, ()))[0]
+        return " ".join(self._generate(self.in_windows(messages, decoded), decoded, (max_new_tokens, 0.0, 1.0, ())))
+
+    def in_windows(self, messages: Sequence[Message], decoded: dict[int, torch.Tensor]) -> list[list[Message]]:
+        """`in_windows` of lm/messages.py with this chat's speech tokenizer and audio limit."""
+        return in_windows(messages, decoded, self.speech_tokenizer, self.max_audio_seconds)
 
     # ---- helpers ---------------------------------------------------------------------------
 
@@ -441,6 +463,17 @@ def tokens_to_prompt(
         return content
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def _joined(replies: list[Reply]) -> Reply:
+    """Replies to a long clip's windows as one (one reply as it is): texts in order, the last one's ending, the
+    tokens summed."""
+    return Reply(
+        " ".join(reply.text for reply in replies),
+        replies[-1].finish_reason,
+        sum(reply.prompt_tokens for reply in replies),
+        sum(reply.completion_tokens for reply in replies),
+    )
 
 
 def _said(text: str) -> Generator[str, None, Reply]:

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from auralm.tokenizer import SAMPLE_RATE, SpeechTokenizer, load_audio
-from auralm.tokenizer.audio import check_seconds, is_loaded_audio
+from auralm.tokenizer import SAMPLE_RATE, AudioError, SpeechTokenizer, load_audio
+from auralm.tokenizer.audio import check_seconds, is_loaded_audio, is_silent
 
 Message = dict[str, Any]
 ENCODED_CLIPS_KEPT = 256  # token strings of recent clips kept for later turns (about 10 KB each)
@@ -104,6 +104,38 @@ def clip_audio(part: Message, max_seconds: float) -> torch.Tensor:
         check_seconds(len(array) / SAMPLE_RATE, max_seconds, f"<array {tuple(array.shape)}>")
         return array
     return load_audio(array, rate, max_seconds=max_seconds)
+
+
+def in_windows(
+    messages: Sequence[Message], decoded: dict[int, torch.Tensor], speech_tokenizer: SpeechTokenizer, max_seconds: float
+) -> list[list[Message]]:
+    """The conversation once for each window of the clip in its last user turn when that clip is longer than the
+    speech tokenizer's window (cut at quiet points; silent windows left out), to be answered in turn; else
+    [messages]. decoded: clips decoded so far, by id(part); the windows' are added."""
+    last = messages[-1] if messages else {}
+    long = []
+    for part in audio_parts([[last]]) if last.get("role") == "user" else []:
+        if id(part) not in decoded:
+            decoded[id(part)] = clip_audio(part, max_seconds)
+        if len(windows := speech_tokenizer.windows(decoded[id(part)])) > 1:
+            long.append((part, decoded[id(part)], windows))
+    if not long:
+        return [list(messages)]
+    if len(long) > 1:
+        raise AudioError(
+            f"{len(long)} clips over {speech_tokenizer.config.window_seconds:g} s in one message: a speech LLM answers "
+            "one long clip at a time, window by window; send them in separate messages"
+        )
+    (part, audio, windows), turns = long[0], []
+    for window in windows:
+        piece = audio[window.start : window.end]
+        if is_silent(piece):
+            continue
+        window_part = {"type": "audio", "array": piece, "sampling_rate": SAMPLE_RATE}
+        decoded[id(window_part)] = piece
+        content = [window_part if p is part else p for p in last["content"]]
+        turns.append([*messages[:-1], {**last, "content": content}])
+    return turns or [list(messages)]  # no window loud enough alone: the clip whole
 
 
 def _parts(message: Message) -> list[Any]:

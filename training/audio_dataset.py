@@ -37,6 +37,7 @@ TOO_LONG = "too long"  # longer than the window, alone or after the clips packed
 # Packing budgets each clip this much over its header length: decoders and resampling may add a
 # sample or two, and a pack that overflows its window drops its last clip.
 PACK_SLACK_SECONDS = 0.01
+GAP_SECONDS = 0.2  # silence between clips packed into one window
 
 
 class Sample(NamedTuple):
@@ -99,7 +100,7 @@ class AudioTextDataset(Dataset[Sample]):
         *,
         window_seconds: float | None = 30.0,
         pack: bool = False,
-        gap_seconds: float = 0.2,
+        gap_seconds: float = GAP_SECONDS,
     ):
         if pack and window_seconds is None:
             raise DataError("pack=True needs window_seconds: the length to pack clips into")

@@ -36,6 +36,7 @@ from auralm.distributed import World
 from auralm.lm.messages import message_text
 from auralm.tokenizer import SpeechTokenizer, codes_to_string
 from auralm.training.audio_dataset import AudioTextDataset, SkippedExamples
+from auralm.training.features import FeatureCache
 
 IGNORE = -100  # a target without a loss: prompts, the other turns, padding
 TOO_LONG = "too long"  # a conversation of more tokens than max_tokens
@@ -54,10 +55,13 @@ class Distilled(NamedTuple):
 class CodeCache:
     """Sound codes of clips, encoded once by the speech tokenizer and kept on disk, one .npy per clip named by
     the tokenizer's hash and the clip, so epochs, resumed runs and runs on the same data do not encode again.
-    Examples of a token export come with their codes and are only checked."""
+    Examples of a token export come with their codes and are only checked. With `frames`, the encoder frames a
+    tokenizer run cached (training/features.py), clips found there are quantized from them: no encoder pass."""
 
-    def __init__(self, directory: str | os.PathLike, speech_tokenizer: SpeechTokenizer):
-        self.directory, self.speech_tokenizer = Path(directory), speech_tokenizer
+    def __init__(
+        self, directory: str | os.PathLike, speech_tokenizer: SpeechTokenizer, frames: FeatureCache | None = None
+    ):
+        self.directory, self.speech_tokenizer, self.frames = Path(directory), speech_tokenizer, frames
         self.tokenizer_hash = speech_tokenizer.tokenizer_hash
 
     def key(self, example: Example) -> str:
@@ -84,6 +88,8 @@ class CodeCache:
         todo = [
             i for i in range(world.rank, len(examples), world.size) if keys[i] and not self._known(keys[i])
         ]  # fmt: skip
+        if self.frames is not None:
+            todo = self._quantize_cached_frames(examples, keys, todo, progress)
         dataset = AudioTextDataset([examples[i] for i in todo], window_seconds=None)  # any length: encode splits it
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
         with tqdm(total=len(todo), desc="sound codes", unit="clip", disable=not progress or not todo) as bar:
@@ -120,6 +126,28 @@ class CodeCache:
             results.append(codes)
         return results, skipped
 
+    def _quantize_cached_frames(
+        self, examples: Sequence[Example], keys: list[str | None], todo: list[int], progress: bool, batch_size: int = 64
+    ) -> list[int]:
+        """Write the codes of the clips in todo whose encoder frames are cached; return the others."""
+        found, rest = [], []
+        for index in todo:
+            cached = self.frames.clip_frames(examples[index])
+            (rest if cached is None else found).append(index if cached is None else (index, *cached))
+        speech = self.speech_tokenizer
+        with tqdm(
+            total=len(found), desc="sound codes (cached frames)", unit="clip", disable=not progress or not found
+        ) as bar:
+            for first in range(0, len(found), batch_size):
+                batch = found[first : first + batch_size]
+                frames = torch.stack([frames for _, frames, _ in batch]).to(speech.device, torch.float32)
+                with torch.no_grad():
+                    codes = speech.bottleneck.quantize(frames).cpu()  # (B, T / downsample)
+                for (index, _, samples), clip_codes in zip(batch, codes, strict=True):
+                    self._write(keys[index], clip_codes[: speech.num_codes(samples)].numpy())
+                bar.update(len(batch))
+        return rest
+
     def _known(self, key: str) -> bool:
         return (self.directory / f"{key}.npy").is_file() or (self.directory / f"{key}.skipped.json").is_file()
 
@@ -130,9 +158,12 @@ class CodeCache:
         partial.rename(self.directory / f"{key}.npy")
 
 
-def user_turn(codes: np.ndarray, text: str | None = None) -> dict[str, Any]:
-    """A user message holding one clip's codes and then a text part, the order of `SpeechChat.transcribe`."""
-    return {"role": "user", "content": [codes] + ([text] if text else [])}
+def user_turn(codes: np.ndarray, text: str | None = None, text_first: bool = False) -> dict[str, Any]:
+    """A user message holding one clip's codes and a text part: after the clip (the order of
+    `SpeechChat.transcribe`), or before it (the CLI's and OpenAI clients' order)."""
+    if not text:
+        return {"role": "user", "content": [codes]}
+    return {"role": "user", "content": [text, codes] if text_first else [codes, text]}
 
 
 def render(conversation: Conversation) -> list[dict[str, str]]:

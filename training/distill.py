@@ -10,7 +10,9 @@ export). Each clip gets an instruction drawn from `instructions` (none, "Transcr
 briefly.", …) and becomes two conversations with the same reply:
     teacher  the base LLM (the adapter off) reading the transcript and the instruction;
     student  the LLM with the adapter reading the clip's sound tokens and the instruction;
-the reply is the teacher's own greedy answer, asked once and kept in output_dir/teacher_replies.json. The loss
+the reply is the teacher's own greedy answer, asked once and kept in output_dir/teacher_replies.json (the transcript
+itself for a `verbatim` request: "Transcribe the speech."). The instruction comes before the clip in
+`instruction_first` of the conversations and after it in the rest, so both orders mean the same request. The loss
 is KL(teacher ‖ student) over the reply's tokens at `kl_temperature`. So any transcribed speech is instruction
 data, and a spoken question learns the answer the LLM gives it typed.
 
@@ -38,6 +40,9 @@ from auralm.training.replies import BaseReplies
 # What a user asks beside a clip; "" is the clip alone (a spoken question or request is then the whole turn).
 INSTRUCTIONS = ["", "", TRANSCRIBE_PROMPT, "Answer briefly.", "What is the speaker asking or saying?",
                 "Summarise this in one sentence.", "Repeat exactly what was said.", "Reply to this."]  # fmt: skip
+# Requests for the words said: their reply is the transcript (a small teacher rewrites rather than copies), and
+# the KL still teaches the teacher's distribution over it.
+VERBATIM = [TRANSCRIBE_PROMPT, "Repeat exactly what was said."]
 
 
 @dataclass
@@ -46,6 +51,7 @@ class DistillConfig(LLMTrainingConfig):
     train: str = ""  # transcribed speech: a manifest, folder, datasets folder, Parquet file or token export
     texts: str | None = None  # for a token export: the manifest or folder holding its transcripts
     instructions: list[str] = field(default_factory=lambda: list(INSTRUCTIONS))  # drawn uniformly per clip
+    verbatim: list[str] = field(default_factory=lambda: list(VERBATIM))  # answered by the transcript itself
     reply_tokens: int = 64  # the longest teacher reply
     reply_batch: int = 16  # teacher prompts answered at once (a GPU takes hundreds)
     text_ratio: float = 0.25  # text-only conversations per spoken one (the adapter keeps text answers)
@@ -68,30 +74,35 @@ class TeacherReplies:
         codes, skipped = recipe.code_cache.build(examples, recipe.world, num_workers=c.num_workers,
                                                  progress=recipe.progress)  # fmt: skip
         clips = [(example.text, clip) for example, clip in zip(examples, codes, strict=True) if clip is not None]
-        rng = np.random.default_rng([c.seed, 3])  # this recipe's own draws: instructions, the typed subset
+        rng = np.random.default_rng([c.seed, 3])  # this recipe's own draws: instructions, their order, typed subset
         asked = [c.instructions[i] for i in rng.integers(len(c.instructions), size=len(clips))]
+        first = rng.random(len(clips)) < c.instruction_first  # the instruction before the clip, or after it
         typed = sorted(rng.choice(len(clips), size=min(len(clips), round(c.text_ratio * len(clips))), replace=False))
         prompts = [
-            [{"role": "user", "content": typed_turn(text, instruction)}]
-            for (text, _), instruction in zip(clips, asked, strict=True)
+            [{"role": "user", "content": typed_turn(text, instruction, before)}]
+            for (text, _), instruction, before in zip(clips, asked, first, strict=True)
         ]
+        ask = [i for i, instruction in enumerate(asked) if instruction not in c.verbatim]
         ask_teacher = BaseReplies(recipe, recipe.run_dir / "teacher_replies.json", c.reply_tokens, c.reply_batch)
-        replies = ask_teacher(prompts, "teacher replies")
+        replies = [text for text, _ in clips]  # a request for the words said is answered by the transcript
+        for i, reply in zip(ask, ask_teacher([prompts[i] for i in ask], "teacher replies"), strict=True):
+            replies[i] = reply
 
         conversations = []
-        for (_, clip), instruction, prompt, reply in zip(clips, asked, prompts, replies, strict=True):
+        for (_, clip), instruction, before, prompt, reply in zip(clips, asked, first, prompts, replies, strict=True):
             answer = {"role": "assistant", "content": reply}
-            conversations.append(Distilled([user_turn(clip, instruction), answer], [*prompt, answer]))
+            conversations.append(Distilled([user_turn(clip, instruction, before), answer], [*prompt, answer]))
         conversations += [Distilled(conversations[i].teacher, conversations[i].teacher) for i in typed]
         if recipe.progress:
             print(f"distill: {len(clips)} spoken and {len(typed)} typed conversations", flush=True)
         return conversations, skipped
 
 
-def typed_turn(transcript: str, instruction: str) -> str:
-    """The user's turn the teacher reads: the transcript where the clip's sound tokens would be, then the
-    instruction, joined as SpeechChat joins a clip and a text part."""
-    return message_text([transcript] + ([instruction] if instruction else []))
+def typed_turn(transcript: str, instruction: str, instruction_first: bool = False) -> str:
+    """The user's turn the teacher reads: the transcript where the clip's sound tokens would be and the
+    instruction, in the student's order, joined as SpeechChat joins a clip and a text part."""
+    parts = [instruction, transcript] if instruction_first else [transcript, instruction]
+    return message_text([part for part in parts if part])
 
 
 def recipe(config: DistillConfig, resume: bool = False) -> LLMRecipe:

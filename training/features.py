@@ -9,6 +9,7 @@ build resumes, and runs with the same data and backbone share it.
     cache = FeatureCache(run_dir / "features", tokenizer)
     windows = cache.build(dataset, world)                  # [CachedWindow, …] of the usable windows
     frames = cache.frames(windows[0])                      # (T, d) float16
+    found = cache.clip_frames(example)                     # a clip's own window, if a run cached it: for its codes
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from auralm.data import Example
 from auralm.distributed import World
-from auralm.tokenizer import SpeechTokenizer
+from auralm.tokenizer import SAMPLE_RATE, SpeechTokenizer
 from auralm.tokenizer.backbone import encode_mels
-from auralm.training.audio_dataset import AudioTextDataset, SkippedExamples
+from auralm.training.audio_dataset import GAP_SECONDS, AudioTextDataset, SkippedExamples
 
 
 class CachedWindow(NamedTuple):
@@ -43,10 +45,22 @@ class FeatureCache:
         self.directory, self.tokenizer = Path(directory), tokenizer
 
     def key(self, dataset: AudioTextDataset, index: int) -> str:
+        return self._key(dataset.packs[index], dataset.gap_samples)
+
+    def _key(self, members: tuple[Example, ...], gap_samples: int) -> str:
         config = self.tokenizer.config
-        members = [(e.id, e.audio if isinstance(e.audio, str) else repr(e.audio)) for e in dataset.packs[index]]
-        identity = [config.whisper, config.window_seconds, dataset.gap_samples, members]
+        clips = [(e.id, e.audio if isinstance(e.audio, str) else repr(e.audio)) for e in members]
+        identity = [config.whisper, config.window_seconds, gap_samples, clips]
         return hashlib.sha1(json.dumps(identity).encode()).hexdigest()
+
+    def clip_frames(self, example: Example) -> tuple[torch.Tensor, int] | None:
+        """The (T, d) float16 encoder frames and the audio samples of a clip that had a window of its own here
+        (a tokenizer run without packing, on the same backbone and window length), or None."""
+        entry = self._entry(self._key((example,), round(GAP_SECONDS * SAMPLE_RATE)))
+        if not entry.is_file():
+            return None
+        with safetensors.safe_open(entry, "pt") as f:
+            return f.get_tensor("frames"), int(f.metadata()["samples"])
 
     def build(
         self, dataset: AudioTextDataset, world: World, batch_size: int = 8, num_workers: int = 0, progress: bool = True

@@ -65,6 +65,7 @@ from auralm.training.chat_dataset import (
 )
 from auralm.training.checkpointing import capture_rng, restore_rng
 from auralm.training.config import ConfigError, RunConfig, config_dict
+from auralm.training.features import FeatureCache
 from auralm.training.loop import MetricsLog, Stopper, end_run, next_batch, shows_progress, start_run, warmup_cosine
 from auralm.training.packing import best_fit_decreasing
 from auralm.training.sampler import BucketBatchSampler
@@ -79,6 +80,7 @@ class LLMTrainingConfig(RunConfig):
     whisper: str | None = None  # its Whisper backbone, when not the one its checkpoint names
     llm: str = "smollm2"  # a Hugging Face folder or .gguf file; smollm2 = the packaged SmolLM2-135M-Instruct
     code_cache: str | None = None  # where the clips' sound codes are kept; default output_dir/codes
+    frames_cache: str | None = None  # a tokenizer run's features/ folder: clips cached there skip the encoder
     # what trains
     full: bool = False  # every weight; otherwise LoRA + the sound tokens' rows
     lora_r: int = 16
@@ -88,6 +90,7 @@ class LLMTrainingConfig(RunConfig):
     merge: bool = False  # also write output_dir/merged/ (the adapter merged into the LLM) at the end
     adapter: str | None = None  # an earlier run's adapter to go on training (sft after pretrain), LoRA settings and all
     # sequences
+    instruction_first: float = 0.5  # the share of requests put before the clip, not after (users do both)
     max_tokens: int = 1024  # a packed row's length; longer conversations are skipped
     pack: bool = True  # several conversations share a row (attention stays within each)
     lr: float = 2e-4
@@ -124,7 +127,8 @@ class LLMRecipe:
         self.speech = SpeechTokenizer.from_pretrained(c.tokenizer, whisper=c.whisper, device=self.world.device)
         llm, self.tokenizer = load_llm(c.llm)
         add_sound_tokens(llm, self.tokenizer, self.speech)
-        self.code_cache = CodeCache(c.code_cache or self.run_dir / "codes", self.speech)
+        frames = FeatureCache(c.frames_cache, self.speech) if c.frames_cache else None
+        self.code_cache = CodeCache(c.code_cache or self.run_dir / "codes", self.speech, frames)
 
         self.llm = llm  # as loaded, before anything trains: what a recipe may ask for replies to keep
         conversations, self.skipped = self.data.conversations(self)

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from auralm.data import read_examples
 from auralm.data.export import EXPORT_FILE, export_info
 from auralm.tokenizer.token_format import TRANSCRIBE_PROMPT
@@ -55,9 +57,10 @@ class Transcripts:
                 )
         codes, skipped = recipe.code_cache.build(examples, recipe.world, num_workers=c.num_workers,
                                                  progress=recipe.progress)  # fmt: skip
+        first = np.random.default_rng([c.seed, 4]).random(len(examples)) < c.instruction_first
         conversations = [
-            [user_turn(clip, c.prompt), {"role": "assistant", "content": example.text}]
-            for example, clip in zip(examples, codes, strict=True)
+            [user_turn(clip, c.prompt, before), {"role": "assistant", "content": example.text}]
+            for example, clip, before in zip(examples, codes, first, strict=True)
             if clip is not None
         ]
         return conversations, skipped

@@ -174,7 +174,8 @@ class ChatManifest:
             else:
                 clip = by_path[file]
             request = requests[rng.integers(len(requests))] if requests and rng.random() < 0.5 else None
-            noise.append([user_turn(clip, request), {"role": "assistant", "content": c.refusal}])
+            before = rng.random() < c.instruction_first
+            noise.append([user_turn(clip, request, before), {"role": "assistant", "content": c.refusal}])
         if recipe.progress:
             print(
                 f"sft: {len(spoken)} spoken, {len(text_only)} text-only and {len(noise)} noise conversations",

@@ -1,6 +1,8 @@
 """SpeechChat's limits, the servers' and the command's (issue 25): silence answered as silence without the LLM,
 clips over max_audio_seconds refused, a prompt beyond the LLM's context refused before anything is generated."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import soundfile
@@ -59,9 +61,41 @@ def test_long_clips_and_prompts_beyond_the_context_are_refused_before_anything_r
     tiny_chat.max_audio_seconds = 500
     assert tiny_chat.generate(asked({"type": "audio", "path": long_file})) == NO_SPEECH_REPLY
 
-    speech = array(torch.cat([load_audio(DATA / "en_slow_22k.flac")] * 7))  # 1,025 sound tokens; 512 positions
-    with pytest.raises(ContextLengthError, match=r"the prompt is 1,0\d\d tokens, over the 256 this LLM takes"):
+    speech = array(torch.cat([load_audio(DATA / "en_slow_22k.flac")] * 4))  # one 23 s window: 588 sound tokens
+    with pytest.raises(ContextLengthError, match=r"the prompt is 5\d\d tokens, over the 256 this LLM takes"):
         tiny_chat.reply(asked(speech))
     with pytest.raises(ContextLengthError, match=r"its context: 512"):
         tiny_chat.stream([{"role": "user", "content": "hello"}], max_new_tokens=600)
     assert forwards == []
+
+
+def test_a_clip_longer_than_the_window_is_answered_window_by_window(tiny_whisper):
+    """Issue 25: a clip longer than what the speech LLM hears whole is answered in turn, one window at a time."""
+    from auralm.lm import SpeechChat, add_sound_tokens
+    from auralm.tokenizer import SpeechTokenizer
+    from tests.conftest import TINY_CONFIG, randomize
+    from tests.lm.conftest import tiny_llama, tiny_text_tokenizer
+
+    speech = SpeechTokenizer(dataclasses.replace(TINY_CONFIG, window_seconds=2), tiny_whisper)
+    randomize(speech.bottleneck, seed=1)
+    model, text = tiny_llama(tied=True, initializer_range=1.0), tiny_text_tokenizer()
+    add_sound_tokens(model, text, speech)
+    chat = SpeechChat(model, text, speech.eval())
+    audio = load_audio(DATA / "de_16k.flac")  # 5.9 s: three windows of at most 2 s
+    pieces = [audio[w.start : w.end] for w in speech.windows(audio)]
+    assert len(pieces) >= 3
+
+    each = [chat.reply(asked(array(piece)), max_new_tokens=3) for piece in pieces]
+    whole = chat.reply(asked(array(audio)), max_new_tokens=3)
+    assert whole.text == " ".join(reply.text for reply in each)
+    assert whole.completion_tokens == sum(reply.completion_tokens for reply in each)
+    stream = chat.stream(asked(array(audio)), max_new_tokens=3)
+    assert "".join(stream) == whole.text and stream.reply == whole
+    short = asked({"type": "audio", "path": DATA / "en_16k.wav"})
+    assert chat.generate([asked(array(audio)), short], max_new_tokens=3) == [
+        whole.text, chat.generate(short, max_new_tokens=3)
+    ]  # fmt: skip
+    transcripts = [chat.transcribe(array(piece), max_new_tokens=3) for piece in pieces]
+    assert chat.transcribe(array(audio), max_new_tokens=3) == " ".join(transcripts)
+    with pytest.raises(AudioError, match="2 clips over 2 s in one message"):
+        chat.reply([{"role": "user", "content": [array(audio), array(audio)]}])

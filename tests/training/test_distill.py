@@ -22,7 +22,7 @@ from tests.training.conftest import AURALM, asr_manifest
 def config(tmp_path, speech_folder, llm_folder) -> distill.DistillConfig:
     return distill.DistillConfig(
         train=str(asr_manifest(tmp_path)), tokenizer=str(speech_folder), llm=str(llm_folder),
-        output_dir=str(tmp_path / "run"), instructions=["", TRANSCRIBE_PROMPT], reply_tokens=4, text_ratio=0.5,
+        output_dir=str(tmp_path / "run"), instructions=["", "Answer briefly."], reply_tokens=4, text_ratio=0.5,
         kl_temperature=1.0, batch_size=4, max_steps=40, lr=0.01, warmup_steps=2, log_every=5, bf16=False,
         max_tokens=400, pack=False, progress=False, save_every=1000,
     )  # fmt: skip
@@ -43,6 +43,7 @@ def test_the_student_learns_the_teachers_answers_and_typed_text_stays(config):
     try:
         replies = json.loads((recipe.run_dir / "teacher_replies.json").read_text())
         assert len(replies) == 8  # one prompt per clip (typed ones reuse their clip's prompt)
+        assert all(isinstance(reply, str) for reply in replies.values())
         students, teachers = recipe.loader.dataset.students, recipe.loader.dataset.teachers
         assert len(students.sequences) == 8 + 4  # the 8 clips, and half of them typed
         sound = [f"<|sound_{i:04d}|>" for i in range(recipe.speech.config.vocab_size)]
@@ -77,6 +78,39 @@ def test_teacher_replies_are_asked_once_across_a_resume(config, monkeypatch):
     again.setup()
     assert again.step == 1
     again.cleanup()
+
+
+def test_both_orders_are_taught_and_the_words_said_answer_a_request_for_them(config, monkeypatch):
+    """Issue 25: an instruction before the clip means what it means after it, so the data holds both orders, the
+    teacher reading its text in the student's order; a transcription's reply is the transcript, not asked."""
+    config = dataclasses.replace(config, instructions=[TRANSCRIBE_PROMPT, "Answer briefly."], text_ratio=0.0, seed=3)
+    asked: list = []
+    generate = BaseReplies.generate
+    monkeypatch.setattr(BaseReplies, "generate", lambda self, prompts: asked.extend(prompts) or generate(self, prompts))
+    recipe = distill.recipe(config)
+    recipe.setup()
+    try:
+        transcripts = {json.loads(line)["text"] for line in open(config.train)}
+        decode = recipe.tokenizer.decode
+        orders = set()
+        for student, teacher in zip(recipe.loader.dataset.students.sequences, recipe.loader.dataset.teachers.sequences,
+                                    strict=True):  # fmt: skip
+            said, typed = decode(student.ids[~student.learned]), decode(teacher.ids[~teacher.learned])
+            instruction = TRANSCRIBE_PROMPT if TRANSCRIBE_PROMPT in said else "Answer briefly."
+            instruction = TRANSCRIBE_PROMPT if TRANSCRIBE_PROMPT in said else "Answer briefly."
+            text_first = not said.startswith("<|user|> <|sound_start|>")  # (the tiny vocabulary reads words as <unk>)
+            transcript = next(t for t in transcripts if t in typed)
+            assert (not typed.startswith(f"<|user|> {transcript}")) == text_first  # the teacher's order too
+            orders.add(text_first)
+            reply = decode(student.ids[student.learned], skip_special_tokens=True).strip()
+            was_asked = any(transcript in m["content"] for p in asked for m in p)
+            if instruction == TRANSCRIBE_PROMPT:
+                assert reply == transcript and not was_asked
+            else:
+                assert was_asked
+        assert orders == {True, False}
+    finally:
+        recipe.cleanup()
 
 
 def test_refuses_what_it_cannot_distill(config):
