@@ -1,9 +1,10 @@
 """Speech tokens in Hugging Face causal LMs: vocabulary, loading, chat over audio, attention."""
 
 from auralm.lm.attention import ATTENTION_NAME, register_attention
-from auralm.lm.chat import ContextLengthError, SpeechChat, tokens_to_prompt
+from auralm.lm.chat import ContextLengthError, SpeechChat
 from auralm.lm.loading import DEFAULT_LLM, load_llm
 from auralm.lm.merge import merge_speech_llm
+from auralm.lm.messages import tokens_to_prompt
 from auralm.lm.vocabulary import SpeechTokenizerMismatchError, add_sound_tokens, check_speech_tokenizer
 
 __all__ = [

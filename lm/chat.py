@@ -44,6 +44,7 @@ import torch
 from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteriaList
 from transformers.cache_utils import DynamicLayer
 from whisper.model import Whisper
+from whisper.utils import compression_ratio
 
 from auralm.checkpoints import shipped_model
 from auralm.checkpoints.registry import SHIPPED_ADAPTER, names_shipped_tokenizer
@@ -58,7 +59,6 @@ from auralm.lm.messages import (
     audio_parts,
     clip_audio,
     in_windows,
-    message_text,
     with_audio_strings,
 )
 from auralm.lm.streaming import Cancelled, StopStrings, TokenStreamer, cut, until_stop
@@ -68,11 +68,13 @@ from auralm.lm.vocabulary import (
     check_speech_tokenizer,
     sound_vocabulary,
 )
-from auralm.tokenizer import SpeechTokenizer, codes_to_string
+from auralm.tokenizer import SpeechTokenizer
 from auralm.tokenizer.audio import MAX_AUDIO_SECONDS, is_silent
+from auralm.tokenizer.backbone import LOOPED_COMPRESSION_RATIO
 from auralm.tokenizer.token_format import NO_SPEECH_REPLY, TRANSCRIBE_PROMPT
 
 logger = logging.getLogger(__name__)
+NO_REPEAT_WORDS = 4  # a transcription decoded again after a loop repeats no run of this many tokens
 
 
 class ContextLengthError(AuralmError):
@@ -252,19 +254,22 @@ class SpeechChat:
         heard = iter([" ".join(next(texts) for _ in windows) for windows in turns])
         return [NO_SPEECH_REPLY if u else next(heard) for u in unheard]
 
-    def _generate(self, conversations: list[Sequence[Message]], decoded: dict, options: tuple) -> list[str]:
+    def _generate(
+        self, conversations: list[Sequence[Message]], decoded: dict, options: tuple, **extra: Any
+    ) -> list[str]:
+        """Replies to conversations that are heard; `extra`: more of `model.generate`'s options."""
         max_new_tokens, temperature, top_p, stop = options
         inputs = self._inputs(conversations, decoded, max_new_tokens)
         heard = self._with_sound(inputs["input_ids"]).tolist()
         if len(set(heard)) > 1:  # clips' token strings are cached: rendering a group again costs no encoding
             replies = [""] * len(conversations)
             for group in ([i for i, h in enumerate(heard) if h == value] for value in (False, True)):
-                texts = self._generate([conversations[i] for i in group], decoded, options)
+                texts = self._generate([conversations[i] for i in group], decoded, options, **extra)
                 for i, text in zip(group, texts, strict=True):
                     replies[i] = text
             return replies
         options = self._generation_options(max_new_tokens, temperature, top_p, stop, inputs["input_ids"].shape[1])
-        output = self._generate_ids(inputs, options)
+        output = self._generate_ids(inputs, options | extra)
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         return [cut(text, stop) for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
@@ -338,13 +343,21 @@ class SpeechChat:
         return _joined(replies)
 
     def transcribe(self, audio: Any, prompt: str = TRANSCRIBE_PROMPT, max_new_tokens: int = 256) -> str:
-        """What the LLM hears in a clip, asked with `prompt` (a long clip window by window); "" for a silent clip."""
+        """What the LLM hears in a clip, asked with `prompt` (a long clip window by window); "" for a silent clip.
+        Whisper's guard against loops: a window whose text compresses over LOOPED_COMPRESSION_RATIO (gzip) is
+        decoded again, greedy still, never repeating NO_REPEAT_WORDS tokens in a row, so it costs its own words."""
         part = audio if isinstance(audio, dict) else {"type": "audio", "path": audio}
         messages = [{"role": "user", "content": [part, {"type": "text", "text": prompt}]}]
         decoded: dict[int, torch.Tensor] = {}
         if self.unheard(messages, decoded):
             return ""
-        return " ".join(self._generate(self.in_windows(messages, decoded), decoded, (max_new_tokens, 0.0, 1.0, ())))
+        windows, options = self.in_windows(messages, decoded), (max_new_tokens, 0.0, 1.0, ())
+        texts = self._generate(windows, decoded, options)
+        if looped := [i for i, text in enumerate(texts) if compression_ratio(text) > LOOPED_COMPRESSION_RATIO]:
+            again = self._generate([windows[i] for i in looped], decoded, options, no_repeat_ngram_size=NO_REPEAT_WORDS)
+            for i, text in zip(looped, again, strict=True):
+                texts[i] = text
+        return " ".join(texts)
 
     def in_windows(self, messages: Sequence[Message], decoded: dict[int, torch.Tensor]) -> list[list[Message]]:
         """`in_windows` of lm/messages.py with this chat's speech tokenizer and audio limit."""
@@ -442,27 +455,6 @@ class SpeechChat:
         if criteria:
             options["stopping_criteria"] = StoppingCriteriaList(criteria)
         return options
-
-
-def tokens_to_prompt(
-    codes: Sequence[int] | torch.Tensor,
-    text: str = "",
-    tokenizer: PreTrainedTokenizerBase | None = None,
-    system: str | None = None,
-) -> str:
-    """One clip's sound codes (T,) and an optional question after them, as a user turn for any LLM.
-
-    With an LLM tokenizer: the whole prompt through its chat template, ready for the assistant's
-    reply (the text SpeechChat gives the model for the same message). Without one: the message text
-    alone, `<|sound_start|>…<|sound_end|>` then a newline and the question, for your own template or
-    a training set.
-    """
-    pieces = [codes_to_string(codes)] + ([text] if text else [])
-    content = message_text(pieces)
-    if tokenizer is None:
-        return content
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
 def _joined(replies: list[Reply]) -> Reply:

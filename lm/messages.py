@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import PreTrainedTokenizerBase
 
-from auralm.tokenizer import SAMPLE_RATE, AudioError, SpeechTokenizer, load_audio
+from auralm.tokenizer import SAMPLE_RATE, AudioError, SpeechTokenizer, codes_to_string, load_audio
 from auralm.tokenizer.audio import check_seconds, is_loaded_audio, is_silent
 
 Message = dict[str, Any]
@@ -182,3 +183,24 @@ def _audio_key(part: dict[str, Any]) -> tuple | None:
         digest = hashlib.sha256(array.tobytes()).hexdigest()
         return ("array", part.get("sampling_rate", SAMPLE_RATE), array.dtype.str, array.shape, digest)
     return None
+
+
+def tokens_to_prompt(
+    codes: Sequence[int] | torch.Tensor,
+    text: str = "",
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    system: str | None = None,
+) -> str:
+    """One clip's sound codes (T,) and an optional question after them, as a user turn for any LLM.
+
+    With an LLM tokenizer: the whole prompt through its chat template, ready for the assistant's
+    reply (the text SpeechChat gives the model for the same message). Without one: the message text
+    alone, `<|sound_start|>…<|sound_end|>` then a newline and the question, for your own template or
+    a training set.
+    """
+    pieces = [codes_to_string(codes)] + ([text] if text else [])
+    content = message_text(pieces)
+    if tokenizer is None:
+        return content
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

@@ -27,6 +27,10 @@ from auralm.tokenizer.audio import SAMPLE_RATE, split_windows
 from auralm.tokenizer.config import WHISPER_SECONDS
 
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+# openai-whisper's thresholds for decoding again: text whose gzip ratio is over this has looped, a mean
+# log-probability under this is a guess.
+LOOPED_COMPRESSION_RATIO = 2.4
+GUESSED_LOGPROB = -1.0
 # A decoded window may hold at most this much text, so a model that loops (or an untrained tokenizer's
 # noise) stops early instead of filling Whisper's whole 224-token budget at every fallback temperature.
 # Fast speech is about 4 words (≈ 6 tokens) a second.
@@ -197,7 +201,10 @@ def decode_with_fallback(
             decoded = [_decode(model, inputs[i : i + 1], sampled)[0] for i in pending]
         for index, result in zip(pending, decoded, strict=True):
             results[index] = result
-        pending = [i for i in pending if results[i].compression_ratio > 2.4 or results[i].avg_logprob < -1.0]
+        pending = [
+            i for i in pending
+            if results[i].compression_ratio > LOOPED_COMPRESSION_RATIO or results[i].avg_logprob < GUESSED_LOGPROB
+        ]  # fmt: skip
         if not pending:
             break
     return [_without_special_tokens(model, result) for result in results]

@@ -99,3 +99,21 @@ def test_a_clip_longer_than_the_window_is_answered_window_by_window(tiny_whisper
     assert chat.transcribe(array(audio), max_new_tokens=3) == " ".join(transcripts)
     with pytest.raises(AudioError, match="2 clips over 2 s in one message"):
         chat.reply([{"role": "user", "content": [array(audio), array(audio)]}])
+
+
+def test_a_transcription_that_loops_is_decoded_again_without_repeating_itself(tiny_chat):
+    """Whisper's guard (issue 24): text compressing over 2.4 has looped; decoded again it repeats no 4 tokens."""
+    from whisper.utils import compression_ratio
+
+    from auralm.lm.chat import NO_REPEAT_WORDS
+    from auralm.tokenizer.backbone import LOOPED_COMPRESSION_RATIO
+
+    clip = {"type": "audio", "path": DATA / "en_16k.wav"}
+    asked_for_words = [{"role": "user", "content": [clip, {"type": "text", "text": "Transcribe the speech."}]}]
+    greedy = tiny_chat.generate(asked_for_words, max_new_tokens=200)
+    assert compression_ratio(greedy) > LOOPED_COMPRESSION_RATIO  # the tiny random LLM loops
+    text = tiny_chat.transcribe(clip, max_new_tokens=200)
+    prompt = torch.tensor([tiny_chat.prompt_ids(asked_for_words)])
+    again = tiny_chat.model.generate(prompt, do_sample=False, max_new_tokens=200, no_repeat_ngram_size=NO_REPEAT_WORDS,
+                                     pad_token_id=tiny_chat.tokenizer.pad_token_id)  # fmt: skip
+    assert text == tiny_chat.tokenizer.decode(again[0, prompt.shape[1] :], skip_special_tokens=True) != greedy
