@@ -89,6 +89,8 @@ class LLMTrainingConfig(RunConfig):
     lora_targets: list[str] = field(default_factory=lambda: list(LLAMA_LINEAR_LAYERS))
     merge: bool = False  # also write output_dir/merged/ (the adapter merged into the LLM) at the end
     adapter: str | None = None  # an earlier run's adapter to go on training (sft after pretrain), LoRA settings and all
+    allow_mismatch: bool = False  # adapter= may be trained on another tokenizer's codes (the one tokenizer= was
+    # fine-tuned from with init=: its codes keep much of their meaning, so the sound rows start nearer than anew)
     # sequences
     instruction_first: float = 0.5  # the share of requests put before the clip, not after (users do both)
     max_tokens: int = 1024  # a packed row's length; longer conversations are skipped
@@ -244,8 +246,11 @@ class LLMRecipe:
         if not sound.is_file():
             raise ConfigError(f"adapter={adapter}: no {SOUND_TOKENS_FILE}; give an adapter `auralm train` wrote")
         recorded = json.loads(sound.read_text()).get(HASH_KEY)
-        if recorded != self.speech.tokenizer_hash:
-            raise ConfigError(f"adapter={adapter}: trained on another speech tokenizer's codes ({str(recorded)[:12]}…)")
+        if recorded != self.speech.tokenizer_hash and not self.config.allow_mismatch:
+            raise ConfigError(
+                f"adapter={adapter}: trained on another speech tokenizer's codes ({str(recorded)[:12]}…); "
+                "allow_mismatch=true goes on from it all the same (for a tokenizer fine-tuned from that one)"
+            )
         try:
             return PeftModel.from_pretrained(llm, adapter, is_trainable=True)
         except (OSError, ValueError, RuntimeError, KeyError) as e:

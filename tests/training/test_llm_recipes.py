@@ -134,6 +134,13 @@ def test_pretrain_overfits_and_its_adapter_transcribes_through_speech_chat(
     other = tiny_speech_tokenizer(tiny_whisper_file, seed=2).save_pretrained(tmp_path / "other-tok")
     result = train("sft", *sft, f"tokenizer={other}", f"output_dir={tmp_path / 'other'}")
     assert result.returncode == 2 and "trained on another speech tokenizer's codes" in result.stderr
+    # allowed (a tokenizer fine-tuned from the adapter's): it goes on from that adapter, and pairs with the new one
+    result = train("sft", *sft, f"tokenizer={other}", f"output_dir={tmp_path / 'other'}", "allow_mismatch=true")
+    assert result.returncode == 0, result.stderr
+    SpeechChat(*load_llm(llm_folder, adapter=tmp_path / "other" / "adapter"), SpeechTokenizer.from_pretrained(other))
+    lora = load_file(tmp_path / "other" / "adapter" / "adapter_model.safetensors")
+    before = load_file(run / "adapter" / "adapter_model.safetensors")
+    assert all(torch.equal(lora[k], before[k]) for k in before if "lora_" in k)  # lr 0: pretrain's LoRA, kept
 
 
 def test_full_training_writes_a_whole_model(tmp_path, speech_folder, llm_folder):
