@@ -97,6 +97,7 @@ class LLMTrainingConfig(RunConfig):
     pack: bool = True  # several conversations share a row (attention stays within each)
     lr: float = 2e-4
     kl_temperature: float = 2.0  # distilled conversations: both distributions softened by this (Ultravox's 2)
+    reply_ce_weight: float = 1.0  # distilled conversations: + this × cross-entropy on the reply's own tokens
 
 
 class ConversationSource(Protocol):
@@ -324,16 +325,25 @@ class LLMRecipe:
         """One micro-batch's loss summed over its target tokens (the step divides by the global count):
         cross-entropy, or for distilled conversations KL(teacher ‖ student) at kl_temperature T, scaled by T²
         (Hinton's factor, so the gradients keep their size whatever T), where the teacher is the LLM without the
-        adapter reading the teacher's rows (Ultravox's `_compute_kl_loss`, for discrete sound tokens)."""
+        adapter reading the teacher's rows (Ultravox's `_compute_kl_loss`, for discrete sound tokens), plus
+        `reply_ce_weight` × the cross-entropy of the reply's tokens (sequence-level distillation, Kim and Rush):
+        the softened KL alone let a CPU-sized run drift to replies that ignore the clip (RESULTS.md)."""
         if isinstance(batch, DistillBatch):
             with torch.no_grad(), self.model.disable_adapter():
                 teacher = self._target_logits(batch.teacher)  # (N, vocab)
-            student = self._target_logits(batch.student)  # (N, vocab)
+            logits = self._target_logits(batch.student)  # (N, vocab)
             t = self.config.kl_temperature
-            student, teacher = F.log_softmax(student / t, dim=-1), F.log_softmax(teacher / t, dim=-1)
-            return F.kl_div(student, teacher, log_target=True, reduction="sum") * t * t
+            student, teacher = F.log_softmax(logits / t, dim=-1), F.log_softmax(teacher / t, dim=-1)
+            kl = F.kl_div(student, teacher, log_target=True, reduction="sum") * t * t
+            if not self.config.reply_ce_weight:
+                return kl
+            return kl + self.config.reply_ce_weight * self._cross_entropy(logits, batch.student)
+        return self._cross_entropy(self._target_logits(batch), batch)
+
+    def _cross_entropy(self, logits: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
+        """The summed cross-entropy of (N, vocab) logits at the batch's target positions."""
         targets = batch.targets.to(self.world.device)
-        return F.cross_entropy(self._target_logits(batch), targets[targets != IGNORE], reduction="sum")
+        return F.cross_entropy(logits, targets[targets != IGNORE], reduction="sum")
 
     def _target_logits(self, batch: TokenBatch) -> torch.Tensor:
         """(N, vocab) float32 logits at the batch's N target positions, in row order."""

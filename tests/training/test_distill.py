@@ -23,7 +23,7 @@ def config(tmp_path, speech_folder, llm_folder) -> distill.DistillConfig:
     return distill.DistillConfig(
         train=str(asr_manifest(tmp_path)), tokenizer=str(speech_folder), llm=str(llm_folder),
         output_dir=str(tmp_path / "run"), instructions=["", "Answer briefly."], reply_tokens=4, text_ratio=0.5,
-        kl_temperature=1.0, batch_size=4, max_steps=40, lr=0.01, warmup_steps=2, log_every=5, bf16=False,
+        kl_temperature=1.0, reply_ce_weight=0.0, batch_size=4, max_steps=40, lr=0.01, warmup_steps=2, log_every=5, bf16=False,
         max_tokens=400, pack=False, progress=False, save_every=1000,
     )  # fmt: skip
 
@@ -60,6 +60,28 @@ def test_the_student_learns_the_teachers_answers_and_typed_text_stays(config):
         assert after < 0.5 * before, (before, after)
         rows = [json.loads(line) for line in (recipe.run_dir / "metrics.jsonl").read_text().splitlines()]
         assert rows[-1]["loss"] < rows[0]["loss"]
+    finally:
+        recipe.cleanup()
+
+
+def test_the_reply_cross_entropy_adds_to_the_kl_by_its_weight(config):
+    """reply_ce_weight: the loss is KL + weight × the student's cross-entropy on the reply's tokens."""
+    recipe = distill.recipe(dataclasses.replace(config, reply_ce_weight=0.5))
+    recipe.setup()
+    try:
+        students, teachers = recipe.loader.dataset.students.sequences, recipe.loader.dataset.teachers.sequences
+        items = [(PackedSequences(students, [[i]])[0], PackedSequences(teachers, [[i]])[0]) for i in range(4)]
+        batch: DistillBatch = collate_pairs(items, recipe.tokenizer.pad_token_id)
+        with torch.no_grad():
+            both = float(recipe.loss_sum(batch))
+            recipe.config.reply_ce_weight = 0.0
+            kl = float(recipe.loss_sum(batch))
+            logits = recipe.model(input_ids=batch.student.ids, position_ids=batch.student.positions).logits.float()
+        targets = batch.student.targets
+        ce = float(
+            torch.nn.functional.cross_entropy(logits[targets != -100], targets[targets != -100], reduction="sum")
+        )
+        assert ce > 1.0 and both == pytest.approx(kl + 0.5 * ce, rel=1e-4)
     finally:
         recipe.cleanup()
 
