@@ -59,6 +59,7 @@ from auralm.lm.messages import (
     audio_parts,
     clip_audio,
     in_windows,
+    last_turn_audio,
     with_audio_strings,
 )
 from auralm.lm.streaming import Cancelled, StopStrings, TokenStreamer, cut, until_stop
@@ -107,6 +108,11 @@ class ReplyStream(Iterator[str]):
 
     def close(self) -> None:
         self._pieces.close()
+
+    @classmethod
+    def known(cls, text: str) -> ReplyStream:
+        """A reply known without the LLM (NO_SPEECH_REPLY to silence): all of it in one piece, at no token's cost."""
+        return cls(_said(text))
 
 
 class SpeechChat:
@@ -203,8 +209,7 @@ class SpeechChat:
     def unheard(self, messages: Sequence[Message], decoded: dict[int, torch.Tensor] | None = None) -> bool:
         """Whether the last message is the user's with audio, all of it silence (`is_silent`): such a turn gets
         NO_SPEECH_REPLY. decoded: where the clips decoded to tell are left for `render` (by id(part))."""
-        last = messages[-1] if messages else {}
-        parts = audio_parts([[last]]) if last.get("role") == "user" else []
+        parts = last_turn_audio(messages)
         keys, strings = self._clips.known(parts)
         for part, key, string in zip(parts, keys, strings, strict=True):
             if key in self._silent:
@@ -308,7 +313,7 @@ class SpeechChat:
         their errors raise) here, the reply generated as the pieces are read."""
         decoded: dict[int, torch.Tensor] = {}
         if self.unheard(messages, decoded):
-            return ReplyStream(_said(NO_SPEECH_REPLY))
+            return ReplyStream.known(NO_SPEECH_REPLY)
         prompts = [self._inputs([turn], decoded, max_new_tokens) for turn in self.in_windows(messages, decoded)]
         return ReplyStream(self._in_turn(prompts, max_new_tokens, temperature, top_p, stop))
 

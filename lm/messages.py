@@ -107,15 +107,27 @@ def clip_audio(part: Message, max_seconds: float) -> torch.Tensor:
     return load_audio(array, rate, max_seconds=max_seconds)
 
 
+def last_turn_audio(messages: Sequence[Message]) -> list[Message]:
+    """The audio parts of the last message when it is the user's (the turn to answer)."""
+    last = messages[-1] if messages else {}
+    return audio_parts([[last]]) if last.get("role") == "user" else []
+
+
+def silent_turn(messages: Sequence[Message], max_seconds: float) -> bool:
+    """Whether the turn to answer holds audio, all of it silence (`is_silent`): it is answered NO_SPEECH_REPLY.
+    (`SpeechChat.unheard` asks the same, remembering the clips it decoded.)"""
+    parts = last_turn_audio(messages)
+    return bool(parts) and all(is_silent(clip_audio(part, max_seconds)) for part in parts)
+
+
 def in_windows(
     messages: Sequence[Message], decoded: dict[int, torch.Tensor], speech_tokenizer: SpeechTokenizer, max_seconds: float
 ) -> list[list[Message]]:
     """The conversation once for each window of the clip in its last user turn when that clip is longer than the
     speech tokenizer's window (cut at quiet points; silent windows left out), to be answered in turn; else
     [messages]. decoded: clips decoded so far, by id(part); the windows' are added."""
-    last = messages[-1] if messages else {}
-    long = []
-    for part in audio_parts([[last]]) if last.get("role") == "user" else []:
+    last, long = messages[-1] if messages else {}, []
+    for part in last_turn_audio(messages):
         if id(part) not in decoded:
             decoded[id(part)] = clip_audio(part, max_seconds)
         if len(windows := speech_tokenizer.windows(decoded[id(part)])) > 1:

@@ -164,20 +164,24 @@ async def _chat_completion(
         reply: Reply = await queue.run(lambda: chat.reply(messages, **options))
     except AuralmError as e:
         raise _prompt_error(e) from e
-    return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model_name,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": reply.text},
-                "finish_reason": reply.finish_reason,
-            }
-        ],
-        "usage": _usage(reply),
-    }
+    return completion(reply, completion_id, created, model_name)
+
+
+def completion(reply: Reply, completion_id: str, created: int, model: str) -> dict[str, Any]:
+    """A whole reply as OpenAI's chat.completion object."""
+    choice = {"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": reply.finish_reason}
+    return {"id": completion_id, "object": "chat.completion", "created": created, "model": model, "choices": [choice],
+            "usage": _usage(reply)}  # fmt: skip
+
+
+def known_reply(text: str, body: dict[str, Any], model: str) -> Any:
+    """A reply known without any LLM (NO_SPEECH_REPLY to silence) as the request asked for it: a chat.completion,
+    or its stream (server-sent events)."""
+    created, completion_id = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
+    if body.get("stream"):
+        events = _sse(ReplyStream.known(text), completion_id, created, model, _include_usage(body))
+        return StreamingResponse(events, media_type="text/event-stream")
+    return completion(Reply(text, "stop", 0, 0), completion_id, created, model)
 
 
 def _prompt_error(error: AuralmError) -> RequestError:

@@ -31,11 +31,20 @@ import torch
 from fastapi import FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from auralm.apps.server import CleanedUpStream, RequestError, ServerLimits, base_app, checked_messages, json_body
+from auralm.apps.server import (
+    CleanedUpStream,
+    RequestError,
+    ServerLimits,
+    base_app,
+    checked_messages,
+    json_body,
+    known_reply,
+)
 from auralm.errors import AuralmError
-from auralm.lm.messages import ClipStrings, Message, audio_parts, with_audio_strings
+from auralm.lm.messages import ClipStrings, Message, audio_parts, silent_turn, with_audio_strings
 from auralm.lm.vocabulary import SpeechTokenizerMismatchError
 from auralm.tokenizer import SpeechTokenizer, codes_to_string
+from auralm.tokenizer.token_format import NO_SPEECH_REPLY
 
 logger = logging.getLogger(__name__)
 CONNECT_SECONDS = 10.0  # to reach the upstream; an answer may take as long as generation takes
@@ -140,7 +149,10 @@ def create_upstream_app(speech: SpeechTokenizer, upstream: Upstream, limits: Ser
         body = await json_body(request, limits)
         # decoding the audio takes a while: off the event loop
         messages = await run_in_threadpool(checked_messages, body.get("messages"), limits)
-        body |= {"messages": await render(messages), "model": body.get("model") or upstream.model}
+        model = body.get("model") or upstream.model
+        if await run_in_threadpool(silent_turn, messages, limits.max_audio_seconds):  # as the built-in server does
+            return known_reply(NO_SPEECH_REPLY, body, model)
+        body |= {"messages": await render(messages), "model": model}
         return await _forward(request.app.state.client, upstream.url, body)
 
     return app

@@ -35,8 +35,9 @@ from auralm.checkpoints import load_whisper
 from auralm.lm import SpeechChat, SpeechTokenizerMismatchError
 from auralm.lm.merge import merge_speech_llm
 from auralm.tokenizer import SAMPLE_RATE, SpeechTokenizer, load_audio
+from auralm.tokenizer.token_format import NO_SPEECH_REPLY
 from tests.apps.conftest import running
-from tests.apps.test_server import audio_url_part, free_port, wav_part
+from tests.apps.test_server import audio_url_part, free_port, silent_wav, wav_part
 from tests.conftest import DATA, TINY_CONFIG, randomize
 from tests.lm.conftest import save_sound_adapter, tiny_llama, tiny_text_tokenizer
 
@@ -158,6 +159,22 @@ def test_streams_are_relayed_and_join_to_the_whole_reply(client, chat):
     next(iter(stream))
     stream.close()  # a client that hangs up mid-stream; the next request is served as usual
     assert ask(client, wav_part("en_8k.wav"), max_tokens=2).choices
+
+
+def test_silence_is_answered_as_silence_without_the_upstream(client, speech):
+    """As the built-in server: a turn whose audio is all silence is "I couldn't hear any speech in that.", whole or
+    streamed, with no token spent upstream and no encoder run here."""
+    ran = []
+    hook = speech.whisper.register_forward_pre_hook(lambda *_: ran.append(1))
+    part = {"type": "input_audio", "input_audio": {"data": base64.b64encode(silent_wav(3)).decode(), "format": "wav"}}
+    try:
+        reply = ask(client, part, max_tokens=8)
+        chunks = list(ask(client, part, max_tokens=8, stream=True, stream_options={"include_usage": True}))
+    finally:
+        hook.remove()
+    assert reply.choices[0].message.content == NO_SPEECH_REPLY and reply.usage.completion_tokens == 0
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == NO_SPEECH_REPLY
+    assert chunks[-1].usage.completion_tokens == 0 and ran == []
 
 
 def test_a_stream_is_relayed_as_it_comes_not_when_it_ends(chat, speech):
