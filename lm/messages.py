@@ -12,14 +12,16 @@ import hashlib
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from transformers import PreTrainedTokenizerBase
 
 from auralm.tokenizer import SAMPLE_RATE, AudioError, SpeechTokenizer, codes_to_string, load_audio
 from auralm.tokenizer.audio import check_seconds, is_loaded_audio, is_silent
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 Message = dict[str, Any]
 ENCODED_CLIPS_KEPT = 256  # token strings of recent clips kept for later turns (about 10 KB each)

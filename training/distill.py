@@ -13,7 +13,9 @@ briefly.", …) and becomes two conversations with the same reply:
 the reply is the teacher's own greedy answer, asked once and kept in output_dir/teacher_replies.json (the transcript
 itself for a `verbatim` request: "Transcribe the speech."). The instruction comes before the clip in
 `instruction_first` of the conversations and after it in the rest, so both orders mean the same request. The loss
-is KL(teacher ‖ student) over the reply's tokens at `kl_temperature`. So any transcribed speech is instruction
+is KL(teacher ‖ student) over the reply's tokens at `kl_temperature`, plus `reply_ce_weight` × the student's
+cross-entropy on the reply itself (without it the KL let a CPU-sized run settle on replies that ignore the clip,
+RESULTS.md). So any transcribed speech is instruction
 data, and a spoken question learns the answer the LLM gives it typed.
 
 `text_ratio` of the clips also come as text-only conversations (the transcript and instruction typed), where
