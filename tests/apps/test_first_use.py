@@ -118,9 +118,9 @@ def test_chat_answers_silence_as_unheard_and_refuses_long_audio_and_prompts_beyo
     assert_one_line_error(code, err, "over the 300 s limit")
     assert out == ""
 
-    speech = long_speech(tmp_path / "speech.wav")  # 1,025 sound tokens; the tiny Llama has 512 positions
+    speech = long_speech(tmp_path / "speech.wav")  # a first 30 s window of 740 tokens; the tiny Llama has 512 positions
     code, out, err = run_main(capsys, "chat", "--audio", str(speech), "--prompt", "hello", "--max-new-tokens", "8")
-    assert_one_line_error(code, err, "auralm chat: error: the prompt is 1,")
+    assert_one_line_error(code, err, "auralm chat: error: the prompt is 7")
     assert "tokens, over the 504 this LLM takes with 8 new tokens (its context: 512)" in err
     assert out == "" and cli_chat.forwards == []
 
@@ -281,5 +281,5 @@ def test_a_failing_message_in_a_session_is_reported_and_the_session_goes_on(tiny
     stdout = io.StringIO()
     assert session(tiny_chat, typed, stdout, max_new_tokens=4) == 0
     err = capsys.readouterr().err
-    assert "error: the prompt is 1," in err and f"error: {gone}: no such file" in err
+    assert "error: the prompt is 7" in err and f"error: {gone}: no such file" in err
     assert len(stdout.getvalue().splitlines()) == 1  # "hello" answered
