@@ -121,7 +121,7 @@ def test_both_orders_are_taught_and_the_words_said_answer_a_request_for_them(con
             instruction = TRANSCRIBE_PROMPT if TRANSCRIBE_PROMPT in said else "Answer briefly."
             instruction = TRANSCRIBE_PROMPT if TRANSCRIBE_PROMPT in said else "Answer briefly."
             text_first = not said.startswith("<|user|> <|sound_start|>")  # (the tiny vocabulary reads words as <unk>)
-            transcript = next(t for t in transcripts if t in typed)
+            transcript = max((t for t in transcripts if t in typed), key=len)  # one clip says another's start
             assert (not typed.startswith(f"<|user|> {transcript}")) == text_first  # the teacher's order too
             orders.add(text_first)
             reply = decode(student.ids[student.learned], skip_special_tokens=True).strip()
