@@ -133,7 +133,10 @@ class CodeCache:
         found, rest = [], []
         for index in todo:
             cached = self.frames.clip_frames(examples[index])
-            (rest if cached is None else found).append(index if cached is None else (index, *cached))
+            if cached is None:
+                rest.append(index)
+            else:
+                found.append((index, *cached))
         speech = self.speech_tokenizer
         with tqdm(
             total=len(found), desc="sound codes (cached frames)", unit="clip", disable=not progress or not found
