@@ -20,7 +20,9 @@ data, and a spoken question learns the answer the LLM gives it typed.
 
 `text_ratio` of the clips also come as text-only conversations (the transcript and instruction typed), where
 student and teacher read the same text: the adapter learns to leave text answers as they are, and keeps them
-when it is merged into the LLM. What trains, and the outputs: see llm_recipe.py.
+when it is merged into the LLM. `noise_ratio` clips without speech (random codes, silence, white noise; sft's) are
+answered `refusal`, the teacher reading a note that the recording holds no speech. What trains, and the outputs:
+see llm_recipe.py.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from auralm.data import read_examples
+from auralm.data.noise import REFUSAL
 from auralm.lm.messages import message_text
 from auralm.tokenizer.token_format import TRANSCRIBE_PROMPT
 from auralm.training.audio_dataset import SkippedExamples
@@ -37,6 +40,7 @@ from auralm.training.chat_dataset import Distilled, user_turn
 from auralm.training.config import ConfigError
 from auralm.training.llm_recipe import LLMRecipe, LLMTrainingConfig
 from auralm.training.loop import run_recipe
+from auralm.training.noise_clips import noise_clips
 from auralm.training.replies import BaseReplies
 
 # What a user asks beside a clip; "" is the clip alone (a spoken question or request is then the whole turn).
@@ -45,6 +49,8 @@ INSTRUCTIONS = ["", "", TRANSCRIBE_PROMPT, "Answer briefly.", "What is the speak
 # Requests for the words said: their reply is the transcript (a small teacher rewrites rather than copies), and
 # the KL still teaches the teacher's distribution over it.
 VERBATIM = [TRANSCRIBE_PROMPT, "Repeat exactly what was said."]
+# What the teacher reads in place of a clip without speech.
+NO_SPEECH_NOTE = "(The recording holds no speech, only silence or noise.)"
 
 
 @dataclass
@@ -57,6 +63,8 @@ class DistillConfig(LLMTrainingConfig):
     reply_tokens: int = 64  # the longest teacher reply
     reply_batch: int = 16  # teacher prompts answered at once (a GPU takes hundreds)
     text_ratio: float = 0.25  # text-only conversations per spoken one (the adapter keeps text answers)
+    noise_ratio: float = 0.05  # clips without speech per spoken one, answered by `refusal`
+    refusal: str = REFUSAL
     max_tokens: int = 512
 
 
@@ -95,8 +103,14 @@ class TeacherReplies:
             answer = {"role": "assistant", "content": reply}
             conversations.append(Distilled([user_turn(clip, instruction, before), answer], [*prompt, answer]))
         conversations += [Distilled(conversations[i].teacher, conversations[i].teacher) for i in typed]
+        noise = noise_clips(recipe, round(c.noise_ratio * len(clips)), [i for i in c.instructions if i], c.seed)
+        refusal = {"role": "assistant", "content": c.refusal}
+        for clip in noise:  # the teacher is told what the clip holds, as it reads the transcript of speech
+            typed_noise = typed_turn(NO_SPEECH_NOTE, clip.request, clip.request_first)
+            conversations.append(Distilled([user_turn(clip.codes, clip.request, clip.request_first), refusal],
+                                           [{"role": "user", "content": typed_noise}, refusal]))  # fmt: skip
         if recipe.progress:
-            print(f"distill: {len(clips)} spoken and {len(typed)} typed conversations", flush=True)
+            print(f"distill: {len(clips)} spoken, {len(typed)} typed and {len(noise)} noise conversations", flush=True)
         return conversations, skipped
 
 

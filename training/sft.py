@@ -27,17 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile
 
 from auralm.data.examples import DataError, Example, json_lines
-from auralm.data.noise import NOISE_SECONDS, RANDOM_CODES, REFUSAL, noise_samples
+from auralm.data.noise import REFUSAL
 from auralm.lm.messages import message_text
-from auralm.tokenizer import SAMPLE_RATE
 from auralm.training.audio_dataset import SkippedExamples
 from auralm.training.chat_dataset import Conversation, user_turn
 from auralm.training.config import ConfigError
 from auralm.training.llm_recipe import LLMRecipe, LLMTrainingConfig
 from auralm.training.loop import run_recipe
+from auralm.training.noise_clips import noise_clips
 from auralm.training.replies import BaseReplies
 
 ROLES = ("system", "user", "assistant")
@@ -128,13 +127,8 @@ class ChatManifest:
         c = self.config
         manifest = read_conversations(c.train)
         spoken_count = sum(1 for conversation in manifest if _audio_paths(conversation))
-        rng = np.random.default_rng([c.seed, 1])  # this recipe's own draws: noise, the text-only subset
-        kinds = rng.integers(0, 3, size=round(c.noise_ratio * spoken_count))
-        seconds = rng.uniform(*NOISE_SECONDS, size=len(kinds))
-        noise_files = self._noise_audio(recipe, kinds, seconds)
-
         clips = list(dict.fromkeys(path for conversation in manifest for path in _audio_paths(conversation)))
-        examples = [Example(id=path, text="", audio=path) for path in clips + [f for f in noise_files if f]]
+        examples = [Example(id=path, text="", audio=path) for path in clips]
         codes, clip_skipped = recipe.code_cache.build(
             examples, recipe.world, num_workers=c.num_workers, progress=recipe.progress
         )
@@ -159,23 +153,17 @@ class ChatManifest:
             (spoken if paths else text_only).append(messages)
 
         if c.text_ratio is not None and len(text_only) > round(c.text_ratio * len(spoken)):
+            rng = np.random.default_rng([c.seed, 4])  # this recipe's own draw: the text-only subset
             chosen = rng.choice(len(text_only), size=round(c.text_ratio * len(spoken)), replace=False)
             text_only = [text_only[i] for i in sorted(chosen)]
         if c.text_replies == "base":
             text_only = self._base_replies(recipe, text_only)
         user_parts = [p for conversation in spoken for m in conversation if m["role"] == "user" for p in m["content"]]
         requests = sorted({p for p in user_parts if isinstance(p, str)})  # what noise clips come with, half the time
-        noise = []
-        for kind, length, file in zip(kinds, seconds, noise_files, strict=True):
-            if kind == RANDOM_CODES:
-                clip = rng.integers(
-                    0, recipe.speech.config.vocab_size, size=recipe.speech.num_codes(round(length * SAMPLE_RATE))
-                )
-            else:
-                clip = by_path[file]
-            request = requests[rng.integers(len(requests))] if requests and rng.random() < 0.5 else None
-            before = rng.random() < c.instruction_first
-            noise.append([user_turn(clip, request, before), {"role": "assistant", "content": c.refusal}])
+        noise = [
+            [user_turn(clip.codes, clip.request, clip.request_first), {"role": "assistant", "content": c.refusal}]
+            for clip in noise_clips(recipe, round(c.noise_ratio * spoken_count), requests, c.seed)
+        ]
         if recipe.progress:
             print(
                 f"sft: {len(spoken)} spoken, {len(text_only)} text-only and {len(noise)} noise conversations",
@@ -200,27 +188,6 @@ class ChatManifest:
             for (conversation, at), reply in zip(asked, ask(prompts), strict=True):
                 conversation[at]["content"] = reply
         return conversations
-
-    def _noise_audio(self, recipe: LLMRecipe, kinds: np.ndarray, seconds: np.ndarray) -> list[str | None]:
-        """The audio files of the silence and white-noise clips (None for random codes), written once by rank 0
-        into output_dir/noise/ (a clip depends only on the seed and its number)."""
-        folder = recipe.run_dir / "noise"
-        files: list[str | None] = []
-        for number, (kind, length) in enumerate(zip(kinds, seconds, strict=True)):
-            if kind == RANDOM_CODES:
-                files.append(None)
-                continue
-            file = folder / f"noise-{self.config.seed}-{number:06d}.flac"
-            if recipe.world.is_main and not file.is_file():
-                generator = np.random.default_rng([self.config.seed, 2, number])
-                samples = noise_samples(kind, round(length * SAMPLE_RATE), generator)
-                folder.mkdir(parents=True, exist_ok=True)
-                partial = file.with_name(f".{file.name}.partial")
-                soundfile.write(partial, samples, SAMPLE_RATE, format="FLAC")
-                partial.rename(file)
-            files.append(str(file))
-        recipe.world.barrier()
-        return files
 
 
 def recipe(config: SFTConfig, resume: bool = False) -> LLMRecipe:

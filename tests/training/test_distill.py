@@ -119,7 +119,6 @@ def test_both_orders_are_taught_and_the_words_said_answer_a_request_for_them(con
                                     strict=True):  # fmt: skip
             said, typed = decode(student.ids[~student.learned]), decode(teacher.ids[~teacher.learned])
             instruction = TRANSCRIBE_PROMPT if TRANSCRIBE_PROMPT in said else "Answer briefly."
-            instruction = TRANSCRIBE_PROMPT if TRANSCRIBE_PROMPT in said else "Answer briefly."
             text_first = not said.startswith("<|user|> <|sound_start|>")  # (the tiny vocabulary reads words as <unk>)
             transcript = max((t for t in transcripts if t in typed), key=len)  # one clip says another's start
             assert (not typed.startswith(f"<|user|> {transcript}")) == text_first  # the teacher's order too
@@ -131,6 +130,28 @@ def test_both_orders_are_taught_and_the_words_said_answer_a_request_for_them(con
             else:
                 assert was_asked
         assert orders == {True, False}
+    finally:
+        recipe.cleanup()
+
+
+def test_clips_without_speech_are_answered_by_the_refusal(config):
+    """noise_ratio: random codes, silence and white noise come as clips the student answers with the refusal,
+    where its teacher reads a note that the recording holds no speech."""
+    recipe = distill.recipe(dataclasses.replace(config, noise_ratio=1.0, text_ratio=0.0, refusal="No speech."))
+    recipe.setup()
+    try:
+        students, teachers = recipe.loader.dataset.students.sequences, recipe.loader.dataset.teachers.sequences
+        assert len(students) == 8 + 8
+        sound = [f"<|sound_{i:04d}|>" for i in range(recipe.speech.config.vocab_size)]
+        codes = set(recipe.tokenizer.convert_tokens_to_ids(sound))
+        note = recipe.tokenizer(distill.NO_SPEECH_NOTE, add_special_tokens=False).input_ids
+        refusal = recipe.tokenizer("No speech.", add_special_tokens=False).input_ids  # (the tiny vocabulary's ids)
+        for student, teacher in zip(students[8:], teachers[8:], strict=True):
+            assert student.ids[student.learned].tolist()[: len(refusal)] == refusal
+            assert codes & set(student.ids.tolist()) and not codes & set(teacher.ids.tolist())
+            read = teacher.ids[~teacher.learned].tolist()
+            assert any(read[i : i + len(note)] == note for i in range(len(read)))
+        assert sorted((recipe.run_dir / "noise").glob("*.flac"))  # silence and white noise are real audio
     finally:
         recipe.cleanup()
 
