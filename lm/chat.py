@@ -91,6 +91,9 @@ class Reply(NamedTuple):
     completion_tokens: int  # tokens generated, the end-of-text token included
 
 
+UNHEARD = Reply(NO_SPEECH_REPLY, "stop", 0, 0)  # the reply to a turn without speech, at no token's cost
+
+
 class ReplyStream(Iterator[str]):
     """The pieces of one streamed reply. Once all are read, `reply` holds the whole `Reply`;
     `close()` ends the generation early."""
@@ -110,9 +113,10 @@ class ReplyStream(Iterator[str]):
         self._pieces.close()
 
     @classmethod
-    def known(cls, text: str) -> ReplyStream:
-        """A reply known without the LLM (NO_SPEECH_REPLY to silence): all of it in one piece, at no token's cost."""
-        return cls(_said(text))
+    def known(cls, reply: Reply) -> ReplyStream:
+        """A reply known without generating here (`UNHEARD` to silence, an upstream's answers to a long clip's
+        windows): all of it in one piece."""
+        return cls(_said(reply))
 
 
 class SpeechChat:
@@ -291,13 +295,13 @@ class SpeechChat:
         NO_SPEECH_REPLY, which takes no LLM)."""
         decoded: dict[int, torch.Tensor] = {}
         if self.unheard(messages, decoded):
-            return Reply(NO_SPEECH_REPLY, "stop", 0, 0)
+            return UNHEARD
         prompts = [self._inputs([turn], decoded, max_new_tokens) for turn in self.in_windows(messages, decoded)]
         replies = []
         for inputs in prompts:  # one, or a long clip's windows in turn
             options = self._generation_options(max_new_tokens, temperature, top_p, stop, inputs["input_ids"].shape[1])
             replies.append(self._reply(inputs, self._generate_ids(inputs, options), max_new_tokens, stop))
-        return _joined(replies)
+        return joined(replies)
 
     def stream(
         self,
@@ -313,7 +317,7 @@ class SpeechChat:
         their errors raise) here, the reply generated as the pieces are read."""
         decoded: dict[int, torch.Tensor] = {}
         if self.unheard(messages, decoded):
-            return ReplyStream.known(NO_SPEECH_REPLY)
+            return ReplyStream.known(UNHEARD)
         prompts = [self._inputs([turn], decoded, max_new_tokens) for turn in self.in_windows(messages, decoded)]
         return ReplyStream(self._in_turn(prompts, max_new_tokens, temperature, top_p, stop))
 
@@ -345,7 +349,7 @@ class SpeechChat:
             if number:
                 yield " "
             replies.append((yield from self._stream(inputs, *options)))
-        return _joined(replies)
+        return joined(replies)
 
     def transcribe(self, audio: Any, prompt: str = TRANSCRIBE_PROMPT, max_new_tokens: int = 256) -> str:
         """What the LLM hears in a clip, asked with `prompt` (a long clip window by window); "" for a silent clip.
@@ -462,7 +466,7 @@ class SpeechChat:
         return options
 
 
-def _joined(replies: list[Reply]) -> Reply:
+def joined(replies: list[Reply]) -> Reply:
     """Replies to a long clip's windows as one (one reply as it is): texts in order, the last one's ending, the
     tokens summed."""
     return Reply(
@@ -473,10 +477,10 @@ def _joined(replies: list[Reply]) -> Reply:
     )
 
 
-def _said(text: str) -> Generator[str, None, Reply]:
-    """A reply known without the LLM, as a stream's pieces: all of it at once, at no token's cost."""
-    yield text
-    return Reply(text, "stop", 0, 0)
+def _said(reply: Reply) -> Generator[str, None, Reply]:
+    """A known reply as a stream's pieces: all of it at once."""
+    yield reply.text
+    return reply
 
 
 def _shared_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:

@@ -174,14 +174,14 @@ def completion(reply: Reply, completion_id: str, created: int, model: str) -> di
             "usage": _usage(reply)}  # fmt: skip
 
 
-def known_reply(text: str, body: dict[str, Any], model: str) -> Any:
-    """A reply known without any LLM (NO_SPEECH_REPLY to silence) as the request asked for it: a chat.completion,
-    or its stream (server-sent events)."""
+def known_reply(reply: Reply, body: dict[str, Any], model: str) -> Any:
+    """A reply known before answering (`UNHEARD` to silence, an upstream's answers to a long clip's windows) as the
+    request asked for it: a chat.completion, or its stream (server-sent events)."""
     created, completion_id = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
     if body.get("stream"):
-        events = _sse(ReplyStream.known(text), completion_id, created, model, _include_usage(body))
+        events = _sse(ReplyStream.known(reply), completion_id, created, model, _include_usage(body))
         return StreamingResponse(events, media_type="text/event-stream")
-    return completion(Reply(text, "stop", 0, 0), completion_id, created, model)
+    return completion(reply, completion_id, created, model)
 
 
 def _prompt_error(error: AuralmError) -> RequestError:

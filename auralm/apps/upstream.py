@@ -6,7 +6,9 @@
 A request's audio parts become the sound-token text `SpeechChat` puts in its prompts (`ClipStrings`,
 `with_audio_strings`), so the upstream model reads what the built-in server's model reads; every other field
 (temperature, max_tokens, stop, stream, …) goes upstream as sent, and the answer comes back as the upstream
-sent it: streams relayed chunk by chunk, errors as OpenAI error bodies with the upstream's status. No LLM is
+sent it: streams relayed chunk by chunk, errors as OpenAI error bodies with the upstream's status. As in
+`SpeechChat`, a turn of silence is answered without the upstream, and a clip longer than the speech tokenizer's
+window is asked window by window (one upstream request each, the replies joined and streamed as one piece). No LLM is
 loaded here and nothing waits for a lock: requests run concurrently, and their clips are encoded in shared
 batches (`SpeechBatcher`).
 
@@ -41,10 +43,10 @@ from auralm.apps.server import (
     known_reply,
 )
 from auralm.errors import AuralmError
-from auralm.lm.messages import ClipStrings, Message, audio_parts, silent_turn, with_audio_strings
+from auralm.lm.chat import UNHEARD, Reply, joined
+from auralm.lm.messages import ClipStrings, Message, audio_parts, in_windows, silent_turn, with_audio_strings
 from auralm.lm.vocabulary import SpeechTokenizerMismatchError
 from auralm.tokenizer import SpeechTokenizer, codes_to_string
-from auralm.tokenizer.token_format import NO_SPEECH_REPLY
 
 logger = logging.getLogger(__name__)
 CONNECT_SECONDS = 10.0  # to reach the upstream; an answer may take as long as generation takes
@@ -151,9 +153,15 @@ def create_upstream_app(speech: SpeechTokenizer, upstream: Upstream, limits: Ser
         messages = await run_in_threadpool(checked_messages, body.get("messages"), limits)
         model = body.get("model") or upstream.model
         if await run_in_threadpool(silent_turn, messages, limits.max_audio_seconds):  # as the built-in server does
-            return known_reply(NO_SPEECH_REPLY, body, model)
+            return known_reply(UNHEARD, body, model)
+        windows = await run_in_threadpool(in_windows, messages, {}, speech, limits.max_audio_seconds)
+        client = request.app.state.client
+        if len(windows) > 1:  # a clip longer than the speech tokenizer's window: asked window by window, as SpeechChat
+            asked = {key: value for key, value in body.items() if key != "stream_options"} | {"model": model}
+            replies = [await _ask(client, upstream.url, asked | {"messages": await render(w)}) for w in windows]
+            return known_reply(joined(replies), body, model)
         body |= {"messages": await render(messages), "model": model}
-        return await _forward(request.app.state.client, upstream.url, body)
+        return await _forward(client, upstream.url, body)
 
     return app
 
@@ -174,6 +182,15 @@ async def _forward(client: httpx2.AsyncClient, url: str, body: dict[str, Any]) -
     if response.status_code >= 400:
         raise _upstream_error(response.status_code, raw)
     return Response(raw, response.status_code, media_type=response.headers.get("content-type"))
+
+
+async def _ask(client: httpx2.AsyncClient, url: str, body: dict[str, Any]) -> Reply:
+    """The upstream's whole reply to a chat request (not streamed), with its token counts."""
+    response = await _forward(client, url, body | {"stream": False})
+    answer = json.loads(response.body)
+    choice, usage = answer["choices"][0], answer.get("usage") or {}
+    return Reply(choice["message"]["content"] or "", choice.get("finish_reason") or "stop",
+                 usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))  # fmt: skip
 
 
 class _RelayedStream(CleanedUpStream):

@@ -177,6 +177,31 @@ def test_silence_is_answered_as_silence_without_the_upstream(client, speech):
     assert chunks[-1].usage.completion_tokens == 0 and ran == []
 
 
+def test_a_clip_longer_than_the_window_is_asked_window_by_window(upstream, tiny_whisper_file, chat):
+    """Issue 25: as SpeechChat answers a clip longer than its tokenizer's window, so does the front end: each
+    window asked upstream in turn, the replies joined, the tokens summed; streamed as one piece."""
+    short = SpeechTokenizer(dataclasses.replace(TINY_CONFIG, whisper=str(tiny_whisper_file), window_seconds=2),
+                            load_whisper(str(tiny_whisper_file)))  # fmt: skip
+    randomize(short.bottleneck, seed=1)
+    audio = load_audio(DATA / "de_16k.flac")  # 5.9 s: three windows of at most 2 s
+    assert len(short.windows(audio)) >= 3
+    reference = SpeechChat(chat.model, chat.tokenizer, short.eval(), allow_mismatch=True)
+    expected = reference.reply(local({"type": "audio", "array": audio, "sampling_rate": SAMPLE_RATE}), max_new_tokens=4)
+    each = [reference.reply(local({"type": "audio", "array": audio[w.start : w.end]}), max_new_tokens=4)
+            for w in short.windows(audio)]  # fmt: skip
+    assert expected.text == " ".join(reply.text for reply in each)
+    with running(create_upstream_app(short, connect_upstream(upstream, short))) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+        reply = ask(client, wav_part("de_16k.flac"), max_tokens=4)
+        chunks = list(ask(client, wav_part("de_16k.flac"), max_tokens=4, stream=True,
+                          stream_options={"include_usage": True}))  # fmt: skip
+    assert reply.choices[0].message.content == expected.text
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (expected.prompt_tokens,
+                                                                         expected.completion_tokens)  # fmt: skip
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected.text
+    assert chunks[-1].usage.completion_tokens == expected.completion_tokens
+
+
 def test_a_stream_is_relayed_as_it_comes_not_when_it_ends(chat, speech):
     """The upstream here is auralm's built-in server on the merged model, held before its first token until the
     client has read the first chunk through the front end: a front end that buffered would never deliver it."""
