@@ -8,9 +8,9 @@ A request's audio parts become the sound-token text `SpeechChat` puts in its pro
 (temperature, max_tokens, stop, stream, …) goes upstream as sent, and the answer comes back as the upstream
 sent it: streams relayed chunk by chunk, errors as OpenAI error bodies with the upstream's status. As in
 `SpeechChat`, a turn of silence is answered without the upstream, and a clip longer than the speech tokenizer's
-window is asked window by window (one upstream request each, the replies joined and streamed as one piece). No LLM is
-loaded here and nothing waits for a lock: requests run concurrently, and their clips are encoded in shared
-batches (`SpeechBatcher`).
+window is asked window by window (one upstream request each, the replies joined and streamed as one piece).
+No LLM is loaded here and nothing waits for a lock: requests run concurrently, and their clips are encoded in
+shared batches (`SpeechBatcher`).
 
 At start (`connect_upstream`) the upstream's model list names the model, and three one-token requests check
 through the prompt token counts that its tokenizer holds this speech tokenizer's sound tokens, each as one
