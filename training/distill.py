@@ -15,8 +15,8 @@ itself for a `verbatim` request: "Transcribe the speech."). The instruction come
 `instruction_first` of the conversations and after it in the rest, so both orders mean the same request. The loss
 is KL(teacher ‖ student) over the reply's tokens at `kl_temperature`, plus `reply_ce_weight` × the student's
 cross-entropy on the reply itself (without it the KL let a CPU-sized run settle on replies that ignore the clip,
-RESULTS.md). So any transcribed speech is instruction
-data, and a spoken question learns the answer the LLM gives it typed.
+RESULTS.md). So any transcribed speech is instruction data, and a spoken question learns the answer the LLM gives
+it typed.
 
 `text_ratio` of the clips also come as text-only conversations (the transcript and instruction typed), where
 student and teacher read the same text: the adapter learns to leave text answers as they are, and keeps them
