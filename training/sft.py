@@ -11,7 +11,8 @@ train= is a JSONL manifest, one conversation a line, in SpeechChat's message for
 
 (audio paths relative to the manifest; a content may also be a plain string; system turns allowed). The loss
 covers the assistant's turns only. Spoken instructions and transcription requests are conversations with
-audio; the manifest's text-only conversations keep the LLM's text ability (`text_ratio` of them per spoken
+audio; a user turn of one clip and one text part is put in either order (the text first in `instruction_first` of
+them, drawn per turn), so a request means the same before the clip as after it. The manifest's text-only conversations keep the LLM's text ability (`text_ratio` of them per spoken
 one, all by default); with `text_replies=base` their replies are the LLM's own before training (self-
 distillation), so they keep its text answers as they were instead of teaching new ones. Generated "noise"
 conversations (`noise_ratio` per spoken one) teach it to say `refusal` when a clip holds no speech: uniformly
@@ -109,6 +110,15 @@ def _text_prompt(messages: Conversation) -> list[dict[str, str]]:
              else m["content"]} for m in messages]  # fmt: skip
 
 
+def _in_order(message: dict[str, Any], text_first: bool) -> dict[str, Any]:
+    """A user turn of one clip and one text part with the text first or last; other messages as they are."""
+    parts = message["content"]
+    if message["role"] != "user" or len(parts) != 2 or sum(isinstance(p, str) for p in parts) != 1:
+        return message
+    text, clip = sorted(parts, key=lambda p: not isinstance(p, str))
+    return user_turn(clip, text, text_first)
+
+
 def _audio_paths(conversation: dict[str, Any]) -> list[str]:
     return [p["audio"] for m in conversation["messages"] for p in m["content"] if isinstance(p, dict)]
 
@@ -151,6 +161,8 @@ class ChatManifest:
                 for m in conversation["messages"]
             ]
             (spoken if paths else text_only).append(messages)
+        order = np.random.default_rng([c.seed, 5])  # this recipe's own draw: the part orders
+        spoken = [[_in_order(m, order.random() < c.instruction_first) for m in messages] for messages in spoken]
 
         if c.text_ratio is not None and len(text_only) > round(c.text_ratio * len(spoken)):
             rng = np.random.default_rng([c.seed, 4])  # this recipe's own draw: the text-only subset

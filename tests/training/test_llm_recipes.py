@@ -251,6 +251,35 @@ def test_sft_learns_only_assistant_tokens_noise_asks_for_the_refusal_and_packs_s
         recipe.cleanup()
 
 
+def test_sft_puts_the_request_before_the_clip_in_instruction_first_of_the_turns(
+    tmp_path, speech_folder, untied_llm_folder, chat_manifest
+):
+    orders = {}
+    for share in (0.0, 0.5, 1.0):
+        config = SFTConfig(
+            train=str(chat_manifest), tokenizer=str(speech_folder), llm=str(untied_llm_folder), noise_ratio=0.0,
+            output_dir=str(tmp_path / f"run-{share}"), instruction_first=share, batch_size=2, bf16=False, progress=False,
+        )  # fmt: skip
+        recipe = sft_module.recipe(config)
+        recipe.setup()
+        try:
+            chat = SpeechChat(recipe.model, recipe.tokenizer, recipe.speech)
+            sequences = recipe.loader.dataset.sequences
+            orders[share] = []
+            for number, name in enumerate(CLIPS):  # each clip's transcription request, then its two-turn talk
+                audio = {"type": "audio", "path": str(DATA / name)}
+                parts = {True: [TRANSCRIBE_PROMPT, audio], False: [audio, TRANSCRIBE_PROMPT]}
+                prompts = {first: chat.prompt_ids([{"role": "user", "content": p}]) for first, p in parts.items()}
+                request = sequences[2 * number]
+                said = request.ids[: request.learned.argmax()].tolist()
+                assert said in prompts.values()  # the manifest's turn, in one order or the other
+                orders[share].append(said == prompts[True])
+        finally:
+            recipe.cleanup()
+    assert orders[0.0] == [False] * len(CLIPS) and orders[1.0] == [True] * len(CLIPS)
+    assert set(orders[0.5]) == {True, False}
+
+
 def test_a_clip_has_one_cache_key_whichever_manifest_names_it(tmp_path, monkeypatch, tiny_tokenizer):
     from auralm.data import ArrowAudio, Example
     from auralm.training.chat_dataset import CodeCache
