@@ -13,11 +13,11 @@ what comes back is files of at most 16 MB.
 
 The bundle: the speech tokenizer folder and its Whisper backbone (an openai-whisper .pt: the weights packages are
 too large to carry, and the tokenizer's hash, which the adapter records, covers the encoder), the export (JSONL
-shards: the GPU image may lack pyarrow), optional teacher replies (else the GPU asks the LLM for them, which it does
-fast) and an adapter to go on from, the recipe and its settings (recipe.txt), and the base LLM's GGUF; the two
-large files go in parts of at most PART_MB. SHA256SUMS covers every file and the joined ones, and `verify` checks
-them all on arrival. Nothing here needs a GPU: `gpu_train.sh --dry-run`
-runs the same steps on this CPU.
+shards, as the GPU image may lack pyarrow, in one .tar.gz: token strings compress about 8×), optional teacher
+replies (else the GPU asks the LLM for them, which it does fast) and an adapter to go on from, the recipe and its
+settings (recipe.txt), and the base LLM's GGUF; the two large files go in parts of at most PART_MB. SHA256SUMS
+covers every file and the joined ones, and `verify` checks them all on arrival. Nothing here needs a GPU:
+`gpu_train.sh --dry-run` runs the same steps on this CPU.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ RESULT_MB = 16  # the largest file a call brings back (sent in parts of 90 % of 
 CALL_MB = 60  # what one call may carry, with room for the tracked tree's small changes
 SUMS = "SHA256SUMS"
 GGUF, WHISPER = "llm.gguf", "whisper.pt"  # made from parts on arrival
+EXPORT = "export"  # carried as export.tar.gz, unpacked on arrival
 
 
 def sha256(path: Path) -> str:
@@ -64,8 +65,8 @@ def write_sums(folder: Path, extra: dict[str, str] | None = None) -> None:
 
 
 def verify(folder: Path) -> None:
-    """Join every NAME.part-NNN set into NAME, then check every file SHA256SUMS names; SystemExit naming the first
-    file missing or changed."""
+    """Join every NAME.part-NNN set into NAME, then check every file SHA256SUMS names (SystemExit naming the first
+    file missing or changed); a bundle's export.tar.gz is then unpacked into export/."""
     parts: dict[str, list[Path]] = {}
     for part in sorted(folder.glob("*.part-*")):
         parts.setdefault(part.name.rsplit(".part-", 1)[0], []).append(part)
@@ -80,6 +81,9 @@ def verify(folder: Path) -> None:
             raise SystemExit(f"{path}: missing; carry every part of the bundle (gpu_bundle.py make lists them)")
         if sha256(path) != digest:
             raise SystemExit(f"{path}: changed on the way (sha256 differs); carry it again")
+    if (archive := folder / f"{EXPORT}.tar.gz").is_file():  # a bundle's, not a result's
+        shutil.rmtree(folder / EXPORT, ignore_errors=True)
+        shutil.unpack_archive(archive, folder / EXPORT)
     print(f"{folder}: {len(parts)} file(s) joined from parts; every file's sha256 checks")
 
 
@@ -90,7 +94,7 @@ def make(args: argparse.Namespace) -> None:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     shutil.copytree(args.tokenizer, out / "tokenizer")
-    shutil.copytree(args.export, out / "export")
+    shutil.make_archive(str(out / EXPORT), "gztar", root_dir=args.export)  # token strings shrink ~8x
     if args.replies:
         shutil.copy(args.replies, out / "teacher_replies.json")
     if args.adapter:

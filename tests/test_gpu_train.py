@@ -49,9 +49,16 @@ def bundle(tmp_path_factory, tiny_whisper_file) -> Path:
 def test_the_bundle_holds_the_llm_in_checked_parts(bundle, tmp_path):
     parts = sorted((bundle / "bundle").glob("llm.gguf.part-*"))
     assert len(parts) >= 2 and all(p.stat().st_size <= gpu_bundle.PART_MB * 2**20 for p in parts)
+    assert not (bundle / "bundle" / "export").exists()  # carried as one .tar.gz
     gpu_bundle.verify(bundle / "bundle")
     joined = bundle / "bundle" / gpu_bundle.GGUF
     assert joined.read_bytes() == default_gguf().read_bytes()
+    unpacked = {
+        p.relative_to(bundle / "bundle" / "export"): p.read_bytes()
+        for p in (bundle / "bundle" / "export").rglob("*.jsonl")
+    }
+    exported = {p.relative_to(bundle / "export"): p.read_bytes() for p in (bundle / "export").rglob("*.jsonl")}
+    assert unpacked == exported and exported
     joined.unlink()
     with open(parts[0], "r+b") as f:  # a byte changed on the way
         first = f.read(1)
