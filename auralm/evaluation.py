@@ -105,6 +105,7 @@ class ClipResult:
     tokens_text: str  # the tokenizer's Whisper decoder reading the codes
     whisper_text: str  # the plain Whisper backbone on the audio
     llm_text: str  # SpeechChat.transcribe
+    llm_text_request_first: str  # the same with the request before the clip (the CLI's and OpenAI clients' order)
     answer: str | None = None
     reply: str | None = None  # to the clip alone
     reply_with_prompt: str | None = None  # to the clip + ANSWER_PROMPT
@@ -156,6 +157,7 @@ class QualityReport:
     tokens_wer: float
     whisper_wer: float
     llm_wer: float
+    llm_wer_request_first: float  # transcription requested before the clip: both orders should mean the same
     tokens_loops: float  # share of tokens → text outputs over LOOP_LENGTH × their reference's words
     llm_loops: float  # the same, of the LLM's transcriptions
     qa_accuracy: float | None
@@ -371,6 +373,9 @@ def evaluate(
         tokens_wer=corpus_word_error_rate([c.text for c in clips], tokens_texts),
         whisper_wer=corpus_word_error_rate([c.text for c in clips], whisper_texts),
         llm_wer=corpus_word_error_rate([c.text for c in clips], [r.llm_text for r in results]),
+        llm_wer_request_first=corpus_word_error_rate(
+            [c.text for c in clips], [r.llm_text_request_first for r in results]
+        ),
         tokens_loops=_share(map(looped, tokens_texts, (c.text for c in clips))) or 0.0,
         llm_loops=_share(looped(r.llm_text, r.reference) for r in results) or 0.0,
         qa_accuracy=_share(r.answered(r.reply) for r in questions),
@@ -397,16 +402,17 @@ def _clip_results(
     chat: SpeechChat, clips: Sequence[Clip], audio: list[torch.Tensor], tokens_texts: list[str],
     whisper_texts: list[str], stages: tqdm,
 ) -> tuple[list[ClipResult], float]:  # fmt: skip
-    """Each clip transcribed by the speech LLM (and, for questions, answered with and without the prompt), and the
-    seconds the transcriptions took."""
+    """Each clip transcribed by the speech LLM, requested after the clip and before it (and, for questions, answered
+    with and without the prompt), and the seconds the first transcriptions took."""
     results, reply_seconds = [], 0.0
     for clip, clip_audio, tokens_text, whisper_text in zip(clips, audio, tokens_texts, whisper_texts, strict=True):
         clip_seconds = len(clip_audio) / SAMPLE_RATE
         budget = transcript_token_budget(clip_seconds)
         elapsed, llm_text = _timed(chat.speech_tokenizer.device, chat.transcribe, clip.audio, max_new_tokens=budget)
         reply_seconds += elapsed
+        request_first = chat.transcribe(clip.audio, max_new_tokens=budget, request_first=True)
         result = ClipResult(clip.id, clip.kind, clip_seconds, clip.text, tokens_text, whisper_text, llm_text,
-                            source=clip.source)  # fmt: skip
+                            request_first, source=clip.source)  # fmt: skip
         if clip.kind == "question":
             part = {"type": "audio", "path": clip.audio}  # encoded once: the chat keeps the clip's tokens
             result.answer = clip.answer
@@ -468,6 +474,7 @@ def format_report(report: QualityReport, verbose: bool = False) -> str:
     rows = [(g.metric, g.value, g.target, marks[g.met]) for g in report.goals()]
     rows += [
         (f"Whisper {report.whisper} WER (reference)", _percent(report.whisper_wer), "", ""),
+        ("LLM transcription WER, requested before the clip", _percent(report.llm_wer_request_first), "", ""),
         (f"LLM transcriptions over {LOOP_LENGTH} × their reference", _percent(report.llm_loops), "", ""),
         (f'spoken-QA accuracy, with "{ANSWER_PROMPT}"', _percent(report.qa_accuracy_with_prompt), "", ""),
         ("the same questions typed, base LLM (ceiling)", _percent(report.typed_qa_accuracy), "", ""),

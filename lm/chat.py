@@ -351,12 +351,16 @@ class SpeechChat:
             replies.append((yield from self._stream(inputs, *options)))
         return joined(replies)
 
-    def transcribe(self, audio: Any, prompt: str = TRANSCRIBE_PROMPT, max_new_tokens: int = 256) -> str:
-        """What the LLM hears in a clip, asked with `prompt` (a long clip window by window); "" for a silent clip.
-        Whisper's guard against loops: a window whose text compresses over LOOPED_COMPRESSION_RATIO (gzip) is
-        decoded again, greedy still, never repeating NO_REPEAT_WORDS tokens in a row, so it costs its own words."""
+    def transcribe(
+        self, audio: Any, prompt: str = TRANSCRIBE_PROMPT, max_new_tokens: int = 256, request_first: bool = False
+    ) -> str:
+        """What the LLM hears in a clip, asked with `prompt` after the clip (before it with request_first; a long
+        clip window by window); "" for a silent clip. Whisper's guard against loops: a window whose text compresses
+        over LOOPED_COMPRESSION_RATIO (gzip) is decoded again, greedy still, never repeating NO_REPEAT_WORDS tokens
+        in a row, so it costs its own words."""
         part = audio if isinstance(audio, dict) else {"type": "audio", "path": audio}
-        messages = [{"role": "user", "content": [part, {"type": "text", "text": prompt}]}]
+        parts = [part, {"type": "text", "text": prompt}]
+        messages = [{"role": "user", "content": parts[::-1] if request_first else parts}]
         decoded: dict[int, torch.Tensor] = {}
         if self.unheard(messages, decoded):
             return ""

@@ -155,6 +155,12 @@ def test_every_metric_matches_its_own_computation(tmp_path, chat, tiny_tokenizer
     ]
     assert report.llm_wer == pytest.approx(jiwer.wer(references, [normalise(t) for t in llm_texts]))
     assert [r.llm_text for r in report.clip_results] == llm_texts
+    requested_first = [
+        chat.transcribe(str(DATA / n), max_new_tokens=transcript_token_budget(s), request_first=True)
+        for n, s in zip(CLIPS, seconds, strict=True)
+    ]
+    assert report.llm_wer_request_first == pytest.approx(jiwer.wer(references, [normalise(t) for t in requested_first]))
+    assert [r.llm_text_request_first for r in report.clip_results] == requested_first
 
     assert report.qa_accuracy == 0.5  # the first question's answer is its reply; "zebra" is never said
     prompted = [
@@ -212,7 +218,7 @@ def test_text_answers_changed_by_another_base_are_counted(tmp_path, chat):
 
 
 def test_repeat_after_me_counts_the_sentence_said_back_not_an_echo_of_the_request():
-    clip = ClipResult("r", "question", 2.0, "Repeat after me: the cat sat.", "", "", "", answer="The cat sat.",
+    clip = ClipResult("r", "question", 2.0, "Repeat after me: the cat sat.", "", "", "", "", answer="The cat sat.",
                       source="repeat")  # fmt: skip
     assert clip.answered("The cat sat.") and clip.answered("the cat sat")
     assert not clip.answered("Repeat after me: the cat sat.")  # the request echoed

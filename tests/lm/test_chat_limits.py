@@ -117,3 +117,13 @@ def test_a_transcription_that_loops_is_decoded_again_without_repeating_itself(ti
     again = tiny_chat.model.generate(prompt, do_sample=False, max_new_tokens=200, no_repeat_ngram_size=NO_REPEAT_WORDS,
                                      pad_token_id=tiny_chat.tokenizer.pad_token_id)  # fmt: skip
     assert text == tiny_chat.tokenizer.decode(again[0, prompt.shape[1] :], skip_special_tokens=True) != greedy
+
+
+def test_a_transcription_can_be_requested_before_the_clip(tiny_chat):
+    clip = {"type": "audio", "path": DATA / "en_16k.wav"}
+    request = {"type": "text", "text": "Transcribe the speech."}
+    before, after = ([{"role": "user", "content": parts}] for parts in ([request, clip], [clip, request]))
+    replies = [tiny_chat.generate(m, max_new_tokens=5) for m in (before, after)]
+    assert replies[0] != replies[1]  # the tiny LLM tells the orders apart
+    assert tiny_chat.transcribe(clip, max_new_tokens=5, request_first=True) == replies[0]
+    assert tiny_chat.transcribe(clip, max_new_tokens=5) == replies[1]
