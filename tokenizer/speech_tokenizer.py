@@ -79,10 +79,11 @@ class SpeechTokenizer(nn.Module):
         audio: a path, bytes, file object or array (at `sample_rate`, 16 kHz by default), or a list of them.
         Clips longer than the window (30 s by default) are split at quiet points; their windows' codes
         are concatenated.
-        Windows of all clips are encoded together in batches; each is computed exactly as alone.
+        Windows of all clips are encoded together in batches; each is computed exactly as alone. Clips are decoded
+        on the CPU, their log-mels made on the tokenizer's device (as `auralm export` makes them).
         """
         single = not isinstance(audio, (list, tuple))
-        clips = [self._load(item, sample_rate) for item in ([audio] if single else audio)]
+        clips = [self._load(item, sample_rate).to(self.device) for item in ([audio] if single else audio)]
         windows = [(i, w) for i, clip in enumerate(clips) for w in self.windows(clip)]
         pieces: list[list[torch.Tensor]] = [[] for _ in clips]
         batches = range(0, len(windows), batch_size)
@@ -283,8 +284,8 @@ def clip_windows(audio: torch.Tensor, config: TokenizerConfig) -> list[Window]:
 
 
 def window_mels(audio: torch.Tensor, config: TokenizerConfig) -> tuple[torch.Tensor, list[int]]:
-    """A 16 kHz clip (samples,) as `encode` feeds it to `encode_windows`, without the model (for DataLoader
-    workers): its windows' log-mels (W, n_mels, 100 · window_seconds) and the codes each window keeps."""
+    """A 16 kHz clip (samples,) as `encode` feeds it to `encode_windows`, without the model (for `auralm export`,
+    on the clip's device): its windows' log-mels (W, n_mels, 100 · window_seconds) and the codes each window keeps."""
     windows = clip_windows(audio, config)
     mels = [log_mel_for_tokens(audio[w.start : w.end], config.n_mels, config.window_seconds) for w in windows]
     return torch.stack(mels), [config.num_codes(w.end - w.start) for w in windows]

@@ -12,7 +12,9 @@ shards in flight, and the same command run again finishes with every input exact
 command's --retry-failed) does the shards holding inputs that failed once more, all of their inputs, and records
 them again (`_Shard.attempt` orders a shard's records).
 
-Decoding and log-mels run in DataLoader workers. The encoder always sees whole windows (short clips are padded,
+Decoding runs in DataLoader workers; log-mels too on a CPU, while on a GPU the workers hand over 16 kHz audio
+(pinned, copied while the GPU works) and the log-mels are made there, as `SpeechTokenizer.encode` makes them, so a
+GPU's export and per-file codes read the same log-mels. The encoder always sees whole windows (short clips are padded,
 as Ichigo pads them, so codes do not depend on what shares a batch), so batches are filled with windows, not
 clips, and need no length bucketing: a long file's windows spread over batches.
 """
@@ -108,6 +110,7 @@ def export_dataset(
     text_column: str = "text",
     progress: bool = True,
     retry_failed: bool = False,
+    mels_on_device: bool | None = None,
 ) -> ExportSummary:
     """Export the sound codes of every input of `source` (see `auralm.data.read_examples`) into `out`.
 
@@ -115,6 +118,7 @@ def export_dataset(
     batch_size: windows encoded together; num_workers: DataLoader processes that decode audio.
     max_seconds: longer inputs are left out (errors.jsonl) before they are decoded.
     retry_failed: do the shards with inputs that failed (errors.jsonl) again, in an export begun or finished before.
+    mels_on_device: log-mels made on the tokenizer's device rather than in the workers (None: on a GPU).
     Returns the summary (every rank returns the same counts once all have finished).
     """
     if fmt not in FORMATS:
@@ -139,7 +143,9 @@ def export_dataset(
     _start_job(out, job, world)
     n_shards = -(-len(examples) // shard_size)
     mine, retried, resumed = _shards_to_do(out, n_shards, world, retry_failed)
-    reader = _ClipReader(examples, tokenizer.config, max_seconds, str(source))
+    if mels_on_device is None:
+        mels_on_device = tokenizer.device.type != "cpu"
+    reader = _ClipReader(examples, tokenizer.config, max_seconds, str(source), mels_in_workers=not mels_on_device)
     todo_seconds = sum(examples[i].seconds or 0.0 for k in mine for i in _shard_range(k, shard_size, len(examples)))
     bar = tqdm(
         total=round(todo_seconds / 3600, 4),
@@ -188,11 +194,14 @@ def _shards_to_do(
 
 
 class _ClipReader(Dataset):
-    """Input i → (i, log-mels of its windows (W, n_mels, frames), codes per window, seconds, error or None).
-    Runs in DataLoader workers: decoding and log-mels are the CPU half of the work."""
+    """Input i → (i, log-mels of its windows (W, n_mels, frames), codes per window, seconds, error or None), or with
+    mels_in_workers=False (i, its 16 kHz audio (samples,), None, seconds, error or None). Runs in DataLoader workers."""
 
-    def __init__(self, examples: list[Example], config: TokenizerConfig, max_seconds: float, input: str):
+    def __init__(
+        self, examples: list[Example], config: TokenizerConfig, max_seconds: float, input: str, mels_in_workers: bool
+    ):
         self.examples, self.config, self.max_seconds, self.input = examples, config, max_seconds, input
+        self.mels_in_workers = mels_in_workers
 
     def source(self, example: Example) -> str:
         """Where an input came from: its file, or its row of a datasets folder or Parquet files."""
@@ -208,6 +217,8 @@ class _ClipReader(Dataset):
             audio = load_audio(source, name=self.source(example), max_seconds=self.max_seconds)
         except (AuralmError, OSError) as e:
             return index, None, None, 0.0, str(e)
+        if not self.mels_in_workers:
+            return index, audio, None, len(audio) / SAMPLE_RATE, None
         mels, counts = window_mels(audio, self.config)
         return index, mels, counts, len(audio) / SAMPLE_RATE, None
 
@@ -227,6 +238,7 @@ def _encode_shards(
         batch_size=None,
         num_workers=num_workers,
         prefetch_factor=4 if num_workers else None,
+        pin_memory=tokenizer.device.type == "cuda",  # so the copies below overlap the encoder's work
     )
     items = iter(loader)
     for indices in shards:
@@ -252,6 +264,8 @@ def _encode_items(
         if error is not None:
             errors.append({"index": index, "id": example.id, "source": reader.source(example), "reason": error})
             continue
+        if counts is None:  # the clip's audio: its log-mels are made on the encoder's device
+            mels, counts = window_mels(mels.to(tokenizer.device, non_blocking=True), reader.config)
         pieces[index], seconds[index] = [None] * len(counts), length
         pending += [(index, n, mel, kept) for n, (mel, kept) in enumerate(zip(mels, counts, strict=True))]
         while len(pending) >= batch_size:

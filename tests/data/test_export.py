@@ -74,8 +74,10 @@ def assert_codes(found: list[dict], reference: dict[str, torch.Tensor], name_of=
         assert row["n_tokens"] == len(expected)
 
 
-def test_a_folder_exports_the_codes_of_each_file(tmp_path, tokenizer, reference, clip_folder):
-    summary = export_dataset(clip_folder, tmp_path / "out", tokenizer, shard_size=3, batch_size=4, num_workers=2)
+@pytest.mark.parametrize("mels_on_device", [False, True], ids=["mels-in-workers", "mels-on-device"])
+def test_a_folder_exports_the_codes_of_each_file(tmp_path, tokenizer, reference, clip_folder, mels_on_device):
+    summary = export_dataset(clip_folder, tmp_path / "out", tokenizer, shard_size=3, batch_size=4, num_workers=2,
+                             mels_on_device=mels_on_device)  # fmt: skip
     found = rows(tmp_path / "out")
     assert [r["id"] for r in found] == sorted(f"part{i % 2}/{n}" for i, n in enumerate(CLIPS))
     assert_codes(found, reference)
