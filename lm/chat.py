@@ -24,6 +24,12 @@ A conversation that goes on where the last one stopped costs only its new tokens
 last single-conversation generation is kept, and the next prompt reuses it up to the first token where
 the two differ. One `SpeechChat` serves one generation at a time (the server holds a lock for that).
 
+`static_cache=True` decodes into a KV cache of fixed size instead, which transformers compiles on a GPU
+(torch.compile, mode "reduce-overhead": the decode step replayed as a CUDA graph, without per-token overhead); it
+is not carried from turn to turn, and it needs attention that reads a mask (SDPA), not auralm's kernel, which
+reads every cached slot. Weights are then swapped in place for a conversation without sound tokens, since a CUDA
+graph reads them where they were when it was recorded.
+
 A conversation without sound tokens is the base LLM's business: with an adapter loaded by `from_pretrained`
 (or `load_llm(..., keep_base=True)`), it runs on the weights from before the adapter was merged
 (`base_weights`), and sound tokens cannot be generated in it, so its replies are the base model's, token for
@@ -128,8 +134,14 @@ class SpeechChat:
         allow_mismatch: bool = False,
         reuse_cache: bool = True,
         max_audio_seconds: float = MAX_AUDIO_SECONDS,
+        static_cache: bool = False,
     ):
         check_speech_tokenizer(model, speech_tokenizer, allow_mismatch)
+        if static_cache and model.config._attn_implementation == ATTENTION_NAME:
+            raise ValueError(
+                "static_cache=True needs attention that reads a mask: set the model's attention to sdpa, "
+                f"not {ATTENTION_NAME!r}"
+            )
         known = tokenizer.get_vocab()  # builds a dict each call: once
         missing = [t for t in sound_vocabulary(speech_tokenizer.config.vocab_size) if t not in known]
         if missing:
@@ -137,7 +149,7 @@ class SpeechChat:
                 f"the LLM's tokenizer lacks {len(missing)} sound tokens; call add_sound_tokens first"
             )
         self.model, self.tokenizer, self.speech_tokenizer = model, tokenizer, speech_tokenizer
-        self.reuse_cache, self.max_audio_seconds = reuse_cache, max_audio_seconds
+        self.reuse_cache, self.max_audio_seconds, self.static_cache = reuse_cache, max_audio_seconds, static_cache
         self._clips = ClipStrings(speech_tokenizer)
         self._silent: set[tuple] = set()  # the keys (ClipStrings') of clips found silent
         self._sound_ids = tokenizer.convert_tokens_to_ids(sound_vocabulary(speech_tokenizer.config.vocab_size))
@@ -157,6 +169,7 @@ class SpeechChat:
         allow_mismatch: bool = False,
         keep_base: bool = True,
         max_audio_seconds: float = MAX_AUDIO_SECONDS,
+        static_cache: bool = False,
     ) -> SpeechChat:
         """A chat built from names: the speech tokenizer, then the LLM, given sound tokens if it lacks them.
 
@@ -166,11 +179,12 @@ class SpeechChat:
         tokenizer ("default" or None: the shipped one, an auralm folder, an Ichigo or WhisperSpeech file); whisper:
         its backbone (default: the one the checkpoint names). device: None or "auto": CUDA when present, else CPU
         (`auralm.devices`).
-        attn_implementation: None picks auralm's Triton flash attention on CUDA and transformers' default
-        elsewhere. An LLM without sound tokens gets them untrained, with a warning. keep_base: with an adapter,
+        attn_implementation: None picks auralm's Triton flash attention on CUDA (SDPA with static_cache) and
+        transformers' default elsewhere. An LLM without sound tokens gets them untrained, with a warning. keep_base: with an adapter,
         keep the weights it changed so that prompts without sound tokens get the base LLM's answers (memory for
         a copy of those weights: about 0.4 GB for SmolLM2-135M in float32); False answers them with the adapter.
-        max_audio_seconds: longer clips are refused.
+        max_audio_seconds: longer clips are refused. static_cache: decode into a fixed-size KV cache, compiled
+        into CUDA graphs on a GPU (see the module's docstring).
         """
         if llm is None and adapter is None and names_shipped_tokenizer(checkpoint):  # "default" and None alike
             adapter = shipped_model(SHIPPED_ADAPTER)
@@ -178,14 +192,17 @@ class SpeechChat:
         speech = SpeechTokenizer.from_pretrained(checkpoint, whisper=whisper, device=device)
         model, tokenizer = load_llm(llm, device=device, adapter=adapter, keep_base=keep_base)
         if attn_implementation is None and device.type == "cuda":
-            attn_implementation = ATTENTION_NAME
+            attn_implementation = "sdpa" if static_cache else ATTENTION_NAME
         if attn_implementation == ATTENTION_NAME:
             register_attention()
         if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)
         if add_sound_tokens(model, tokenizer, speech):
             logger.warning("this LLM had no sound tokens; they were added untrained, so it cannot understand audio yet")
-        return cls(model, tokenizer, speech, allow_mismatch=allow_mismatch, max_audio_seconds=max_audio_seconds)
+        return cls(
+            model, tokenizer, speech, allow_mismatch=allow_mismatch, max_audio_seconds=max_audio_seconds,
+            static_cache=static_cache,
+        )  # fmt: skip
 
     def forget(self) -> None:
         """Drop what is kept between calls: the last turn's KV cache and the token strings of recent clips."""
@@ -397,7 +414,9 @@ class SpeechChat:
         text_only = not self._with_sound(inputs["input_ids"]).any()
         if text_only:
             options = options | {"suppress_tokens": self._sound_ids}
-        with base_weights(self.model) if text_only else contextlib.nullcontext():
+        with base_weights(self.model, in_place=self.static_cache) if text_only else contextlib.nullcontext():
+            if self.static_cache:
+                return self.model.generate(**inputs, **options, cache_implementation="static")
             if not self.reuse_cache or inputs["input_ids"].shape[0] != 1:
                 return self.model.generate(**inputs, **options)
             prompt = inputs["input_ids"][0].tolist()

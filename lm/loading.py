@@ -100,16 +100,17 @@ def has_base_weights(model: torch.nn.Module) -> bool:
 
 
 @contextmanager
-def base_weights(model: torch.nn.Module) -> Iterator[None]:
+def base_weights(model: torch.nn.Module, in_place: bool = False) -> Iterator[None]:
     """Within it, `model` runs on the weights it had before its adapter was merged (the tensors are swapped,
     not recomputed, so it is the base model exactly); a model without kept weights is left as it is. Not for
-    use from two threads at once."""
+    use from two threads at once. in_place: swap the values, not the tensors, so the weights stay where a CUDA
+    graph recorded them (three copies of each kept weight, where a plain swap costs nothing)."""
     layers = _kept_layers(model)
-    _swap_base_weights(layers)
+    _swap_base_weights(layers, in_place)
     try:
         yield
     finally:
-        _swap_base_weights(layers)
+        _swap_base_weights(layers, in_place)
 
 
 def _kept_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -117,10 +118,15 @@ def _kept_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in model.modules() if BASE_WEIGHT in m._buffers]
 
 
-def _swap_base_weights(layers: list[torch.nn.Module]) -> None:
+def _swap_base_weights(layers: list[torch.nn.Module], in_place: bool) -> None:
     for layer in layers:
         kept = layer._buffers[BASE_WEIGHT]
-        layer.weight.data, kept.data = kept.data, layer.weight.data
+        if in_place:
+            merged = layer.weight.data.clone()
+            layer.weight.data.copy_(kept)
+            kept.copy_(merged)
+        else:
+            layer.weight.data, kept.data = kept.data, layer.weight.data
 
 
 def cache_dir() -> Path:

@@ -198,7 +198,16 @@ def test_a_lora_adapter_loads_on_top(tmp_path):
         load_llm(tmp_path / "base", adapter=tmp_path)
 
 
-def test_conversations_without_sound_tokens_are_answered_by_the_base_weights(tmp_path, tiny_tokenizer):
+@pytest.mark.parametrize(
+    ("static_cache", "device"),
+    [(False, "cpu"), (True, "cpu"), pytest.param(True, "cuda", marks=pytest.mark.gpu)],
+    ids=["dynamic-cache", "static-cache", "cuda-graphs"],
+)
+def test_conversations_without_sound_tokens_are_answered_by_the_base_weights(
+    tmp_path, tiny_tokenizer, static_cache, device
+):
+    """With a static cache too, which a GPU compiles into CUDA graphs: the same replies as the dynamic cache (the
+    weights swapped in place, where the graphs read them)."""
     from peft import LoraConfig, get_peft_model
 
     from auralm.lm import load_llm
@@ -211,9 +220,11 @@ def test_conversations_without_sound_tokens_are_answered_by_the_base_weights(tmp
     lora_config = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
     get_peft_model(base, lora_config).save_pretrained(tmp_path / "adapter")
     folders = {"source": tmp_path / "base", "adapter": tmp_path / "adapter"}
-    chat = SpeechChat(*load_llm(**folders, keep_base=True), tiny_tokenizer)
-    always = SpeechChat(*load_llm(**folders), tiny_tokenizer)  # the adapter merged, nothing kept
-    plain = SpeechChat(*load_llm(tmp_path / "base"), tiny_tokenizer)
+    chat = SpeechChat(*load_llm(**folders, device=device, keep_base=True), tiny_tokenizer, static_cache=static_cache)
+    caches, generate = [], chat.model.generate
+    chat.model.generate = lambda *a, **k: caches.append(k.get("cache_implementation")) or generate(*a, **k)
+    always = SpeechChat(*load_llm(**folders, device=device), tiny_tokenizer)  # the adapter merged, nothing kept
+    plain = SpeechChat(*load_llm(tmp_path / "base", device=device), tiny_tokenizer)
     assert has_base_weights(chat.model) and not has_base_weights(always.model)
 
     typed = [{"role": "user", "content": "hello what is this"}]
@@ -236,11 +247,12 @@ def test_conversations_without_sound_tokens_are_answered_by_the_base_weights(tmp
     assert chat.generate(with_audio, max_new_tokens=12) == always.generate(with_audio, max_new_tokens=12)
     assert chat.generate(typed, max_new_tokens=12) == plain.generate(typed, max_new_tokens=12)
 
-    ids = torch.tensor([[4, 5, 6, 7]])
+    ids = torch.tensor([[4, 5, 6, 7]], device=device)
     with torch.no_grad():
-        with base_weights(chat.model):
+        with base_weights(chat.model, in_place=static_cache):
             assert torch.equal(chat.model(ids).logits, plain.model(ids).logits)  # exactly the base model
         assert torch.equal(chat.model(ids).logits, always.model(ids).logits)  # and the merged weights are back
+    assert set(caches) == {"static" if static_cache else None}
 
 
 def test_audio_is_encoded_once_across_turns(chat, monkeypatch):
@@ -343,3 +355,15 @@ def test_from_pretrained_builds_the_chat_from_folders(tmp_path, tiny_tokenizer, 
     )
     assert flash.model.config._attn_implementation == "auralm"
     assert flash.generate(conversation("en_8k.wav"), max_new_tokens=8) == expected
+
+
+def test_a_static_cache_is_refused_with_attention_that_reads_every_cached_slot(tiny_tokenizer):
+    from auralm.lm.attention import ATTENTION_NAME, register_attention
+
+    model, text = tiny_llama(True), tiny_text_tokenizer()
+    add_sound_tokens(model, text, tiny_tokenizer)
+    register_attention()
+    model.set_attn_implementation(ATTENTION_NAME)
+    with pytest.raises(ValueError, match="static_cache=True needs attention that reads a mask"):
+        SpeechChat(model, text, tiny_tokenizer, static_cache=True)
+    assert SpeechChat(model, text, tiny_tokenizer).static_cache is False
