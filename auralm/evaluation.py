@@ -350,11 +350,9 @@ def evaluate(
 
     results, reply_seconds = _clip_results(chat, clips, audio, tokens_texts, whisper_texts, stages)
 
-    noise = []
-    for reply, conversation in noise_conversations(chat, noise_clips, seed):
+    noise = list(noise_conversations(chat, noise_clips, seed))
+    for reply, conversation in _with(stages, noise):
         reply.reply = chat.generate(conversation, ANSWER_TOKENS)
-        noise.append(reply)
-        stages.update(1)
 
     # the merged weights answer (SpeechChat would route text-only turns to the base weights it keeps)
     speech_answers = [text_reply(chat.model, chat.tokenizer, q) for q in _with(stages, text_questions)]
@@ -363,6 +361,7 @@ def evaluate(
     stages.close()
     answers = [TextAnswer(*a) for a in zip(text_questions, base_answers, speech_answers, strict=True)]
 
+    references = [c.text for c in clips]
     usage = codebook_usage(torch.bincount(torch.cat(codes), minlength=speech.config.vocab_size).float())
     return QualityReport(
         device=device_name(device),
@@ -370,18 +369,16 @@ def evaluate(
         clips=len(clips),
         questions=len(questions),
         audio_seconds=seconds,
-        tokens_wer=corpus_word_error_rate([c.text for c in clips], tokens_texts),
-        whisper_wer=corpus_word_error_rate([c.text for c in clips], whisper_texts),
-        llm_wer=corpus_word_error_rate([c.text for c in clips], [r.llm_text for r in results]),
-        llm_wer_request_first=corpus_word_error_rate(
-            [c.text for c in clips], [r.llm_text_request_first for r in results]
-        ),
-        tokens_loops=_share(map(looped, tokens_texts, (c.text for c in clips))) or 0.0,
+        tokens_wer=corpus_word_error_rate(references, tokens_texts),
+        whisper_wer=corpus_word_error_rate(references, whisper_texts),
+        llm_wer=corpus_word_error_rate(references, [r.llm_text for r in results]),
+        llm_wer_request_first=corpus_word_error_rate(references, [r.llm_text_request_first for r in results]),
+        tokens_loops=_share(map(looped, tokens_texts, references)) or 0.0,
         llm_loops=_share(looped(r.llm_text, r.reference) for r in results) or 0.0,
         qa_accuracy=_share(r.answered(r.reply) for r in questions),
         qa_accuracy_with_prompt=_share(r.answered(r.reply_with_prompt) for r in questions),
         typed_qa_accuracy=_share(r.answered(r.typed_reply) for r in questions),
-        refusal_rate=_share(is_correct(refusal, n.reply) for n in noise),
+        refusal_rate=_share(is_correct(refusal, n.reply) for n, _ in noise),
         false_refusals=_share(
             any(text is not None and is_correct(refusal, text) for text in (r.llm_text, r.reply)) for r in results
         ),
@@ -392,7 +389,7 @@ def evaluate(
         tokenizer_rtf=encode_seconds / seconds,
         llm_rtf=reply_seconds / seconds,
         clip_results=results,
-        noise_replies=noise,
+        noise_replies=[reply for reply, _ in noise],
         text_answers=answers,
         refusal=refusal,
     )

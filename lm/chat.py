@@ -24,11 +24,9 @@ A conversation that goes on where the last one stopped costs only its new tokens
 last single-conversation generation is kept, and the next prompt reuses it up to the first token where
 the two differ. One `SpeechChat` serves one generation at a time (the server holds a lock for that).
 
-`static_cache=True` decodes into a KV cache of fixed size instead, which transformers compiles on a GPU
-(torch.compile, mode "reduce-overhead": the decode step replayed as a CUDA graph, without per-token overhead); it
-is not carried from turn to turn, and it needs attention that reads a mask (SDPA), not auralm's kernel, which
-reads every cached slot. Weights are then swapped in place for a conversation without sound tokens, since a CUDA
-graph reads them where they were when it was recorded.
+`static_cache=True` decodes into a fixed-size KV cache instead, which transformers compiles on a GPU into CUDA graphs
+(torch.compile "reduce-overhead"): not carried between turns; SDPA attention (auralm's kernel reads every slot);
+weights swapped in place for text-only turns, where the graphs recorded them.
 
 A conversation without sound tokens is the base LLM's business: with an adapter loaded by `from_pretrained`
 (or `load_llm(..., keep_base=True)`), it runs on the weights from before the adapter was merged
@@ -138,10 +136,7 @@ class SpeechChat:
     ):
         check_speech_tokenizer(model, speech_tokenizer, allow_mismatch)
         if static_cache and model.config._attn_implementation == ATTENTION_NAME:
-            raise ValueError(
-                "static_cache=True needs attention that reads a mask: set the model's attention to sdpa, "
-                f"not {ATTENTION_NAME!r}"
-            )
+            raise ValueError(f"static_cache=True needs attention that reads a mask: sdpa, not {ATTENTION_NAME!r}")
         known = tokenizer.get_vocab()  # builds a dict each call: once
         missing = [t for t in sound_vocabulary(speech_tokenizer.config.vocab_size) if t not in known]
         if missing:
@@ -199,10 +194,8 @@ class SpeechChat:
             model.set_attn_implementation(attn_implementation)
         if add_sound_tokens(model, tokenizer, speech):
             logger.warning("this LLM had no sound tokens; they were added untrained, so it cannot understand audio yet")
-        return cls(
-            model, tokenizer, speech, allow_mismatch=allow_mismatch, max_audio_seconds=max_audio_seconds,
-            static_cache=static_cache,
-        )  # fmt: skip
+        return cls(model, tokenizer, speech, allow_mismatch=allow_mismatch, max_audio_seconds=max_audio_seconds,
+                   static_cache=static_cache)  # fmt: skip
 
     def forget(self) -> None:
         """Drop what is kept between calls: the last turn's KV cache and the token strings of recent clips."""
@@ -344,9 +337,8 @@ class SpeechChat:
     ) -> Generator[str, None, Reply]:  # fmt: skip
         streamer = TokenStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         cancel = threading.Event()
-        options = self._generation_options(
-            max_new_tokens, temperature, top_p, stop, inputs["input_ids"].shape[1], cancel
-        )
+        prompt_length = inputs["input_ids"].shape[1]
+        options = self._generation_options(max_new_tokens, temperature, top_p, stop, prompt_length, cancel)
         output: list[torch.Tensor] = []
         worker = threading.Thread(
             target=lambda: output.append(self._generate_ids(inputs, options | {"streamer": streamer}))
@@ -455,10 +447,8 @@ class SpeechChat:
             for r in self.render(conversations, decoded)
         ]
         inputs = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        context, prompt_tokens = (
-            getattr(self.model.config, "max_position_embeddings", None),
-            inputs["input_ids"].shape[1],
-        )
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        prompt_tokens = inputs["input_ids"].shape[1]
         if isinstance(context, int) and prompt_tokens + max_new_tokens > context:
             raise ContextLengthError(
                 f"the prompt is {prompt_tokens:,} tokens, over the {max(context - max_new_tokens, 0):,} this LLM "
