@@ -27,6 +27,9 @@ $(INSTALLED): setup.py constraints.txt Makefile
 		test -d /usr/share/games/fortunes || (apt-get update -qq && apt-get install -y -qq espeak-ng flite festival \
 		festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts fortunes-min fortunes) || \
 		echo "note: could not install the speech synthesisers and fortunes; the speech-synthesis tests will be skipped"
+	# Real human speech with exact transcripts (Asterisk's English prompts): `auralm data human` and its test.
+	test -d /usr/share/asterisk/sounds/en_US_f_Allison || (apt-get update -qq && apt-get install -y -qq \
+		asterisk-core-sounds-en-wav) || echo "note: could not install the Asterisk prompts; their test will be skipped"
 	# Chromium: the web demo's test drives it headless (Debian's; nothing downloads a browser).
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) || \
 		echo "note: could not install chromium; the web demo's browser test will be skipped"

@@ -1,5 +1,6 @@
 """`auralm data synth`: synthetic English speech for training, made offline and deterministically from a seed
-(auralm.data.synthetic_speech: recipes, voices, splits, the files written)."""
+(auralm.data.synthetic_speech: recipes, voices, splits, the files written). `auralm data human`: a manifest of real
+human speech with exact transcripts, for evaluation apart from the synthetic voices (auralm.data.human_speech)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from auralm.apps.arguments import positive_float, positive_int
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("data", help="make training data: `auralm data synth` (synthetic speech)")
+    parser = subparsers.add_parser(
+        "data", help="make data: `auralm data synth` (synthetic speech), `auralm data human` (real speech, to test)"
+    )
     jobs = parser.add_subparsers(dest="job", required=True, metavar="JOB")
     synth = jobs.add_parser(
         "synth", help="synthetic English speech from a seed: texts × voice families, augmented, in three splits"
@@ -27,6 +30,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     synth.add_argument("--workers", type=positive_int, default=1, help="synthesis processes (one per core)")
     synth.set_defaults(run=run)
+    human = jobs.add_parser(
+        "human", help="a test manifest of real human speech with exact transcripts (the Asterisk prompts, Debian)"
+    )
+    human.add_argument("--out", required=True, help="the manifest to write (JSONL)")
+    human.set_defaults(run=run_human)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,4 +52,13 @@ def run(args: argparse.Namespace) -> int:
     splits = ", ".join(f"{split} {s['examples']} / {s['hours']:.2f} h" for split, s in summary["splits"].items())
     print(f"{args.out}: {summary['examples']} clips, {summary['hours']:.2f} h ({splits}) from "
           f"{len(summary['voices'])} voices in {len(summary['families'])} families in {summary['seconds_taken']:.0f} s")  # fmt: skip
+    return 0
+
+
+def run_human(args: argparse.Namespace) -> int:
+    from auralm.data.human_speech import asterisk_prompts, write_manifest
+
+    rows = asterisk_prompts()
+    write_manifest(args.out, rows)
+    print(f"{args.out}: {len(rows)} prompts read by one speaker (Asterisk's, 8 kHz telephone band); `auralm eval` it")
     return 0
