@@ -175,9 +175,9 @@ class SpeechChat:
         its backbone (default: the one the checkpoint names). device: None or "auto": CUDA when present, else CPU
         (`auralm.devices`).
         attn_implementation: None picks auralm's Triton flash attention on CUDA (SDPA with static_cache) and
-        transformers' default elsewhere. An LLM without sound tokens gets them untrained, with a warning. keep_base: with an adapter,
-        keep the weights it changed so that prompts without sound tokens get the base LLM's answers (memory for
-        a copy of those weights: about 0.4 GB for SmolLM2-135M in float32); False answers them with the adapter.
+        transformers' default elsewhere. An LLM without sound tokens gets them untrained, with a warning.
+        keep_base: with an adapter, keep the weights it changed so that prompts without sound tokens get the base
+        LLM's answers (a copy of those weights: about 0.4 GB for SmolLM2-135M in float32); False: the adapter's.
         max_audio_seconds: longer clips are refused. static_cache: decode into a fixed-size KV cache, compiled
         into CUDA graphs on a GPU (see the module's docstring).
         """

@@ -12,11 +12,12 @@ train= is a JSONL manifest, one conversation a line, in SpeechChat's message for
 (audio paths relative to the manifest; a content may also be a plain string; system turns allowed). The loss
 covers the assistant's turns only. Spoken instructions and transcription requests are conversations with
 audio; a user turn of one clip and one text part is put in either order (the text first in `instruction_first` of
-them, drawn per turn), so a request means the same before the clip as after it. The manifest's text-only conversations keep the LLM's text ability (`text_ratio` of them per spoken
-one, all by default); with `text_replies=base` their replies are the LLM's own before training (self-
-distillation), so they keep its text answers as they were instead of teaching new ones. Generated "noise"
-conversations (`noise_ratio` per spoken one) teach it to say `refusal` when a clip holds no speech: uniformly
-random sound codes, or the codes of silence or white noise, alone or with a request taken from the manifest. Conversations are packed into rows of `max_tokens`.
+them, drawn per turn), so a request means the same before the clip as after it. The manifest's text-only
+conversations keep the LLM's text ability (`text_ratio` of them per spoken one, all by default); with
+`text_replies=base` their replies are the LLM's own before training (self-distillation), so they keep its text
+answers as they were instead of teaching new ones. Generated "noise" conversations (`noise_ratio` per spoken one)
+teach it to say `refusal` when a clip holds no speech: uniformly random sound codes, or the codes of silence or
+white noise, alone or with a request taken from the manifest. Conversations are packed into rows of `max_tokens`.
 What trains, and the outputs: see llm_recipe.py.
 """
 

@@ -41,8 +41,10 @@ def test_the_clean_prompts_with_a_recording_become_manifest_rows(tmp_path):
         asterisk_prompts(tmp_path / "nowhere", texts)
 
 
-@pytest.mark.skipif(not ASTERISK_SOUNDS.is_dir() or not ASTERISK_TEXTS.is_file(),
-                    reason="the Asterisk prompts are not installed (apt-get install asterisk-core-sounds-en-wav)")  # fmt: skip
+NOT_INSTALLED = "the Asterisk prompts are not installed (apt-get install asterisk-core-sounds-en-wav)"
+
+
+@pytest.mark.skipif(not ASTERISK_SOUNDS.is_dir() or not ASTERISK_TEXTS.is_file(), reason=NOT_INSTALLED)
 def test_the_installed_prompts_make_a_manifest_eval_reads(tmp_path):
     out = tmp_path / "human" / "test.jsonl"
     done = subprocess.run([*AURALM, "data", "human", "--out", str(out)], capture_output=True, text=True, timeout=120)

@@ -258,7 +258,8 @@ def test_sft_puts_the_request_before_the_clip_in_instruction_first_of_the_turns(
     for share in (0.0, 0.5, 1.0):
         config = SFTConfig(
             train=str(chat_manifest), tokenizer=str(speech_folder), llm=str(untied_llm_folder), noise_ratio=0.0,
-            output_dir=str(tmp_path / f"run-{share}"), instruction_first=share, batch_size=2, bf16=False, progress=False,
+            output_dir=str(tmp_path / f"run-{share}"), instruction_first=share, batch_size=2, bf16=False,
+            progress=False,
         )  # fmt: skip
         recipe = sft_module.recipe(config)
         recipe.setup()
