@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU session's whole check of auralm, in one command of at most DEADLINE seconds (default 420):
 # install from the carried wheels, `pytest -m gpu`, benchmarks/kernels.py, the tokenizer throughput
-# benchmark, the latency benchmark (default shape with the dynamic then the static KV cache, then --shape ichigo)
+# benchmark, the latency benchmark (default shape with the dynamic then the static KV cache, 8 conversations in one
+# batch and in turn, then --shape ichigo)
 # and the dataset export benchmark (a Whisper-medium shape), all on CUDA. Each step runs under `timeout`, cut
 # short to what is left before the deadline, so one hang cannot eat the rest; a step with under 10 s left is
 # skipped.
@@ -120,7 +121,7 @@ step kernels 150 "$PY" benchmarks/kernels.py --device "$DEVICE" "${KERNELS_SIZES
 step tokenizer 90 "$PY" benchmarks/tokenizer_throughput.py --device "$DEVICE" \
     --whisper "$MODELS/whisper-tiny.en-random.pt" "${TOKENIZER_SIZES[@]}"
 step latency 90 "$PY" benchmarks/latency.py --device "$DEVICE" --llm "$MODELS/smollm2-135m-random" \
-    --whisper "$MODELS/whisper-tiny.en-random.pt" "${LATENCY_SIZES[@]}"
+    --whisper "$MODELS/whisper-tiny.en-random.pt" --concurrent 8 "${LATENCY_SIZES[@]}"
 step latency-static 120 "$PY" benchmarks/latency.py --device "$DEVICE" --llm "$MODELS/smollm2-135m-random" \
     --whisper "$MODELS/whisper-tiny.en-random.pt" --static-cache "${LATENCY_SIZES[@]}"
 if ((DRY_RUN)); then  # an 8B model in float32 is 32 GB: more than this machine has

@@ -4,6 +4,8 @@
     python benchmarks/latency.py --checkpoint my-tokenizer/   # SmolLM2-135M + that speech tokenizer
     python benchmarks/latency.py --shape ichigo --device cuda
         # random weights shaped like Ichigo: Llama-3.1-8B + a Whisper-medium tokenizer (bf16, GPU)
+    python benchmarks/latency.py --concurrent 8           # also 8 conversations answered in one batch
+                                                          # (as `auralm serve` answers waiting requests) vs in turn
     python benchmarks/latency.py --device cuda --static-cache
         # decoding into a fixed-size KV cache, compiled into CUDA graphs (SDPA attention); the first reply,
         # untimed, pays for the compilation
@@ -79,6 +81,29 @@ def time_reply(chat: SpeechChat, conversation: list, new_tokens: int, device: to
     return first - started, pieces.reply.completion_tokens / max(done - first, 1e-9)
 
 
+def time_concurrent(
+    chat: SpeechChat, conversations: list, new_tokens: int, device: torch.device
+) -> tuple[float, float]:
+    """(new tokens per second answering the conversations in one batch, in turn one by one): all replies' tokens
+    over the wall time. Every reply runs to new_tokens (no end-of-text), so both ways generate the same tokens."""
+    timed, eos = [], chat.model.generation_config.eos_token_id
+    chat.model.generation_config.eos_token_id = None
+    for batched in (True, False):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        if batched:
+            n = len(conversations)
+            replies = chat.replies(conversations, [new_tokens] * n, [()] * n)
+        else:
+            replies = [chat.reply(conversation, max_new_tokens=new_tokens) for conversation in conversations]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        timed.append(sum(reply.completion_tokens for reply in replies) / (time.perf_counter() - started))
+    chat.model.generation_config.eos_token_id = eos
+    return timed[0], timed[1]
+
+
 def median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
@@ -92,6 +117,7 @@ def main() -> None:
     parser.add_argument("--whisper", default="tiny.en", help="the default shape's tiny.en backbone: a name or .pt file")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--concurrent", type=int, default=0, help="conversations answered together (0: not timed)")
     parser.add_argument("--static-cache", action="store_true", help="a fixed-size KV cache (CUDA graphs on a GPU)")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -125,6 +151,14 @@ def main() -> None:
         f"follow-up turn, time to first token: {median(reusing) * 1e3:.0f} ms reusing turn one's {kept}, "
         f"{median(from_scratch) * 1e3:.0f} ms computing them again ({median(from_scratch) / median(reusing):.1f}x)"
     )
+    if args.concurrent > 1:
+        questions = [[{"role": "user", "content": [{"type": "text", "text": f"{QUESTION} ({i})"}, wav]}]
+                     for i in range(args.concurrent)]  # fmt: skip
+        batched, in_turn = time_concurrent(chat, questions, args.new_tokens, device)
+        print(
+            f"{args.concurrent} conversations at once: {batched:.1f} tokens/s in one batch, {in_turn:.1f} tokens/s "
+            f"one after another ({batched / in_turn:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

@@ -10,15 +10,17 @@ Messages follow the transformers chat format. A content part `{"type": "audio", 
 `{"type": "audio", "array": …, "sampling_rate": …}` becomes the speech tokenizer's token string;
 parts are joined in order into the message text, then the model's own chat template applies.
 `SpeechChat.from_pretrained(llm, checkpoint)` builds one from names; `reply` and `stream(...).reply`
-also say why a reply ended and how many tokens it took.
+also say why a reply ended and how many tokens it took; `replies` answers many conversations in one batch, each with
+its own limits, as `auralm serve` answers requests waiting together.
 
 Limits hold before anything runs: a clip over `max_audio_seconds` (300 s by default, the server's) is an AudioError,
 a prompt that leaves no room for `max_new_tokens` in the LLM's context (`max_position_embeddings`) a
 ContextLengthError. A last user message whose audio is all silence (`auralm.tokenizer.audio.is_silent`) gets
 NO_SPEECH_REPLY ("I couldn't hear any speech in that.", what the speech LLM is trained to say) without the LLM.
 A clip in the last user turn longer than the speech tokenizer's window (what the speech LLM hears whole and learns
-from) is answered one window at a time, cut at quiet points, the replies joined in order: a 60 s recording is
-transcribed, or answered, in six turns of 10 s rather than misheard whole.
+from) is answered window by window, cut at quiet points, the replies joined in order: a 60 s recording is
+transcribed, or answered, as six turns of 10 s (rows of one batch; streamed, one after the other) rather than misheard
+whole.
 
 A conversation that goes on where the last one stopped costs only its new tokens: the KV cache of the
 last single-conversation generation is kept, and the next prompt reuses it up to the first token where
@@ -41,8 +43,8 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Generator, Iterator, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Generator, Sequence
+from typing import Any
 
 import torch
 from transformers import Cache, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteriaList
@@ -66,7 +68,8 @@ from auralm.lm.messages import (
     last_turn_audio,
     with_audio_strings,
 )
-from auralm.lm.streaming import Cancelled, StopStrings, TokenStreamer, cut, until_stop
+from auralm.lm.replies import UNHEARD, Reply, ReplyStream, joined, row_replies
+from auralm.lm.streaming import Cancelled, RowLimits, TokenStreamer, until_stop
 from auralm.lm.vocabulary import (
     SpeechTokenizerMismatchError,
     add_sound_tokens,
@@ -76,7 +79,7 @@ from auralm.lm.vocabulary import (
 from auralm.tokenizer import SpeechTokenizer
 from auralm.tokenizer.audio import MAX_AUDIO_SECONDS, is_silent
 from auralm.tokenizer.backbone import LOOPED_COMPRESSION_RATIO
-from auralm.tokenizer.token_format import NO_SPEECH_REPLY, TRANSCRIBE_PROMPT
+from auralm.tokenizer.token_format import TRANSCRIBE_PROMPT
 
 logger = logging.getLogger(__name__)
 NO_REPEAT_WORDS = 4  # a transcription decoded again after a loop repeats no run of this many tokens
@@ -84,43 +87,6 @@ NO_REPEAT_WORDS = 4  # a transcription decoded again after a loop repeats no run
 
 class ContextLengthError(AuralmError):
     """A prompt that leaves the LLM's context no room for the reply; the message gives both numbers."""
-
-
-class Reply(NamedTuple):
-    """One conversation's reply and what it cost."""
-
-    text: str
-    finish_reason: str  # "length": max_new_tokens ran out; "stop": the model ended it, or a stop string did
-    prompt_tokens: int  # LLM tokens of the prompt, sound tokens included
-    completion_tokens: int  # tokens generated, the end-of-text token included
-
-
-UNHEARD = Reply(NO_SPEECH_REPLY, "stop", 0, 0)  # the reply to a turn without speech, at no token's cost
-
-
-class ReplyStream(Iterator[str]):
-    """The pieces of one streamed reply. Once all are read, `reply` holds the whole `Reply`;
-    `close()` ends the generation early."""
-
-    def __init__(self, pieces: Generator[str, None, Reply]):
-        self._pieces = pieces
-        self.reply: Reply | None = None
-
-    def __next__(self) -> str:
-        try:
-            return next(self._pieces)
-        except StopIteration as end:
-            self.reply = end.value or self.reply  # an exhausted generator stops again with None
-            raise
-
-    def close(self) -> None:
-        self._pieces.close()
-
-    @classmethod
-    def known(cls, reply: Reply) -> ReplyStream:
-        """A reply known without generating here (`UNHEARD` to silence, an upstream's answers to a long clip's
-        windows): all of it in one piece."""
-        return cls(_said(reply))
 
 
 class SpeechChat:
@@ -258,39 +224,15 @@ class SpeechChat:
         top_p: float = 1.0,
         stop: Sequence[str] = (),
     ) -> str | list[str]:
-        """The assistant's reply to one conversation, or to each of a list of them (one padded batch; those with
-        sound tokens and those without are two).
+        """The assistant's reply to one conversation, or to each of a list of them (`replies`).
 
         temperature 0 decodes greedily; stop strings end a reply and are not part of it.
         """
         if conversations and isinstance(conversations[0], dict):
             return self.reply(conversations, max_new_tokens, temperature, top_p, stop).text
-        conversations, decoded = list(conversations), {}
-        unheard = [self.unheard(c, decoded) for c in conversations]
-        turns = [self.in_windows(c, decoded) for c, u in zip(conversations, unheard, strict=True) if not u]
-        flat = [turn for windows in turns for turn in windows]
-        texts = iter(self._generate(flat, decoded, (max_new_tokens, temperature, top_p, stop)) if flat else [])
-        heard = iter([" ".join(next(texts) for _ in windows) for windows in turns])
-        return [NO_SPEECH_REPLY if u else next(heard) for u in unheard]
-
-    def _generate(
-        self, conversations: list[Sequence[Message]], decoded: dict, options: tuple, **extra: Any
-    ) -> list[str]:
-        """Replies to conversations that are heard; `extra`: more of `model.generate`'s options."""
-        max_new_tokens, temperature, top_p, stop = options
-        inputs = self._inputs(conversations, decoded, max_new_tokens)
-        heard = self._with_sound(inputs["input_ids"]).tolist()
-        if len(set(heard)) > 1:  # clips' token strings are cached: rendering a group again costs no encoding
-            replies = [""] * len(conversations)
-            for group in ([i for i, h in enumerate(heard) if h == value] for value in (False, True)):
-                texts = self._generate([conversations[i] for i in group], decoded, options, **extra)
-                for i, text in zip(group, texts, strict=True):
-                    replies[i] = text
-            return replies
-        options = self._generation_options(max_new_tokens, temperature, top_p, stop, inputs["input_ids"].shape[1])
-        output = self._generate_ids(inputs, options | extra)
-        new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        return [cut(text, stop) for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        n = len(conversations)
+        replies = self.replies(conversations, [max_new_tokens] * n, [stop] * n, temperature, top_p)
+        return [reply.text for reply in replies]
 
     @torch.no_grad()
     def reply(
@@ -303,15 +245,51 @@ class SpeechChat:
     ) -> Reply:
         """`generate` for one conversation, with why the reply ended and its token counts (none for
         NO_SPEECH_REPLY, which takes no LLM)."""
-        decoded: dict[int, torch.Tensor] = {}
-        if self.unheard(messages, decoded):
-            return UNHEARD
-        prompts = [self._inputs([turn], decoded, max_new_tokens) for turn in self.in_windows(messages, decoded)]
-        replies = []
-        for inputs in prompts:  # one, or a long clip's windows in turn
-            options = self._generation_options(max_new_tokens, temperature, top_p, stop, inputs["input_ids"].shape[1])
-            replies.append(self._reply(inputs, self._generate_ids(inputs, options), max_new_tokens, stop))
-        return joined(replies)
+        return self.replies([messages], [max_new_tokens], [stop], temperature, top_p)[0]
+
+    @torch.no_grad()
+    def replies(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        max_new_tokens: Sequence[int],
+        stops: Sequence[Sequence[str]],
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+    ) -> list[Reply]:
+        """The Reply to each conversation, each with its own max_new_tokens and stop strings, generated together (how
+        the server answers concurrent requests): one padded batch whose rows end on their own, those with sound
+        tokens and those without being two, a long clip's windows rows of their own. Greedy, each reply is the one
+        it gets alone. Every prompt is checked before anything is generated."""
+        conversations, decoded = list(conversations), {}
+        unheard = [self.unheard(c, decoded) for c in conversations]
+        heard = [
+            (self.in_windows(c, decoded), most, stop)
+            for c, most, stop, u in zip(conversations, max_new_tokens, stops, unheard, strict=True)
+            if not u
+        ]
+        rows = [(window, most, stop) for windows, most, stop in heard for window in windows]
+        made = iter(self._generate(rows, decoded, temperature, top_p) if rows else [])
+        answers = iter([joined([next(made) for _ in windows]) for windows, _, _ in heard])
+        return [UNHEARD if u else next(answers) for u in unheard]
+
+    def _generate(
+        self, rows: list[tuple[Sequence[Message], int, Sequence[str]]], decoded: dict, temperature: float,
+        top_p: float, **extra: Any,
+    ) -> list[Reply]:  # fmt: skip
+        """Replies to heard rows (conversation, max_new_tokens, stop strings); `extra`: more of `model.generate`'s
+        options."""
+        inputs = self._inputs([conversation for conversation, _, _ in rows], decoded, [most for _, most, _ in rows])
+        heard = self._with_sound(inputs["input_ids"]).tolist()
+        if len(set(heard)) > 1:  # clips' token strings are cached: rendering a group again costs no encoding
+            replies = [UNHEARD] * len(rows)
+            for group in ([i for i, h in enumerate(heard) if h == value] for value in (False, True)):
+                made = self._generate([rows[i] for i in group], decoded, temperature, top_p, **extra)
+                for i, reply in zip(group, made, strict=True):
+                    replies[i] = reply
+            return replies
+        limits = RowLimits(self.tokenizer, inputs["input_ids"].shape[1], *zip(*[row[1:] for row in rows], strict=True))
+        output = self._generate_ids(inputs, self._generation_options(limits, temperature, top_p) | extra)
+        return row_replies(self.tokenizer, inputs["attention_mask"], output, limits, self._eos())
 
     def stream(
         self,
@@ -328,7 +306,7 @@ class SpeechChat:
         decoded: dict[int, torch.Tensor] = {}
         if self.unheard(messages, decoded):
             return ReplyStream.known(UNHEARD)
-        prompts = [self._inputs([turn], decoded, max_new_tokens) for turn in self.in_windows(messages, decoded)]
+        prompts = [self._inputs([turn], decoded, [max_new_tokens]) for turn in self.in_windows(messages, decoded)]
         return ReplyStream(self._in_turn(prompts, max_new_tokens, temperature, top_p, stop))
 
     def _stream(
@@ -337,19 +315,17 @@ class SpeechChat:
     ) -> Generator[str, None, Reply]:  # fmt: skip
         streamer = TokenStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         cancel = threading.Event()
-        prompt_length = inputs["input_ids"].shape[1]
-        options = self._generation_options(max_new_tokens, temperature, top_p, stop, prompt_length, cancel)
+        limits = RowLimits(self.tokenizer, inputs["input_ids"].shape[1], [max_new_tokens], [stop])
+        options = self._generation_options(limits, temperature, top_p, cancel) | {"streamer": streamer}
         output: list[torch.Tensor] = []
-        worker = threading.Thread(
-            target=lambda: output.append(self._generate_ids(inputs, options | {"streamer": streamer}))
-        )
+        worker = threading.Thread(target=lambda: output.append(self._generate_ids(inputs, options)))
         worker.start()
         try:
             yield from until_stop(streamer, stop)
         finally:  # a reader that leaves early (a client that hung up) ends the generation too
             cancel.set()
             worker.join()
-        return self._reply(inputs, output[0], max_new_tokens, stop)
+        return row_replies(self.tokenizer, inputs["attention_mask"], output[0], limits, self._eos())[0]
 
     def _in_turn(self, prompts: list[dict[str, torch.Tensor]], *options: Any) -> Generator[str, None, Reply]:
         """The replies to prompts made beforehand (one, or a long clip's windows), streamed one after the other."""
@@ -373,12 +349,12 @@ class SpeechChat:
         decoded: dict[int, torch.Tensor] = {}
         if self.unheard(messages, decoded):
             return ""
-        windows, options = self.in_windows(messages, decoded), (max_new_tokens, 0.0, 1.0, ())
-        texts = self._generate(windows, decoded, options)
+        rows = [(window, max_new_tokens, ()) for window in self.in_windows(messages, decoded)]
+        texts = [reply.text for reply in self._generate(rows, decoded, 0.0, 1.0)]
         if looped := [i for i, text in enumerate(texts) if compression_ratio(text) > LOOPED_COMPRESSION_RATIO]:
-            again = self._generate([windows[i] for i in looped], decoded, options, no_repeat_ngram_size=NO_REPEAT_WORDS)
-            for i, text in zip(looped, again, strict=True):
-                texts[i] = text
+            again = self._generate([rows[i] for i in looped], decoded, 0.0, 1.0, no_repeat_ngram_size=NO_REPEAT_WORDS)
+            for i, reply in zip(looped, again, strict=True):
+                texts[i] = reply.text
         return " ".join(texts)
 
     def in_windows(self, messages: Sequence[Message], decoded: dict[int, torch.Tensor]) -> list[list[Message]]:
@@ -387,17 +363,9 @@ class SpeechChat:
 
     # ---- helpers ---------------------------------------------------------------------------
 
-    def _reply(
-        self, inputs: dict[str, torch.Tensor], sequences: torch.Tensor, max_new_tokens: int, stop: Sequence[str]
-    ) -> Reply:
-        """The Reply of one unpadded conversation. sequences: (1, prompt + new) token ids."""
-        prompt_tokens = inputs["input_ids"].shape[1]
-        new = sequences[0, prompt_tokens:].tolist()
-        text = self.tokenizer.decode(new, skip_special_tokens=True)
+    def _eos(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
-        eos = {eos} if isinstance(eos, int) else set(eos or ())
-        ran_out = bool(new) and len(new) >= max_new_tokens and new[-1] not in eos and cut(text, stop) == text
-        return Reply(cut(text, stop), "length" if ran_out else "stop", prompt_tokens, len(new))
+        return {eos} if isinstance(eos, int) else set(eos or ())
 
     def _generate_ids(self, inputs: dict[str, torch.Tensor], options: dict[str, Any]) -> torch.Tensor:
         """`model.generate`'s sequences [B, prompt + new]; a single conversation starts from, and leaves
@@ -438,62 +406,41 @@ class SpeechChat:
         return torch.isin(input_ids, self._sound_id_tensor.to(input_ids.device)).any(dim=1)
 
     def _inputs(
-        self, conversations: list[Sequence[Message]], decoded: dict[int, torch.Tensor], max_new_tokens: int
+        self, conversations: list[Sequence[Message]], decoded: dict[int, torch.Tensor], max_new_tokens: Sequence[int]
     ) -> dict[str, torch.Tensor]:
-        """The prompts' ids and mask, padded; a prompt that leaves no room for max_new_tokens in the LLM's context
-        (its max_position_embeddings) is a ContextLengthError, before anything is generated."""
+        """The prompts' ids and mask, left-padded; a prompt that leaves no room for its max_new_tokens in the LLM's
+        context (its max_position_embeddings) is a ContextLengthError, before anything is generated."""
         texts = [
             self.tokenizer.apply_chat_template(r, add_generation_prompt=True, tokenize=False)
             for r in self.render(conversations, decoded)
         ]
         inputs = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         context = getattr(self.model.config, "max_position_embeddings", None)
-        prompt_tokens = inputs["input_ids"].shape[1]
-        if isinstance(context, int) and prompt_tokens + max_new_tokens > context:
-            raise ContextLengthError(
-                f"the prompt is {prompt_tokens:,} tokens, over the {max(context - max_new_tokens, 0):,} this LLM "
-                f"takes with {max_new_tokens:,} new tokens (its context: {context:,}); use shorter audio, fewer "
-                "turns or fewer new tokens"
-            )
+        for prompt_tokens, most in zip(inputs["attention_mask"].sum(dim=1).tolist(), max_new_tokens, strict=True):
+            if isinstance(context, int) and prompt_tokens + most > context:
+                raise ContextLengthError(
+                    f"the prompt is {prompt_tokens:,} tokens, over the {max(context - most, 0):,} this LLM takes with "
+                    f"{most:,} new tokens (its context: {context:,}); use shorter audio, fewer turns or fewer new tokens"
+                )
         return {k: v.to(self.model.device) for k, v in inputs.items()}
 
     def _generation_options(
-        self,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        stop: Sequence[str],
-        prompt_length: int,
-        cancel: threading.Event | None = None,
+        self, limits: RowLimits, temperature: float, top_p: float, cancel: threading.Event | None = None
     ) -> dict:
-        options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
+        """model.generate's options for a batch that `limits` ends row by row (left to generate's own max_new_tokens
+        when every row shares it and has no stop strings: one step less to run on each token)."""
+        options: dict[str, Any] = {"max_new_tokens": max(limits.max_new_tokens)}
+        options["pad_token_id"] = self.tokenizer.pad_token_id
         if temperature > 0:
             options |= {"do_sample": True, "temperature": temperature, "top_p": top_p}
         else:
             options |= {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        criteria = [StopStrings(self.tokenizer, stop, prompt_length)] if stop else []
+        criteria = [limits] if any(limits.stops) or len(set(limits.max_new_tokens)) > 1 else []
         if cancel is not None:
             criteria.append(Cancelled(cancel))
         if criteria:
             options["stopping_criteria"] = StoppingCriteriaList(criteria)
         return options
-
-
-def joined(replies: list[Reply]) -> Reply:
-    """Replies to a long clip's windows as one (one reply as it is): texts in order, the last one's ending, the
-    tokens summed."""
-    return Reply(
-        " ".join(reply.text for reply in replies),
-        replies[-1].finish_reason,
-        sum(reply.prompt_tokens for reply in replies),
-        sum(reply.completion_tokens for reply in replies),
-    )
-
-
-def _said(reply: Reply) -> Generator[str, None, Reply]:
-    """A known reply as a stream's pieces: all of it at once."""
-    yield reply.text
-    return reply
 
 
 def _shared_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:

@@ -1,4 +1,4 @@
-"""Ending and streaming a generation: stop strings, cancelling, and the text of each new token as it comes
+"""Ending and streaming a generation: each row's own limits, cancelling, and the text of each new token as it comes
 (SpeechChat.stream)."""
 
 from __future__ import annotations
@@ -10,15 +10,31 @@ import torch
 from transformers import PreTrainedTokenizerBase, StoppingCriteria, TextIteratorStreamer
 
 
-class StopStrings(StoppingCriteria):
-    """Ends a sequence once its reply so far contains a stop string (any tokenizer, any split)."""
+class RowLimits(StoppingCriteria):
+    """Ends each row of a batch on its own: at its max_new_tokens, or once its reply so far contains one of its stop
+    strings (any tokenizer, any split). `ended[row]` is how many new tokens the row had when it ended here."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: Sequence[str], prompt_length: int):
-        self.tokenizer, self.stop, self.prompt_length = tokenizer, list(stop), prompt_length
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        prompt_length: int,
+        max_new_tokens: Sequence[int],
+        stops: Sequence[Sequence[str]],
+    ):
+        self.tokenizer, self.prompt_length = tokenizer, prompt_length
+        self.max_new_tokens, self.stops = list(max_new_tokens), [list(stop) for stop in stops]
+        self.ended: dict[int, int] = {}
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        replies = self.tokenizer.batch_decode(input_ids[:, self.prompt_length :], skip_special_tokens=True)
-        return torch.tensor([any(s in r for s in self.stop) for r in replies], device=input_ids.device)
+        new = input_ids.shape[1] - self.prompt_length
+        done = [new >= most for most in self.max_new_tokens]
+        for row, stop in enumerate(self.stops):
+            if stop and not done[row]:
+                reply = self.tokenizer.decode(input_ids[row, self.prompt_length :], skip_special_tokens=True)
+                done[row] = any(s in reply for s in stop)
+        for row in (row for row, end in enumerate(done) if end):
+            self.ended.setdefault(row, new)
+        return torch.tensor(done, device=input_ids.device)
 
 
 class Cancelled(StoppingCriteria):

@@ -29,7 +29,7 @@ from auralm.errors import AuralmError
 
 if TYPE_CHECKING:
     from auralm.lm import SpeechChat
-    from auralm.lm.chat import ReplyStream
+    from auralm.lm.replies import ReplyStream
 
 HELP = "commands: /audio FILE (attach a clip to your next message), /reset, /exit"
 

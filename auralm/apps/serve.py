@@ -46,11 +46,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--max-waiting", type=positive_int, default=8, help="requests waiting for the model; more get 429 (default: 8)"
     )
     parser.add_argument(
+        "--max-batch",
+        type=positive_int,
+        default=8,
+        help="chat requests waiting together answered in one batch, each decode step shared (default: 8)",
+    )
+    parser.add_argument(
         "--upstream",
         metavar="URL",
         help="no LLM here: turn audio into sound-token text and forward chats to this OpenAI-compatible server "
         "(its base URL, e.g. http://localhost:8000/v1) serving a merged model (`auralm merge`); requests run "
-        "concurrently, so --max-new-tokens and --max-waiting are the upstream's business",
+        "concurrently, so --max-new-tokens, --max-waiting and --max-batch are the upstream's business",
     )
     parser.add_argument(
         "--upstream-model", metavar="NAME", help="the model to ask upstream (default: the one it lists)"
@@ -68,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         max_audio_seconds=max_audio_seconds(args),
         max_new_tokens=args.max_new_tokens,
         max_waiting=args.max_waiting,
+        max_batch=args.max_batch,
     )
     if args.upstream is None and (args.upstream_model or args.upstream_key):
         raise UsageError("--upstream-model and --upstream-key go with --upstream URL")

@@ -39,6 +39,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from auralm.apps.model_queue import ModelQueue, QueueFull
 from auralm.apps.transcription import (
     TOKENS_MODEL,
     TRANSCRIPTION_FORMATS,
@@ -47,7 +48,8 @@ from auralm.apps.transcription import (
     transcription_response,
 )
 from auralm.errors import AuralmError
-from auralm.lm.chat import Reply, ReplyStream, SpeechChat
+from auralm.lm.chat import SpeechChat
+from auralm.lm.replies import Reply, ReplyStream
 from auralm.tokenizer import SAMPLE_RATE, AudioError, load_audio
 from auralm.tokenizer.audio import MAX_AUDIO_SECONDS
 
@@ -61,6 +63,7 @@ class ServerLimits:
     max_audio_seconds: float = MAX_AUDIO_SECONDS
     max_new_tokens: int = 1024
     max_waiting: int = 8  # requests queued for the model beyond the one it is answering
+    max_batch: int = 8  # chat requests answered together in one batch (auralm.apps.model_queue)
 
 
 class RequestError(Exception):
@@ -79,9 +82,13 @@ class RequestError(Exception):
 def create_app(chat: SpeechChat, model_name: str, limits: ServerLimits = ServerLimits()) -> FastAPI:
     """The app serving `chat` as `model_name`; the chat takes clips as long as the server does."""
     app = base_app(limits)
-    queue = _ModelQueue(limits.max_waiting)
+    queue = ModelQueue(chat, limits.max_waiting, limits.max_batch)
     served = (model_name, WHISPER_MODEL, TOKENS_MODEL)
     chat.max_audio_seconds = limits.max_audio_seconds
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(_: Request, error: QueueFull) -> JSONResponse:
+        return error_response(RequestError(429, str(error), kind="rate_limit_error"))
 
     @app.get("/health")
     async def health() -> dict:
@@ -103,33 +110,6 @@ def create_app(chat: SpeechChat, model_name: str, limits: ServerLimits = ServerL
     return app
 
 
-class _ModelQueue:
-    """The one model every request shares: one generation at a time, and at most `max_waiting` requests
-    waiting for it (more get 429)."""
-
-    def __init__(self, max_waiting: int):
-        self.lock = asyncio.Lock()
-        self.max_waiting, self.waiting = max_waiting, 0
-
-    async def take(self) -> None:
-        """Wait for the model; the caller releases `lock`."""
-        if self.waiting > self.max_waiting:
-            raise RequestError(429, "too many requests waiting for the model; retry later", kind="rate_limit_error")
-        self.waiting += 1
-        try:
-            await self.lock.acquire()
-        finally:
-            self.waiting -= 1
-
-    async def run(self, fn: Callable[[], Any]) -> Any:
-        """fn() in a worker thread once the model is free."""
-        await self.take()
-        try:
-            return await run_in_threadpool(fn)
-        finally:
-            self.lock.release()
-
-
 def _check_model(name: Any, allowed: tuple[str, ...]) -> None:
     """An absent model means the served one; another name is OpenAI's 404."""
     if name is not None and name not in allowed:
@@ -142,7 +122,7 @@ def _check_model(name: Any, allowed: tuple[str, ...]) -> None:
 
 
 async def _chat_completion(
-    chat: SpeechChat, model_name: str, limits: ServerLimits, queue: _ModelQueue, body: dict[str, Any]
+    chat: SpeechChat, model_name: str, limits: ServerLimits, queue: ModelQueue, body: dict[str, Any]
 ) -> Any:
     """POST /v1/chat/completions: the reply, or its stream (server-sent events)."""
     _check_model(body.get("model"), (model_name,))
@@ -161,7 +141,7 @@ async def _chat_completion(
             raise
         return _StreamedReply(pieces, queue.lock, completion_id, created, model_name, include_usage)
     try:
-        reply: Reply = await queue.run(lambda: chat.reply(messages, **options))
+        reply = await queue.reply(messages, options)
     except AuralmError as e:
         raise _prompt_error(e) from e
     return completion(reply, completion_id, created, model_name)
@@ -190,7 +170,7 @@ def _prompt_error(error: AuralmError) -> RequestError:
 
 
 async def _transcription(
-    chat: SpeechChat, model_name: str, limits: ServerLimits, queue: _ModelQueue, request: Request
+    chat: SpeechChat, model_name: str, limits: ServerLimits, queue: ModelQueue, request: Request
 ) -> Any:
     """POST /v1/audio/transcriptions, by the model the form names (auralm.apps.transcription; whisper-1 when it
     names none); one segment per window of the speech tokenizer."""
@@ -237,8 +217,7 @@ def base_app(limits: ServerLimits, lifespan: Callable[[FastAPI], AbstractAsyncCo
 
     @app.exception_handler(RequestError)
     async def request_error(_: Request, error: RequestError) -> JSONResponse:
-        body = {"error": {"message": error.message, "type": error.kind, "param": error.param, "code": error.code}}
-        return JSONResponse(body, status_code=error.status)
+        return error_response(error)
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
@@ -251,11 +230,17 @@ def base_app(limits: ServerLimits, lifespan: Callable[[FastAPI], AbstractAsyncCo
                 dropped += len(chunk)
                 if dropped > 4 * limits.max_body_bytes:
                     break
-            return await request_error(request, RequestError(413, f"request body over {limits.max_body_bytes} bytes"))
+            return error_response(RequestError(413, f"request body over {limits.max_body_bytes} bytes"))
         return await call_next(request)
 
     app.add_middleware(AccessLog)  # added last: outermost, so it sees every request and how it ended
     return app
+
+
+def error_response(error: RequestError) -> JSONResponse:
+    """OpenAI's error body for `error`, with its status."""
+    body = {"error": {"message": error.message, "type": error.kind, "param": error.param, "code": error.code}}
+    return JSONResponse(body, status_code=error.status)
 
 
 async def json_body(request: Request, limits: ServerLimits) -> dict[str, Any]:

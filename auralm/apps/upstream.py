@@ -43,8 +43,8 @@ from auralm.apps.server import (
     known_reply,
 )
 from auralm.errors import AuralmError
-from auralm.lm.chat import UNHEARD, Reply, joined
 from auralm.lm.messages import ClipStrings, Message, audio_parts, in_windows, silent_turn, with_audio_strings
+from auralm.lm.replies import UNHEARD, Reply, joined
 from auralm.lm.vocabulary import SpeechTokenizerMismatchError
 from auralm.tokenizer import SpeechTokenizer, codes_to_string
 

@@ -190,6 +190,7 @@ BAD_ARGUMENTS = {
     "negative clip limit": (["serve", "--checkpoint", "tok", "--max-audio-seconds", "-5"], "--max-audio-seconds"),
     "server tokens 0": (["serve", "--checkpoint", "tok", "--max-new-tokens", "0"], "--max-new-tokens"),
     "negative queue": (["serve", "--checkpoint", "tok", "--max-waiting", "-1"], "--max-waiting"),
+    "batch 0": (["serve", "--checkpoint", "tok", "--max-batch", "0"], "--max-batch"),
     "chat tokens 0": (["chat", "--checkpoint", "tok", "--max-new-tokens", "0"], "--max-new-tokens"),
     "negative temperature": (["chat", "--checkpoint", "tok", "--temperature", "-1"], "--temperature"),
     "nan temperature": (["chat", "--checkpoint", "tok", "--temperature", "nan"], "--temperature"),

@@ -13,9 +13,11 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -439,3 +441,64 @@ def test_the_access_log_has_a_line_per_request_and_a_hang_up_is_one_line(tiny_se
         "POST /v1/chat/completions client disconnected mid-response (200) after N ms",
     ]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # no traceback from uvicorn
+
+
+def test_chat_requests_that_wait_together_are_answered_in_one_batch_each_as_alone(tiny_server, tiny_chat, monkeypatch):
+    tiny_chat.model.generation_config.eos_token_id = None  # only max_tokens or a stop string ends a reply
+    spoken = [{"type": "audio", "path": DATA / "en_8k.wav"}, {"type": "text", "text": "what is this sound ?"}]
+    stop = tiny_chat.reply([{"role": "user", "content": spoken}], max_new_tokens=8).text.split()[2]
+    sizes, replies, gate = [], tiny_chat.replies, threading.Event()
+
+    def recorded(conversations, *args):
+        sizes.append(len(conversations))
+        return replies(conversations, *args)
+
+    monkeypatch.setattr(tiny_chat, "replies", recorded)
+    tiny_chat.model.register_forward_pre_hook(lambda *_: None if gate.wait(60) else None)  # the model runs once the gate opens
+
+    def together(requests: list[tuple[list, dict]]) -> list[tuple[int, dict]]:
+        """The replies to requests sent while the model is busy, so that all of them wait for it."""
+        gate.clear()
+        with ThreadPoolExecutor(len(requests) + 1) as pool:
+            busy = pool.submit(post, tiny_server, "/v1/chat/completions", chat_body("hello", max_tokens=2))
+            deadline = time.time() + 60
+            while not sizes or sizes[-1] != 1:  # the first request holds the model
+                assert time.time() < deadline
+                time.sleep(0.01)
+            bodies = [chat_body(content, **options) for content, options in requests]
+            sent = [pool.submit(post, tiny_server, "/v1/chat/completions", body) for body in bodies]
+            while json.load(urllib.request.urlopen(f"{tiny_server}/health", timeout=10))["waiting"] < len(requests):
+                assert time.time() < deadline
+                time.sleep(0.01)
+            gate.set()
+            assert busy.result()[0] == 200
+            return [future.result() for future in sent]
+
+    requests = [
+        ([wav_part(), {"type": "text", "text": "what is this sound ?"}], {"max_tokens": 8, "stop": [stop]}),
+        ([wav_part("en_16k.wav")], {"max_tokens": 5}),
+        ("hello", {"max_tokens": 7}),
+        ([wav_part(), {"type": "text", "text": "what is this sound ?"}], {"max_tokens": 3}),
+    ]
+    answered = together(requests)
+    assert sizes[-2:] == [1, 4]  # the busy request alone, then the four waiting as one batch
+    local = [[spoken[0] | {"path": DATA / "en_16k.wav"}], "hello", spoken]
+    for (code, body), content, (_, options) in zip(answered, [spoken, *local], requests, strict=True):
+        alone = tiny_chat.reply(
+            [{"role": "user", "content": content}], options["max_tokens"], stop=options.get("stop", ())
+        )
+        assert code == 200 and body["choices"][0]["message"]["content"] == alone.text
+        assert body["choices"][0]["finish_reason"] == alone.finish_reason
+        assert body["usage"]["completion_tokens"] == alone.completion_tokens
+    assert [body["choices"][0]["finish_reason"] for _, body in answered] == ["stop", "length", "length", "length"]
+
+    too_long = [
+        {"type": "input_audio", "input_audio": {"data": base64.b64encode(long_wav()[0]).decode(), "format": "wav"}}
+    ]
+    answered = together([requests[1], (too_long, {"max_tokens": 8}), requests[2]])
+    assert [code for code, _ in answered] == [200, 400, 200]  # the batch failed; each alone, one at fault
+    assert answered[1][1]["error"]["code"] == "context_length_exceeded"
+    assert [body["choices"][0]["message"]["content"] for _, body in answered[::2]] == [
+        tiny_chat.reply([{"role": "user", "content": local[0]}], 5).text,
+        tiny_chat.reply([{"role": "user", "content": "hello"}], 7).text,
+    ]

@@ -13,7 +13,7 @@ import torchaudio.functional as AF
 
 from auralm.apps.web_talk import INPUT_RATE, PIPER_RATE, LoudnessVAD, TalkHandler
 from auralm.data.voices import piper_available
-from auralm.lm.chat import ReplyStream
+from auralm.lm.replies import ReplyStream
 from auralm.tokenizer import SAMPLE_RATE, load_audio
 from tests.conftest import DATA
 

@@ -9,7 +9,7 @@ import soundfile
 import torch
 
 from auralm.lm import ContextLengthError
-from auralm.lm.chat import Reply
+from auralm.lm.replies import Reply
 from auralm.tokenizer import SAMPLE_RATE, AudioError, load_audio
 from auralm.tokenizer.token_format import NO_SPEECH_REPLY
 from tests.conftest import DATA

@@ -14,7 +14,8 @@ from auralm.lm import (
     check_speech_tokenizer,
     tokens_to_prompt,
 )
-from auralm.lm.chat import Reply, TokenStreamer
+from auralm.lm.replies import Reply
+from auralm.lm.streaming import TokenStreamer
 from auralm.tokenizer import load_audio
 from tests.conftest import DATA, TINY_CONFIG
 from tests.lm.conftest import WORDS, tiny_llama, tiny_text_tokenizer
@@ -123,6 +124,21 @@ def test_streaming_equals_generate_and_batched_equals_single(chat):
     assert chat.generate([first, second], max_new_tokens=12) == single
     pieces = list(chat.stream(first, max_new_tokens=12))
     assert "".join(pieces) == single[0] and len(pieces) > 1
+
+
+def test_replies_in_one_batch_end_each_on_its_own_limits_as_alone(chat):
+    chat.model.generation_config.eos_token_id = None  # only a row's own limits end it
+    spoken, other, typed = (
+        conversation("en_8k.wav"),
+        conversation("en_16k.wav", "hello"),
+        [{"role": "user", "content": "hello"}],
+    )
+    stop = chat.reply(spoken, max_new_tokens=10).text.split()[2]
+    requests = [(spoken, 10, [stop]), (other, 4, []), (spoken, 7, []), (typed, 5, []), (other, 9, [])]
+    alone = [chat.reply(messages, max_new_tokens=most, stop=stops) for messages, most, stops in requests]
+    assert [reply.finish_reason for reply in alone] == ["stop", "length", "length", "length", "length"]
+    assert [reply.completion_tokens for reply in alone][1:] == [4, 7, 5, 9] and alone[0].completion_tokens < 10
+    assert chat.replies(*zip(*requests, strict=True)) == alone
 
 
 def test_the_stream_sends_each_token_once_its_characters_are_whole():
