@@ -31,7 +31,7 @@ HOPPER_SHARED_MEMORY = 227 * 1024  # per block, the most an H100 allows
 TOOLS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 # Pointer arguments that are not of the input dtype; scalar arguments that are floats or plain counts.
 POINTER_TYPES = {
-    **dict.fromkeys(["lse_ptr", "delta_ptr", "dq_ptr", "code_norms_ptr"], "*fp32"),
+    **dict.fromkeys(["lse_ptr", "delta_ptr", "dq_ptr"], "*fp32"),
     **dict.fromkeys(["q_start_ptr", "q_len_ptr", "k_start_ptr", "k_len_ptr"], "*i32"),
     "indices_ptr": "*i64",
 }
@@ -93,8 +93,9 @@ def cases():
                 "bf16",
             )
     for dtype in ("bf16", "fp32"):
-        constexprs = {"COSINE": True, "D": 64, "BLOCK_D": 64, "PRECISION": "tf32x3"}
-        yield "nearest code", f"d 64, cosine, {dtype}", vq._nearest_code_kernel, constexprs, dtype
+        for metric in ("cosine", "euclidean"):
+            constexprs = {"METRIC": metric, "D": 64, "BLOCK_D": 64, "PRECISION": "tf32x3"}
+            yield "nearest code", f"d 64, {metric}, {dtype}", vq._nearest_code_kernel, constexprs, dtype
 
 
 def rows() -> list[dict]:

@@ -12,8 +12,10 @@ Two implementations of the same maths:
   - `nearest_code_torch`: the reference and the CPU path; float32 over row blocks, so memory is
     one (block × K) score matrix, never an (N × K × d) tensor;
   - `nearest_code_triton`: one program per BLOCK_N rows keeps its rows in registers, streams the
-    codebook through in BLOCK_K tiles with a running (min, argmin), and never writes a score to
-    memory. CUDA tensors go here; under TRITON_INTERPRET=1 it also runs on CPU (tests).
+    codebook through in BLOCK_K tiles as stored (each tile's norms taken on chip) with a running
+    (min, argmin), and never writes a score to memory: one launch, nothing prepared on the host, the
+    distances computed only when asked. CUDA tensors go here; under TRITON_INTERPRET=1 it also runs on
+    CPU (tests).
 `nearest_code` dispatches between them.
 """
 
@@ -41,9 +43,11 @@ def nearest_code(
     return_distances the float32 (N,) distance to that code: squared euclidean, 1 − cosine, or −x·c.
     """
     _check(x, codebook, metric)
-    implementation = nearest_code_triton if backend(x) == "gpu" else nearest_code_torch
-    indices, distances = implementation(x, codebook, metric)
-    return (indices, distances) if return_distances else indices
+    if backend(x) != "gpu":
+        indices, distances = nearest_code_torch(x, codebook, metric)
+        return (indices, distances) if return_distances else indices
+    indices = _nearest_code_indices(x, codebook, metric)  # one launch: nothing else runs unless distances are asked
+    return (indices, _distance_to(x, codebook, indices, metric)) if return_distances else indices
 
 
 def nearest_code_torch(x: torch.Tensor, codebook: torch.Tensor, metric: Metric) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,15 +69,21 @@ def nearest_code_torch(x: torch.Tensor, codebook: torch.Tensor, metric: Metric) 
 def nearest_code_triton(x: torch.Tensor, codebook: torch.Tensor, metric: Metric) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused kernel: (indices int64 (N,), distances float32 (N,)); CUDA, or CPU under TRITON_INTERPRET=1."""
     _check(x, codebook, metric)
-    interpreted = backend(x) == "interpreter"
     if backend(x) == "torch":
         raise RuntimeError("nearest_code_triton needs CUDA tensors (or TRITON_INTERPRET=1 to run on CPU)")
+    indices = _nearest_code_indices(x, codebook, metric)
+    return indices, _distance_to(x, codebook, indices, metric)
+
+
+def _nearest_code_indices(x: torch.Tensor, codebook: torch.Tensor, metric: Metric) -> torch.Tensor:
+    """The kernel's choice, int64 (N,). The codebook goes in as stored: the kernel normalises its rows (cosine) or
+    takes their squared norms (euclidean) tile by tile, in float32, so no call prepares anything on the host."""
+    interpreted = backend(x) == "interpreter"
     N, d = x.shape
-    prepared, code_norms = _prepared_codebook(codebook, metric)
     # On a GPU the dot runs in the input dtype (tensor cores) with float32 accumulation; the
     # interpreter computes a bf16 tl.dot wrongly, so there everything is float32.
-    codebook_in = prepared if (x.dtype == torch.float32 or interpreted) else prepared.to(x.dtype)
     x_in = x.float() if interpreted else x.contiguous()
+    codebook_in = codebook.float() if interpreted else codebook.contiguous()
     indices = torch.empty(N, dtype=torch.int64, device=x.device)
     interpreter_blocks = None
     if interpreted:  # whole codebooks of a few thousand codes in one step
@@ -81,27 +91,26 @@ def nearest_code_triton(x: torch.Tensor, codebook: torch.Tensor, metric: Metric)
         interpreter_blocks = {"BLOCK_N": max(16, min(triton.next_power_of_2(N), 2**19 // block_k)), "BLOCK_K": block_k}
     launch(
         _nearest_code_kernel, lambda blocks: (triton.cdiv(N, blocks["BLOCK_N"]),),
-        (x_in, codebook_in, code_norms, indices, N, codebook.shape[0], x_in.stride(0), codebook_in.stride(0)),
-        interpreter_blocks, COSINE=metric == "cosine", D=d, BLOCK_D=max(16, triton.next_power_of_2(d)),
+        (x_in, codebook_in, indices, N, codebook.shape[0], x_in.stride(0), codebook_in.stride(0)),
+        interpreter_blocks, METRIC=metric, D=d, BLOCK_D=max(16, triton.next_power_of_2(d)),
         PRECISION="ieee" if interpreted else "tf32x3",
     )  # fmt: skip
-    # The kernel only chooses; the distance to the chosen code is computed again in float32 (N × d, cheap),
-    # since half-precision inputs normalised inside the kernel round its scores by ~1e-3.
-    return indices, _distance_to(x.float(), codebook.float()[indices], metric)
+    return indices
 
 
 # GPU configurations (BLOCK_N rows, BLOCK_K codes, warps, pipeline stages), timed on the first call
 # for each codebook size, dim, metric and dtype.
 NEAREST_CODE_CONFIGS = configs(
-    [(64, 64, 4, 3), (128, 64, 4, 3), (128, 128, 8, 3), (64, 128, 4, 3), (256, 64, 8, 3)], ("BLOCK_N", "BLOCK_K")
+    [(64, 64, 4, 3), (128, 64, 4, 3), (128, 128, 8, 3), (64, 128, 4, 3), (256, 64, 8, 3), (256, 128, 8, 2)],
+    ("BLOCK_N", "BLOCK_K"),
 )
 
 
-@autotuned(NEAREST_CODE_CONFIGS, ["K", "D", "COSINE"])
+@autotuned(NEAREST_CODE_CONFIGS, ["K", "D", "METRIC"])
 @triton.jit
 def _nearest_code_kernel(
-    x_ptr, codebook_ptr, code_norms_ptr, indices_ptr, N, K, stride_x, stride_code,
-    COSINE: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    x_ptr, codebook_ptr, indices_ptr, N, K, stride_x, stride_code,
+    METRIC: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -110,7 +119,7 @@ def _nearest_code_kernel(
     x = tl.load(
         x_ptr + rows[:, None] * stride_x + dims[None, :], mask=row_mask[:, None] & (dims[None, :] < D), other=0.0
     )
-    if COSINE:  # x̂ = x / max(‖x‖, ε), as F.normalize
+    if METRIC == "cosine":  # x̂ = x / max(‖x‖, ε), as F.normalize
         norm = tl.sqrt(tl.sum(x.to(tl.float32) * x.to(tl.float32), axis=1))
         x = (x.to(tl.float32) / tl.maximum(norm, 1e-12)[:, None]).to(x.dtype)
 
@@ -123,11 +132,19 @@ def _nearest_code_kernel(
             codebook_ptr + codes[:, None] * stride_code + dims[None, :],
             mask=code_mask[:, None] & (dims[None, :] < D),
             other=0.0,
-        )
-        c_norm = tl.load(code_norms_ptr + codes, mask=code_mask, other=float("inf"))  # padding never wins
+        ).to(tl.float32)
+        # The per-code term of the score, from the rows as stored, in float32: ‖c‖² (euclidean), else 0;
+        # padding codes get +inf and never win.
+        if METRIC == "euclidean":
+            c_term = tl.where(code_mask, tl.sum(c * c, axis=1), float("inf"))
+        else:
+            c_term = tl.where(code_mask, 0.0, float("inf"))
+        if METRIC == "cosine":  # ĉ = c / max(‖c‖, ε)
+            c = c / tl.maximum(tl.sqrt(tl.sum(c * c, axis=1)), 1e-12)[:, None]
         # float32 inputs: "tf32x3" on a GPU, three TF32 tensor-core products that keep about float32's
         # accuracy (plain FMA "ieee" spills registers at these tiles); exact "ieee" in the interpreter
-        scores = c_norm[None, :] - 2.0 * tl.dot(x, tl.trans(c), input_precision=PRECISION)  # (BLOCK_N, BLOCK_K)
+        dots = tl.dot(x, tl.trans(c.to(x.dtype)), input_precision=PRECISION)
+        scores = c_term[None, :] - 2.0 * dots  # (BLOCK_N, BLOCK_K)
         tile_best, tile_index = tl.min(scores, axis=1, return_indices=True, return_indices_tie_break_left=True)
         better = tile_best < best  # strict: an earlier tile keeps a tie, so the lowest index wins
         best = tl.where(better, tile_best, best)
@@ -154,8 +171,11 @@ def _prepared_codebook(codebook: torch.Tensor, metric: Metric) -> tuple[torch.Te
     return codebook.contiguous(), torch.zeros(codebook.shape[0], device=codebook.device)
 
 
-def _distance_to(rows: torch.Tensor, codes: torch.Tensor, metric: Metric) -> torch.Tensor:
-    """Distances (N,) between rows (N, d) and their codes (N, d), float32."""
+def _distance_to(x: torch.Tensor, codebook: torch.Tensor, indices: torch.Tensor, metric: Metric) -> torch.Tensor:
+    """Distances (N,) between the rows of x (N, d) and their codes, in float32. The kernel only chooses; the distance
+    is computed again here (N × d, cheap), since half-precision inputs normalised inside it round its scores by
+    ~1e-3."""
+    rows, codes = x.float(), codebook[indices].float()
     if metric == "euclidean":
         return (rows - codes).square().sum(-1)
     if metric == "cosine":

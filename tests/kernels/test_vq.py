@@ -56,6 +56,17 @@ def test_half_precision_picks_a_nearest_code(dtype, metric):
 
 
 @pytest.mark.parametrize("metric", METRICS)
+def test_a_codebook_kept_in_float32_serves_half_precision_rows(metric):
+    # a trained bottleneck keeps its codebook in float32 while autocast hands it bf16 rows: the kernel reads the
+    # rows as stored, norms in float32, and casts each tile for the product
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(300, 64, generator=generator).bfloat16()
+    codebook = torch.randn(513, 64, generator=generator) * 3
+    indices, distances = nearest_code_triton(x.to(DEVICE), codebook.to(DEVICE), metric)
+    assert_nearest(x, codebook, metric, indices.cpu(), distances.cpu(), tolerance=1e-3)
+
+
+@pytest.mark.parametrize("metric", METRICS)
 def test_exact_ties_go_to_the_lowest_index(metric):
     # Every score must be exact in floating point for a tie to be exact: small integers for
     # euclidean, signed one-hot rows (unit norm already) for cosine and dot.
