@@ -9,22 +9,21 @@
 Messages follow the transformers chat format. A content part `{"type": "audio", "path": …}` or
 `{"type": "audio", "array": …, "sampling_rate": …}` becomes the speech tokenizer's token string;
 parts are joined in order into the message text, then the model's own chat template applies.
-`SpeechChat.from_pretrained(llm, checkpoint)` builds one from names; `reply` and `stream(...).reply`
-also say why a reply ended and how many tokens it took; `replies` answers many conversations in one batch, each with
-its own limits, as `auralm serve` answers requests waiting together.
+`SpeechChat.from_pretrained(llm, checkpoint)` builds one from names; `reply` and `stream(...).reply` also say why a
+reply ended and how many tokens it took; `replies` and `streams` answer many conversations in one batch, each with its
+own limits (as `auralm serve` answers requests that wait together).
 
 Limits hold before anything runs: a clip over `max_audio_seconds` (300 s by default, the server's) is an AudioError,
 a prompt that leaves no room for `max_new_tokens` in the LLM's context (`max_position_embeddings`) a
 ContextLengthError. A last user message whose audio is all silence (`auralm.tokenizer.audio.is_silent`) gets
 NO_SPEECH_REPLY ("I couldn't hear any speech in that.", what the speech LLM is trained to say) without the LLM.
 A clip in the last user turn longer than the speech tokenizer's window (what the speech LLM hears whole and learns
-from) is answered window by window, cut at quiet points, the replies joined in order: a 60 s recording is
-transcribed, or answered, as six turns of 10 s (rows of one batch; streamed, one after the other) rather than misheard
-whole.
+from) is answered window by window, cut at quiet points, each window a row of one batch, the replies joined in order:
+a 60 s recording is transcribed, or answered, as six turns of 10 s rather than misheard whole.
 
 A conversation that goes on where the last one stopped costs only its new tokens: the KV cache of the
 last single-conversation generation is kept, and the next prompt reuses it up to the first token where
-the two differ. One `SpeechChat` serves one generation at a time (the server holds a lock for that).
+the two differ. One `SpeechChat` runs one generation at a time (the server holds a lock for that).
 
 `static_cache=True` decodes into a fixed-size KV cache instead, which transformers compiles on a GPU into CUDA graphs
 (torch.compile "reduce-overhead"): not carried between turns; SDPA attention (auralm's kernel reads every slot);
@@ -68,8 +67,8 @@ from auralm.lm.messages import (
     last_turn_audio,
     with_audio_strings,
 )
-from auralm.lm.replies import UNHEARD, Reply, ReplyStream, joined, row_replies
-from auralm.lm.streaming import Cancelled, RowLimits, TokenStreamer, until_stop
+from auralm.lm.replies import UNHEARD, Reply, ReplyStream, StreamBatch, joined, row_replies, row_reply
+from auralm.lm.streaming import BatchStreamer, RowLimits, until_stop
 from auralm.lm.vocabulary import (
     SpeechTokenizerMismatchError,
     add_sound_tokens,
@@ -82,6 +81,7 @@ from auralm.tokenizer.backbone import LOOPED_COMPRESSION_RATIO
 from auralm.tokenizer.token_format import TRANSCRIBE_PROMPT
 
 logger = logging.getLogger(__name__)
+Row = tuple[Sequence[Message], int, Sequence[str]]  # one generation's row: conversation, max_new_tokens, stop strings
 NO_REPEAT_WORDS = 4  # a transcription decoded again after a loop repeats no run of this many tokens
 
 
@@ -260,36 +260,57 @@ class SpeechChat:
         the server answers concurrent requests): one padded batch whose rows end on their own, those with sound
         tokens and those without being two, a long clip's windows rows of their own. Greedy, each reply is the one
         it gets alone. Every prompt is checked before anything is generated."""
-        conversations, decoded = list(conversations), {}
+        decoded: dict[int, torch.Tensor] = {}
+        unheard, heard = self._heard(conversations, max_new_tokens, stops, decoded)
+        made = iter(self._generate([row for rows in heard for row in rows], decoded, temperature, top_p))
+        answers = iter([joined([next(made) for _ in rows]) for rows in heard])
+        return [UNHEARD if u else next(answers) for u in unheard]
+
+    def _heard(
+        self, conversations: Sequence[Sequence[Message]], max_new_tokens: Sequence[int],
+        stops: Sequence[Sequence[str]], decoded: dict,
+    ) -> tuple[list[bool], list[list[Row]]]:  # fmt: skip
+        """Which conversations are unheard (silence: UNHEARD without the LLM), and the rows of each heard one: its
+        windows (one, or a long clip's), each with the conversation's max_new_tokens and stop strings."""
         unheard = [self.unheard(c, decoded) for c in conversations]
         heard = [
-            (self.in_windows(c, decoded), most, stop)
+            [(window, most, stop) for window in self.in_windows(c, decoded)]
             for c, most, stop, u in zip(conversations, max_new_tokens, stops, unheard, strict=True)
             if not u
         ]
-        rows = [(window, most, stop) for windows, most, stop in heard for window in windows]
-        made = iter(self._generate(rows, decoded, temperature, top_p) if rows else [])
-        answers = iter([joined([next(made) for _ in windows]) for windows, _, _ in heard])
-        return [UNHEARD if u else next(answers) for u in unheard]
+        return unheard, heard
 
-    def _generate(
-        self, rows: list[tuple[Sequence[Message], int, Sequence[str]]], decoded: dict, temperature: float,
-        top_p: float, **extra: Any,
-    ) -> list[Reply]:  # fmt: skip
-        """Replies to heard rows (conversation, max_new_tokens, stop strings); `extra`: more of `model.generate`'s
-        options."""
-        inputs = self._inputs([conversation for conversation, _, _ in rows], decoded, [most for _, most, _ in rows])
-        heard = self._with_sound(inputs["input_ids"]).tolist()
-        if len(set(heard)) > 1:  # clips' token strings are cached: rendering a group again costs no encoding
-            replies = [UNHEARD] * len(rows)
-            for group in ([i for i, h in enumerate(heard) if h == value] for value in (False, True)):
-                made = self._generate([rows[i] for i in group], decoded, temperature, top_p, **extra)
-                for i, reply in zip(group, made, strict=True):
-                    replies[i] = reply
-            return replies
-        limits = RowLimits(self.tokenizer, inputs["input_ids"].shape[1], *zip(*[row[1:] for row in rows], strict=True))
-        output = self._generate_ids(inputs, self._generation_options(limits, temperature, top_p) | extra)
-        return row_replies(self.tokenizer, inputs["attention_mask"], output, limits, self._eos())
+    def _batches(self, rows: list[Row], decoded: dict) -> list[tuple[list[int], dict[str, torch.Tensor], RowLimits]]:
+        """Rows as the batches they are generated in: (their indices, their prompts' ids and mask, their limits); those
+        without sound tokens apart from those with (other weights). Every prompt is checked before any batch is made;
+        clips' token strings are cached, so rendering a group again costs no encoding."""
+        if not rows:
+            return []
+        everything = self._inputs([row[0] for row in rows], decoded, [row[1] for row in rows])
+        with_sound = self._with_sound(everything["input_ids"]).tolist()
+        if len(set(with_sound)) == 1:
+            split = [(list(range(len(rows))), everything)]
+        else:
+            groups = ([i for i, h in enumerate(with_sound) if h == value] for value in (False, True))
+            split = [(g, self._inputs([rows[i][0] for i in g], decoded, [rows[i][1] for i in g])) for g in groups]
+        return [
+            (
+                g,
+                inputs,
+                RowLimits(self.tokenizer, inputs["input_ids"].shape[1], *zip(*[rows[i][1:] for i in g], strict=True)),
+            )
+            for g, inputs in split
+        ]
+
+    def _generate(self, rows: list[Row], decoded: dict, temperature: float, top_p: float, **extra: Any) -> list[Reply]:
+        """Replies to heard rows; `extra`: more of `model.generate`'s options."""
+        replies = [UNHEARD] * len(rows)
+        for group, inputs, limits in self._batches(rows, decoded):
+            output = self._generate_ids(inputs, self._generation_options(limits, temperature, top_p) | extra)
+            made = row_replies(self.tokenizer, inputs["attention_mask"], output, limits, self._eos())
+            for i, reply in zip(group, made, strict=True):
+                replies[i] = reply
+        return replies
 
     def stream(
         self,
@@ -302,38 +323,62 @@ class SpeechChat:
         """The reply to one conversation as pieces of text while it is generated; joined, they equal
         `generate` with the same options (greedy: exactly). Once they are all read, the stream's
         `reply` is what `reply` would have returned. The prompt is made (clips encoded, limits checked:
-        their errors raise) here, the reply generated as the pieces are read."""
-        decoded: dict[int, torch.Tensor] = {}
-        if self.unheard(messages, decoded):
-            return ReplyStream.known(UNHEARD)
-        prompts = [self._inputs([turn], decoded, [max_new_tokens]) for turn in self.in_windows(messages, decoded)]
-        return ReplyStream(self._in_turn(prompts, max_new_tokens, temperature, top_p, stop))
-
-    def _stream(
-        self, inputs: dict[str, torch.Tensor], max_new_tokens: int, temperature: float, top_p: float,
-        stop: Sequence[str],
-    ) -> Generator[str, None, Reply]:  # fmt: skip
-        streamer = TokenStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        cancel = threading.Event()
-        limits = RowLimits(self.tokenizer, inputs["input_ids"].shape[1], [max_new_tokens], [stop])
-        options = self._generation_options(limits, temperature, top_p, cancel) | {"streamer": streamer}
-        output: list[torch.Tensor] = []
-        worker = threading.Thread(target=lambda: output.append(self._generate_ids(inputs, options)))
+        their errors raise) here, the reply generated in a thread from here on; closing the stream ends the
+        generation and waits for it."""
+        batch = self.streams([messages], [max_new_tokens], [stop], temperature, top_p)
+        worker = threading.Thread(target=batch.run, daemon=True)
         worker.start()
-        try:
-            yield from until_stop(streamer, stop)
-        finally:  # a reader that leaves early (a client that hung up) ends the generation too
-            cancel.set()
-            worker.join()
-        return row_replies(self.tokenizer, inputs["attention_mask"], output[0], limits, self._eos())[0]
+        return batch.streams[0].joining(worker)
 
-    def _in_turn(self, prompts: list[dict[str, torch.Tensor]], *options: Any) -> Generator[str, None, Reply]:
-        """The replies to prompts made beforehand (one, or a long clip's windows), streamed one after the other."""
+    def streams(
+        self, conversations: Sequence[Sequence[Message]], max_new_tokens: Sequence[int], stops: Sequence[Sequence[str]],
+        temperature: float = 0.0, top_p: float = 1.0,
+    ) -> StreamBatch:  # fmt: skip
+        """`stream` for many conversations generated together, in the batches `replies` makes (how the server streams
+        requests that wait together): each stream's pieces come as its rows are generated, and closing a stream ends
+        its rows. Every prompt is made and checked here; `run()` of the result generates them all."""
+        decoded: dict[int, torch.Tensor] = {}
+        unheard, heard = self._heard(conversations, max_new_tokens, stops, decoded)
+        rows = [row for rows in heard for row in rows]
+        located: list[tuple[BatchStreamer, int, int]] = [None] * len(rows)  # (streamer, its row, prompt tokens)
+        generations = []
+        for group, inputs, limits in self._batches(rows, decoded):
+            generations.append((inputs, limits, streamer := BatchStreamer(self.tokenizer, limits, self._eos())))
+            prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+            for row, i in enumerate(group):
+                located[i] = (streamer, row, prompt_tokens[row])
+        failure: list[Exception] = []
+
+        def run() -> None:
+            try:
+                for inputs, limits, streamer in generations:
+                    options = self._generation_options(limits, temperature, top_p, every_step=True)
+                    self._generate_ids(inputs, options | {"streamer": streamer})
+            except Exception as e:  # the streams raise it
+                failure.append(e)
+            finally:
+                for _, _, streamer in generations:
+                    streamer.end()
+
+        spans = iter(located)
+        streams = iter([ReplyStream(self._pieces([next(spans) for _ in rows], failure)) for rows in heard])
+        return StreamBatch([ReplyStream.known(UNHEARD) if u else next(streams) for u in unheard], run)
+
+    def _pieces(self, spans: list[tuple[BatchStreamer, int, int]], failure: list) -> Generator[str, None, Reply]:
+        """One conversation's stream: the pieces of its rows (one, or a long clip's windows) one after the other."""
         replies = []
-        for number, inputs in enumerate(prompts):
-            if number:
-                yield " "
-            replies.append((yield from self._stream(inputs, *options)))
+        try:
+            for number, (streamer, row, prompt_tokens) in enumerate(spans):
+                if number:
+                    yield " "
+                yield from until_stop(streamer.rows[row], streamer.limits.stops[row])
+                if failure:
+                    raise failure[0]
+                replies.append(row_reply(self.tokenizer, prompt_tokens, streamer.ids[row], streamer.limits, row,
+                                         streamer.eos))  # fmt: skip
+        finally:  # a reader that leaves early (a client that hung up) ends its rows
+            for streamer, row, _ in spans:
+                streamer.limits.cancelled.add(row)
         return joined(replies)
 
     def transcribe(
@@ -425,21 +470,19 @@ class SpeechChat:
         return {k: v.to(self.model.device) for k, v in inputs.items()}
 
     def _generation_options(
-        self, limits: RowLimits, temperature: float, top_p: float, cancel: threading.Event | None = None
+        self, limits: RowLimits, temperature: float, top_p: float, every_step: bool = False
     ) -> dict:
-        """model.generate's options for a batch that `limits` ends row by row (left to generate's own max_new_tokens
-        when every row shares it and has no stop strings: one step less to run on each token)."""
+        """model.generate's options for a batch that `limits` ends row by row: left to generate's own max_new_tokens
+        when every row shares it and has no stop strings (one check less on each token), unless every_step (a
+        stream, whose reader may leave)."""
         options: dict[str, Any] = {"max_new_tokens": max(limits.max_new_tokens)}
         options["pad_token_id"] = self.tokenizer.pad_token_id
         if temperature > 0:
             options |= {"do_sample": True, "temperature": temperature, "top_p": top_p}
         else:
             options |= {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        criteria = [limits] if any(limits.stops) or len(set(limits.max_new_tokens)) > 1 else []
-        if cancel is not None:
-            criteria.append(Cancelled(cancel))
-        if criteria:
-            options["stopping_criteria"] = StoppingCriteriaList(criteria)
+        if every_step or any(limits.stops) or len(set(limits.max_new_tokens)) > 1:
+            options["stopping_criteria"] = StoppingCriteriaList([limits])
         return options
 
 

@@ -3,7 +3,8 @@ come), and `row_replies`, which reads one per row out of a batch that `RowLimits
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator, Sequence
+import threading
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import NamedTuple
 
 import torch
@@ -35,16 +36,21 @@ def row_replies(
     """The Reply of each row of one `generate`. attention_mask: (B, P) of the left-padded prompts; sequences:
     (B, P + new) token ids, a row's tokens after its end being padding. A row ends at its first eos (kept) or where
     `limits` ended it."""
-    prompt_length = attention_mask.shape[1]
     replies = []
-    for row, ids in enumerate(sequences[:, prompt_length:].tolist()):
+    for row, ids in enumerate(sequences[:, attention_mask.shape[1] :].tolist()):
         first_eos = next((i + 1 for i, token in enumerate(ids) if token in eos), len(ids))
         new = ids[: min(first_eos, limits.ended.get(row, len(ids)))]
-        text, stop = tokenizer.decode(new, skip_special_tokens=True), limits.stops[row]
-        ran_out = len(new) >= limits.max_new_tokens[row] > 0 and new[-1] not in eos and cut(text, stop) == text
-        prompt_tokens = int(attention_mask[row].sum())
-        replies.append(Reply(cut(text, stop), "length" if ran_out else "stop", prompt_tokens, len(new)))
+        replies.append(row_reply(tokenizer, int(attention_mask[row].sum()), new, limits, row, eos))
     return replies
+
+
+def row_reply(
+    tokenizer: PreTrainedTokenizerBase, prompt_tokens: int, new: list[int], limits: RowLimits, row: int, eos: set[int]
+) -> Reply:
+    """The Reply of one row, given its new tokens up to its end."""
+    text, stop = tokenizer.decode(new, skip_special_tokens=True), limits.stops[row]
+    ran_out = len(new) >= limits.max_new_tokens[row] > 0 and new[-1] not in eos and cut(text, stop) == text
+    return Reply(cut(text, stop), "length" if ran_out else "stop", prompt_tokens, len(new))
 
 
 def joined(replies: Sequence[Reply]) -> Reply:
@@ -76,11 +82,32 @@ class ReplyStream(Iterator[str]):
     def close(self) -> None:
         self._pieces.close()
 
+    def joining(self, worker: threading.Thread) -> ReplyStream:
+        """This stream, its generation running in `worker`: once it is read or closed, the worker has ended too."""
+        return ReplyStream(_then_joined(self, worker))
+
     @classmethod
     def known(cls, reply: Reply) -> ReplyStream:
         """A reply known without generating here (`UNHEARD` to silence, an upstream's answers to a long clip's
         windows): all of it in one piece."""
         return cls(_said(reply))
+
+
+class StreamBatch(NamedTuple):
+    """Streams generated together (`SpeechChat.streams`): `run()` generates them all, in a thread of the caller's
+    choosing (the streams' pieces come as it runs), and returns once every row has ended."""
+
+    streams: list[ReplyStream]
+    run: Callable[[], None]
+
+
+def _then_joined(stream: ReplyStream, worker: threading.Thread) -> Generator[str, None, Reply]:
+    try:
+        yield from stream
+    finally:
+        stream.close()
+        worker.join()
+    return stream.reply
 
 
 def _said(reply: Reply) -> Generator[str, None, Reply]:

@@ -3,16 +3,17 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Sequence
 
 import torch
 from transformers import PreTrainedTokenizerBase, StoppingCriteria, TextIteratorStreamer
+from transformers.generation.streamers import BaseStreamer
 
 
 class RowLimits(StoppingCriteria):
-    """Ends each row of a batch on its own: at its max_new_tokens, or once its reply so far contains one of its stop
-    strings (any tokenizer, any split). `ended[row]` is how many new tokens the row had when it ended here."""
+    """Ends each row of a batch on its own: at its max_new_tokens, once its reply so far contains one of its stop
+    strings (any tokenizer, any split), or once its reader left (`cancelled`). `ended[row]` is how many new tokens
+    the row had when it ended here."""
 
     def __init__(
         self,
@@ -24,10 +25,11 @@ class RowLimits(StoppingCriteria):
         self.tokenizer, self.prompt_length = tokenizer, prompt_length
         self.max_new_tokens, self.stops = list(max_new_tokens), [list(stop) for stop in stops]
         self.ended: dict[int, int] = {}
+        self.cancelled: set[int] = set()  # rows whose reader left (a thread-safe set.add from the reader's thread)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
         new = input_ids.shape[1] - self.prompt_length
-        done = [new >= most for most in self.max_new_tokens]
+        done = [new >= most or row in self.cancelled for row, most in enumerate(self.max_new_tokens)]
         for row, stop in enumerate(self.stops):
             if stop and not done[row]:
                 reply = self.tokenizer.decode(input_ids[row, self.prompt_length :], skip_special_tokens=True)
@@ -35,16 +37,6 @@ class RowLimits(StoppingCriteria):
         for row in (row for row, end in enumerate(done) if end):
             self.ended.setdefault(row, new)
         return torch.tensor(done, device=input_ids.device)
-
-
-class Cancelled(StoppingCriteria):
-    """Ends every sequence once `event` is set."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 def cut(text: str, stop: Sequence[str]) -> str:
@@ -67,6 +59,40 @@ class TokenStreamer(TextIteratorStreamer):
         if len(text) > self.print_len and not text.endswith("\ufffd"):  # U+FFFD: a character not yet whole
             self.on_finalized_text(text[self.print_len :])
             self.print_len = len(text)
+
+
+class BatchStreamer(BaseStreamer):
+    """The rows of one batched `generate`, each streamed on its own (`rows[row]`, a TokenStreamer to iterate): a
+    row's new tokens go to it until the row ends, at its end-of-text token or at the length where `limits` ended it
+    (transformers checks the limits before it streams a step's tokens); `ids[row]` are the row's new tokens. `end()`
+    ends every row left."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, limits: RowLimits, eos: set[int]):
+        n = len(limits.max_new_tokens)
+        self.rows = [TokenStreamer(tokenizer, skip_special_tokens=True) for _ in range(n)]
+        self.ids: list[list[int]] = [[] for _ in range(n)]
+        self.limits, self.eos, self._open, self._prompt_seen = limits, eos, set(range(n)), False
+
+    def put(self, value: torch.Tensor) -> None:
+        """value: the prompts (B, P) first (skipped), then each step's new tokens (B,)."""
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        for row, token in enumerate(value.reshape(-1).tolist()):
+            if row not in self._open:
+                continue
+            self.ids[row].append(token)
+            self.rows[row].put(torch.tensor([token]))
+            if token in self.eos or len(self.ids[row]) >= self.limits.ended.get(row, len(self.ids[row]) + 1):
+                self._end(row)
+
+    def end(self) -> None:
+        for row in sorted(self._open):
+            self._end(row)
+
+    def _end(self, row: int) -> None:
+        self._open.discard(row)
+        self.rows[row].end()
 
 
 def until_stop(pieces: Iterator[str], stop: Sequence[str]) -> Iterator[str]:

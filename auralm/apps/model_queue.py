@@ -2,11 +2,11 @@
 number of requests waiting for it, and chat requests that wait together answered together.
 
 When the model comes free, the first waiting chat request takes every other one waiting with the same sampling
-settings (up to `max_batch`) into one `SpeechChat.replies` call: one padded batch, each decode step computing every
-request's next token, each request ending on its own max_tokens and stop strings. Greedy, each reply is the one the
-request gets alone. A request the batch cannot take (its prompt over the LLM's context) fails the call before
-anything is generated; the batch is then answered one request at a time, so only that one gets the error.
-Streamed replies and transcriptions hold the model alone.
+settings and the same wish to stream (up to `max_batch`) into one `SpeechChat.replies` (or `.streams`) call: one
+padded batch, each decode step computing every request's next token, each request ending on its own max_tokens and
+stop strings (or when its client hangs up, streamed). Greedy, each reply is the one the request gets alone. A
+request the batch cannot take (its prompt over the LLM's context) fails the call before anything is generated; the
+batch is then answered one request at a time, so only that one gets the error. Transcriptions hold the model alone.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from starlette.concurrency import run_in_threadpool
 
 from auralm.errors import AuralmError
 from auralm.lm.chat import SpeechChat
 from auralm.lm.messages import Message
-from auralm.lm.replies import Reply
+from auralm.lm.replies import Reply, ReplyStream
 
 
 class QueueFull(Exception):
@@ -34,10 +35,14 @@ class _Asked:
 
     messages: list[Message]
     options: dict[str, Any]  # max_new_tokens, temperature, top_p, stop (auralm.apps.server's _options)
-    answer: asyncio.Future
+    streamed: bool
+    answer: asyncio.Future  # its Reply, or its ReplyStream when streamed
 
     def sampling(self) -> tuple[float, float]:
         return self.options["temperature"], self.options["top_p"]
+
+    def batches_with(self, other: _Asked) -> bool:
+        return self.streamed == other.streamed and self.sampling() == other.sampling()
 
 
 class ModelQueue:
@@ -70,9 +75,17 @@ class ModelQueue:
             self.lock.release()
 
     async def reply(self, messages: list[Message], options: dict[str, Any]) -> Reply:
-        """`SpeechChat.reply(messages, **options)`, generated in one batch with the requests waiting beside it.
-        A request that hangs up does not cancel the batch it leads: the others' replies are theirs."""
-        asked = _Asked(messages, options, asyncio.get_running_loop().create_future())
+        """`SpeechChat.reply(messages, **options)`, generated in one batch with the requests waiting beside it."""
+        return await self._ask(_Asked(messages, options, False, asyncio.get_running_loop().create_future()))
+
+    async def stream(self, messages: list[Message], options: dict[str, Any]) -> ReplyStream:
+        """`SpeechChat.stream(messages, **options)`, generated in one batch with the requests waiting beside it: the
+        stream comes once the batch starts; closing it ends its rows."""
+        return await self._ask(_Asked(messages, options, True, asyncio.get_running_loop().create_future()))
+
+    async def _ask(self, asked: _Asked) -> Any:
+        """The answer to `asked`, from the batch it leads when its turn comes or from the one that took it before. A
+        request that hangs up does not cancel the batch it leads: the others' answers are theirs."""
         self._asked.append(asked)
         try:
             await self.take()
@@ -89,41 +102,44 @@ class ModelQueue:
         return await asyncio.shield(asked.answer)
 
     def _batch_led_by(self, asked: _Asked) -> list[_Asked]:
-        """`asked` and the waiting requests that sample as it does, up to max_batch, taken off the waiting list."""
-        batch = [asked] + [a for a in self._asked if a is not asked and a.sampling() == asked.sampling()]
+        """`asked` and the waiting requests that batch with it, up to max_batch, taken off the waiting list."""
+        batch = [asked] + [a for a in self._asked if a is not asked and a.batches_with(asked)]
         batch = batch[: self.max_batch]
         self._asked = [a for a in self._asked if all(a is not b for b in batch)]
         return batch
 
     async def _answer(self, batch: list[_Asked]) -> None:
-        """Every request of the batch answered (or given its error); then the model is free."""
+        """Every request of the batch answered (or given its error) and, streamed, its generation run; then the model
+        is free."""
         try:
-            await self._replies(batch)
+            await self._run(batch)
         finally:
             self.lock.release()
 
-    async def _replies(self, batch: list[_Asked]) -> None:
+    async def _run(self, batch: list[_Asked]) -> None:
+        first = batch[0]
         try:
-            if len(batch) == 1:  # SpeechChat.reply: a conversation that goes on reuses its KV cache
-                replies = [await run_in_threadpool(self.chat.reply, batch[0].messages, **batch[0].options)]
-            else:
-                replies = await run_in_threadpool(
-                    self.chat.replies,
-                    [asked.messages for asked in batch],
-                    [asked.options["max_new_tokens"] for asked in batch],
-                    [asked.options["stop"] for asked in batch],
-                    *batch[0].sampling(),
-                )
+            made = await run_in_threadpool(
+                self.chat.streams if first.streamed else self.chat.replies,
+                [asked.messages for asked in batch],
+                [asked.options["max_new_tokens"] for asked in batch],
+                [asked.options["stop"] for asked in batch],
+                *first.sampling(),
+            )
         except AuralmError as e:
             if len(batch) == 1:
-                batch[0].answer.set_exception(e)
+                first.answer.set_exception(e)
             else:  # one at a time: only a request at fault gets its error
                 for asked in batch:
-                    await self._replies([asked])
+                    await self._run([asked])
             return
         except Exception as e:  # a bug: every request of the batch hears of it (a 500 each)
             for asked in batch:
                 asked.answer.set_exception(e)
             return
-        for asked, reply in zip(batch, replies, strict=True):
-            asked.answer.set_result(reply)
+        for asked, answer in zip(batch, made.streams if first.streamed else made, strict=True):
+            asked.answer.set_result(answer)
+        if (
+            first.streamed
+        ):  # the streams' pieces come as it runs, read by threads of the shared pool: a thread of its own
+            await anyio.to_thread.run_sync(made.run, limiter=anyio.CapacityLimiter(1))

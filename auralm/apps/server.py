@@ -18,7 +18,6 @@ chat requests with the LLM in another engine (auralm.apps.upstream); `auralm.app
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -131,15 +130,11 @@ async def _chat_completion(
     created, completion_id = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
     include_usage = _include_usage(body)
     if body.get("stream"):
-        await queue.take()  # held until the stream ends; released by _StreamedReply
-        try:  # the prompt is made (and checked) here; the generation runs as the response is sent
-            pieces = await run_in_threadpool(lambda: chat.stream(messages, **options))
-        except BaseException as e:
-            queue.lock.release()
-            if isinstance(e, AuralmError):
-                raise _prompt_error(e) from e
-            raise
-        return _StreamedReply(pieces, queue.lock, completion_id, created, model_name, include_usage)
+        try:  # the prompt is made (and checked) before the stream starts; the generation runs as it is sent
+            pieces = await queue.stream(messages, options)
+        except AuralmError as e:
+            raise _prompt_error(e) from e
+        return _StreamedReply(pieces, completion_id, created, model_name, include_usage)
     try:
         reply = await queue.reply(messages, options)
     except AuralmError as e:
@@ -381,17 +376,15 @@ class CleanedUpStream(StreamingResponse):
 
 
 class _StreamedReply(CleanedUpStream):
-    """One generation as server-sent events; when it ends, the generation is stopped and then the model freed for
-    the next request."""
+    """One reply as server-sent events; when the response ends (a client that hung up included), its generation
+    ends too (its rows of the batch)."""
 
-    def __init__(self, pieces: ReplyStream, lock: asyncio.Lock, completion_id: str, created: int, model: str,
-                 include_usage: bool):  # fmt: skip
+    def __init__(self, pieces: ReplyStream, completion_id: str, created: int, model: str, include_usage: bool):
         super().__init__(_sse(pieces, completion_id, created, model, include_usage), media_type="text/event-stream")
-        self.pieces, self.lock = pieces, lock
+        self.pieces = pieces
 
     async def cleanup(self) -> None:
-        await run_in_threadpool(self.pieces.close)  # ends the generation (SpeechChat.stream)
-        self.lock.release()
+        await run_in_threadpool(self.pieces.close)
 
 
 async def _sse(

@@ -443,36 +443,52 @@ def test_the_access_log_has_a_line_per_request_and_a_hang_up_is_one_line(tiny_se
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # no traceback from uvicorn
 
 
-def test_chat_requests_that_wait_together_are_answered_in_one_batch_each_as_alone(tiny_server, tiny_chat, monkeypatch):
+def test_chat_requests_that_wait_together_are_answered_in_one_batch_each_as_alone(
+    tiny_server, tiny_client, tiny_chat, monkeypatch
+):
     tiny_chat.model.generation_config.eos_token_id = None  # only max_tokens or a stop string ends a reply
     spoken = [{"type": "audio", "path": DATA / "en_8k.wav"}, {"type": "text", "text": "what is this sound ?"}]
     stop = tiny_chat.reply([{"role": "user", "content": spoken}], max_new_tokens=8).text.split()[2]
-    sizes, replies, gate = [], tiny_chat.replies, threading.Event()
+    calls, gate = [], threading.Event()
+    for name in ("replies", "streams"):  # what the model is asked, and for how many conversations at once
+        method = getattr(tiny_chat, name)
+        monkeypatch.setattr(tiny_chat, name, lambda c, *a, n=name, m=method: calls.append((n, len(c))) or m(c, *a))
 
-    def recorded(conversations, *args):
-        sizes.append(len(conversations))
-        return replies(conversations, *args)
-
-    monkeypatch.setattr(tiny_chat, "replies", recorded)
-    tiny_chat.model.register_forward_pre_hook(lambda *_: None if gate.wait(60) else None)  # the model runs once the gate opens
-
-    def together(requests: list[tuple[list, dict]]) -> list[tuple[int, dict]]:
-        """The replies to requests sent while the model is busy, so that all of them wait for it."""
+    def together(sends: list) -> list:
+        """What each of `sends` gets, all of them sent while the model is busy, so that all of them wait for it."""
         gate.clear()
-        with ThreadPoolExecutor(len(requests) + 1) as pool:
+        calls.clear()
+        with ThreadPoolExecutor(len(sends) + 1) as pool:
             busy = pool.submit(post, tiny_server, "/v1/chat/completions", chat_body("hello", max_tokens=2))
             deadline = time.time() + 60
-            while not sizes or sizes[-1] != 1:  # the first request holds the model
+            while calls[-1:] != [("replies", 1)]:  # the first request holds the model
                 assert time.time() < deadline
                 time.sleep(0.01)
-            bodies = [chat_body(content, **options) for content, options in requests]
-            sent = [pool.submit(post, tiny_server, "/v1/chat/completions", body) for body in bodies]
-            while json.load(urllib.request.urlopen(f"{tiny_server}/health", timeout=10))["waiting"] < len(requests):
+            sent = [pool.submit(send) for send in sends]
+            while json.load(urllib.request.urlopen(f"{tiny_server}/health", timeout=10))["waiting"] < len(sends):
                 assert time.time() < deadline
                 time.sleep(0.01)
             gate.set()
             assert busy.result()[0] == 200
             return [future.result() for future in sent]
+
+    def posted(content, options):
+        return lambda: post(tiny_server, "/v1/chat/completions", chat_body(content, **options))
+
+    def streamed(content, options):
+        def send() -> tuple[str, str, int]:
+            chunks = list(tiny_client.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": content}], stream=True,
+                stream_options={"include_usage": True}, **options,
+            ))  # fmt: skip
+            text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+            return (
+                text,
+                [c.choices[0].finish_reason for c in chunks if c.choices][-1],
+                chunks[-1].usage.completion_tokens,
+            )
+
+        return send
 
     requests = [
         ([wav_part(), {"type": "text", "text": "what is this sound ?"}], {"max_tokens": 8, "stop": [stop]}),
@@ -480,25 +496,32 @@ def test_chat_requests_that_wait_together_are_answered_in_one_batch_each_as_alon
         ("hello", {"max_tokens": 7}),
         ([wav_part(), {"type": "text", "text": "what is this sound ?"}], {"max_tokens": 3}),
     ]
-    answered = together(requests)
-    assert sizes[-2:] == [1, 4]  # the busy request alone, then the four waiting as one batch
-    local = [[spoken[0] | {"path": DATA / "en_16k.wav"}], "hello", spoken]
-    for (code, body), content, (_, options) in zip(answered, [spoken, *local], requests, strict=True):
-        alone = tiny_chat.reply(
-            [{"role": "user", "content": content}], options["max_tokens"], stop=options.get("stop", ())
-        )
-        assert code == 200 and body["choices"][0]["message"]["content"] == alone.text
-        assert body["choices"][0]["finish_reason"] == alone.finish_reason
-        assert body["usage"]["completion_tokens"] == alone.completion_tokens
-    assert [body["choices"][0]["finish_reason"] for _, body in answered] == ["stop", "length", "length", "length"]
-
-    too_long = [
-        {"type": "input_audio", "input_audio": {"data": base64.b64encode(long_wav()[0]).decode(), "format": "wav"}}
+    local = [spoken, [spoken[0] | {"path": DATA / "en_16k.wav"}], "hello", spoken]
+    alone = [
+        tiny_chat.reply([{"role": "user", "content": content}], options["max_tokens"], stop=options.get("stop", ()))
+        for content, (_, options) in zip(local, requests, strict=True)
     ]
-    answered = together([requests[1], (too_long, {"max_tokens": 8}), requests[2]])
+    assert [reply.finish_reason for reply in alone] == ["stop", "length", "length", "length"]
+    tiny_chat.model.register_forward_pre_hook(lambda *_: gate.wait(60) and None)  # runs once the gate opens
+    answered = together([posted(*request) for request in requests])
+    assert calls == [("replies", 1), ("replies", 4)]  # the busy request alone, then the four as one batch
+    assert [code for code, _ in answered] == [200] * 4
+    assert [
+        (
+            body["choices"][0]["message"]["content"],
+            body["choices"][0]["finish_reason"],
+            body["usage"]["completion_tokens"],
+        )
+        for _, body in answered
+    ] == [(reply.text, reply.finish_reason, reply.completion_tokens) for reply in alone]
+    assert together([streamed(*request) for request in requests]) == [
+        (reply.text, reply.finish_reason, reply.completion_tokens) for reply in alone
+    ]
+    assert calls == [("replies", 1), ("streams", 4)]
+
+    too_long = base64.b64encode(long_wav()[0]).decode()
+    too_long = [{"type": "input_audio", "input_audio": {"data": too_long, "format": "wav"}}]
+    answered = together([posted(*requests[1]), posted(too_long, {"max_tokens": 8}), posted(*requests[2])])
     assert [code for code, _ in answered] == [200, 400, 200]  # the batch failed; each alone, one at fault
     assert answered[1][1]["error"]["code"] == "context_length_exceeded"
-    assert [body["choices"][0]["message"]["content"] for _, body in answered[::2]] == [
-        tiny_chat.reply([{"role": "user", "content": local[0]}], 5).text,
-        tiny_chat.reply([{"role": "user", "content": "hello"}], 7).text,
-    ]
+    assert [body["choices"][0]["message"]["content"] for _, body in answered[::2]] == [alone[1].text, alone[2].text]

@@ -1,6 +1,7 @@
 """Sound tokens in a tiny random Llama, the tokenizer-hash pin, and SpeechChat's generation paths."""
 
 import logging
+import threading
 
 import pytest
 import torch
@@ -139,6 +140,28 @@ def test_replies_in_one_batch_end_each_on_its_own_limits_as_alone(chat):
     assert [reply.finish_reason for reply in alone] == ["stop", "length", "length", "length", "length"]
     assert [reply.completion_tokens for reply in alone][1:] == [4, 7, 5, 9] and alone[0].completion_tokens < 10
     assert chat.replies(*zip(*requests, strict=True)) == alone
+
+    batch = chat.streams(*zip(*requests, strict=True))
+    worker = threading.Thread(target=batch.run)
+    worker.start()
+    assert ["".join(stream) for stream in batch.streams] == [reply.text for reply in alone]
+    worker.join()
+    assert [stream.reply for stream in batch.streams] == alone
+
+
+def test_a_stream_closed_early_ends_its_rows_and_no_other(chat):
+    chat.model.generation_config.eos_token_id = None  # only max_new_tokens or the reader can end a row
+    forwards = record_prefills(chat.model)
+    other = conversation("en_16k.wav", "hello")
+    batch = chat.streams([conversation("en_8k.wav"), other], [400, 6], [(), ()])
+    worker = threading.Thread(target=batch.run)
+    worker.start()
+    next(batch.streams[0])
+    batch.streams[0].close()
+    text = "".join(batch.streams[1])
+    worker.join()  # the generation ended: its only other row has its 6 tokens
+    assert len(forwards) < 100 and batch.streams[1].reply.completion_tokens == 6
+    assert text == chat.reply(other, max_new_tokens=6).text
 
 
 def test_the_stream_sends_each_token_once_its_characters_are_whole():
