@@ -361,13 +361,15 @@ class SpeechChat:
                     streamer.end()
 
         spans = iter(located)
-        streams = iter([ReplyStream(self._pieces([next(spans) for _ in rows], failure)) for rows in heard])
+        streams = iter([self._pieces([next(spans) for _ in rows], failure) for rows in heard])
         return StreamBatch([ReplyStream.known(UNHEARD) if u else next(streams) for u in unheard], run)
 
-    def _pieces(self, spans: list[tuple[BatchStreamer, int, int]], failure: list) -> Generator[str, None, Reply]:
-        """One conversation's stream: the pieces of its rows (one, or a long clip's windows) one after the other."""
-        replies = []
-        try:
+    def _pieces(self, spans: list[tuple[BatchStreamer, int, int]], failure: list) -> ReplyStream:
+        """One conversation's stream: the pieces of its rows (one, or a long clip's windows) one after the other;
+        closing it, read or not, ends its rows (a client that hung up)."""
+
+        def pieces() -> Generator[str, None, Reply]:
+            replies = []
             for number, (streamer, row, prompt_tokens) in enumerate(spans):
                 if number:
                     yield " "
@@ -376,10 +378,13 @@ class SpeechChat:
                     raise failure[0]
                 replies.append(row_reply(self.tokenizer, prompt_tokens, streamer.ids[row], streamer.limits, row,
                                          streamer.eos))  # fmt: skip
-        finally:  # a reader that leaves early (a client that hung up) ends its rows
+            return joined(replies)
+
+        def end_rows() -> None:
             for streamer, row, _ in spans:
                 streamer.limits.cancelled.add(row)
-        return joined(replies)
+
+        return ReplyStream(pieces(), on_close=end_rows)
 
     def transcribe(
         self, audio: Any, prompt: str = TRANSCRIBE_PROMPT, max_new_tokens: int = 256, request_first: bool = False

@@ -66,10 +66,10 @@ def joined(replies: Sequence[Reply]) -> Reply:
 
 class ReplyStream(Iterator[str]):
     """The pieces of one streamed reply. Once all are read, `reply` holds the whole `Reply`;
-    `close()` ends the generation early."""
+    `close()`, read or not, ends the generation early (`on_close`)."""
 
-    def __init__(self, pieces: Generator[str, None, Reply]):
-        self._pieces = pieces
+    def __init__(self, pieces: Generator[str, None, Reply], on_close: Callable[[], None] | None = None):
+        self._pieces, self._on_close = pieces, on_close
         self.reply: Reply | None = None
 
     def __next__(self) -> str:
@@ -81,6 +81,8 @@ class ReplyStream(Iterator[str]):
 
     def close(self) -> None:
         self._pieces.close()
+        if self._on_close is not None:
+            self._on_close()
 
     def joining(self, worker: threading.Thread) -> ReplyStream:
         """This stream, its generation running in `worker`: once it is read or closed, the worker has ended too."""

@@ -99,7 +99,11 @@ class ModelQueue:
             batch = asyncio.create_task(self._answer(self._batch_led_by(asked)))
             self._batches.add(batch)
             batch.add_done_callback(self._batches.discard)
-        return await asyncio.shield(asked.answer)
+        try:
+            return await asyncio.shield(asked.answer)
+        except asyncio.CancelledError:  # the client left: a stream it will never read ends its rows once it comes
+            asked.answer.add_done_callback(_close_unread)
+            raise
 
     def _batch_led_by(self, asked: _Asked) -> list[_Asked]:
         """`asked` and the waiting requests that batch with it, up to max_batch, taken off the waiting list."""
@@ -143,3 +147,8 @@ class ModelQueue:
             first.streamed
         ):  # the streams' pieces come as it runs, read by threads of the shared pool: a thread of its own
             await anyio.to_thread.run_sync(made.run, limiter=anyio.CapacityLimiter(1))
+
+
+def _close_unread(answer: asyncio.Future) -> None:
+    if not answer.cancelled() and answer.exception() is None and isinstance(answer.result(), ReplyStream):
+        answer.result().close()

@@ -156,8 +156,7 @@ def test_a_stream_closed_early_ends_its_rows_and_no_other(chat):
     batch = chat.streams([conversation("en_8k.wav"), other], [400, 6], [(), ()])
     worker = threading.Thread(target=batch.run)
     worker.start()
-    next(batch.streams[0])
-    batch.streams[0].close()
+    batch.streams[0].close()  # unread: its reader left before the first piece
     text = "".join(batch.streams[1])
     worker.join()  # the generation ended: its only other row has its 6 tokens
     assert len(forwards) < 100 and batch.streams[1].reply.completion_tokens == 6
