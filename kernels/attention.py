@@ -39,8 +39,9 @@ def dot_product_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False, scale: float | None = None
 ) -> torch.Tensor:
     """q: (B, Hq, Lq, D); k, v: (B, Hkv, Lk, D). The Triton kernel for CUDA tensors, torch SDPA otherwise
-    (CPU, or head dims over MAX_HEAD_DIM); causal aligned to the end of the keys either way."""
-    if _use_kernel(q):
+    (CPU, head dims over MAX_HEAD_DIM, a scale that is not positive); causal aligned to the end of the keys either
+    way."""
+    if _use_kernel(q) and (scale is None or scale > 0):
         return flash_attention(q, k, v, causal=causal, scale=scale)
     Lq, Lk = q.shape[2], k.shape[2]
     end_aligned = None
@@ -282,14 +283,14 @@ def _forward_tiles(
         v = _load_block(v_block, MASKED, HEAD_DIM, BLOCK_D)
         k_block = tl.advance(k_block, (BLOCK_N, 0))
         v_block = tl.advance(v_block, (BLOCK_N, 0))
-        s = tl.dot(q, tl.trans(k)) * scale_log2
+        s = tl.dot(q, tl.trans(k))  # unscaled: the scale (> 0) goes into the exponent, one FMA per score
         if MASKED:
             s = tl.where(_visible(rows, cols, q_len, k_len, CAUSAL), s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1) * scale_log2)
         m_safe = m_new
         if MASKED:  # a row that has seen no key yet keeps m = −∞; subtract 0 instead
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s - m_safe[:, None])
+        p = tl.exp2(s * scale_log2 - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, axis=1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
@@ -355,6 +356,27 @@ def _attention_delta(
     tl.store(_row(delta_ptr, b, q_start + rows, h, slb, slt, slh), delta, mask=rows < q_len)
 
 
+@triton.jit
+def _dq_tiles(
+    dq, q, do, lse, delta, k_ptr, v_ptr, b, k_start, kv_h, skb, skt, skh, svb, svt, svh, rows, q_len, k_len,
+    scale_log2, dims, lo, hi,
+    CAUSAL: tl.constexpr, MASKED: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """Key tiles [lo, hi) folded into one Q tile's dQ (MASKED: the causal mask applied)."""
+    for n_start in range(lo, hi, BLOCK_N):
+        cols = n_start + tl.arange(0, BLOCK_N)
+        k = _load_tile(_tile(k_ptr, b, k_start + cols, kv_h, skb, skt, skh, dims), cols, k_len, dims, True, HEAD_DIM,
+                       BLOCK_D)  # fmt: skip
+        v = _load_tile(_tile(v_ptr, b, k_start + cols, kv_h, svb, svt, svh, dims), cols, k_len, dims, True, HEAD_DIM,
+                       BLOCK_D)  # fmt: skip
+        p = tl.exp2(tl.dot(q, tl.trans(k)) * scale_log2 - lse[:, None] * _LOG2E)
+        if MASKED:
+            p = tl.where(_visible(rows, cols, q_len, k_len, CAUSAL), p, 0.0)
+        ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k)
+    return dq
+
+
 @autotuned(BACKWARD_DKDV_CONFIGS, TUNING_KEY)
 @triton.jit
 def _attention_backward_dkdv(
@@ -396,12 +418,13 @@ def _attention_backward_dkdv(
             do = _load_tile(do_ptrs, rows, q_len, dims, True, HEAD_DIM, BLOCK_D)
             lse = tl.load(_row(lse_ptr, b, q_start + rows, h, slb, slt, slh), mask=rows < q_len, other=float("inf"))
             delta = tl.load(_row(delta_ptr, b, q_start + rows, h, slb, slt, slh), mask=rows < q_len, other=0.0)
-            s = tl.dot(q, tl.trans(k)) * scale_log2  # (BLOCK_M, BLOCK_N)
-            p = tl.exp2(s - lse[:, None] * 1.4426950408889634)
-            p = tl.where(_visible(rows, cols, q_len, k_len, CAUSAL), p, 0.0)
+            p = tl.exp2(tl.dot(q, tl.trans(k)) * scale_log2 - lse[:, None] * _LOG2E)  # (BLOCK_M, BLOCK_N)
+            # Non-causal, nothing to mask: rows past q_len have LSE +∞ (P = 0), and a key past k_len (a zero row)
+            # reaches only its own dK/dV rows, which are not stored.
+            if CAUSAL:
+                p = tl.where(_visible(rows, cols, q_len, k_len, CAUSAL), p, 0.0)
             dv += tl.dot(tl.trans(p.to(do.dtype)), do)
-            dp = tl.dot(do, tl.trans(v))
-            ds = p * (dp - delta[:, None])
+            ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
             dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
     dk_ptrs = _tile(dk_ptr, b, k_start + cols, kv_h, sdkb, sdkt, sdkh, dims)
     _store_tile(dk_ptrs, dk * scale, cols, k_len, dims, HEAD_DIM, BLOCK_D)
@@ -435,21 +458,15 @@ def _attention_backward_dq(
     lse = tl.load(_row(lse_ptr, b, q_start + rows, h, slb, slt, slh), mask=rows < q_len, other=float("inf"))
     delta = tl.load(_row(delta_ptr, b, q_start + rows, h, slb, slt, slh), mask=rows < q_len, other=0.0)
     dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
-    end = k_len
+    # Key tiles [0, full) are seen by every row of the tile: no masks. [full, end) cross the causal diagonal or k_len:
+    # masked (a key past k_len loads as a zero row, but its P need not be finite).
+    end, full = k_len, k_len // BLOCK_N * BLOCK_N
     if CAUSAL:
         end = tl.minimum(k_len, m_start + BLOCK_M + k_len - q_len)
-    for n_start in range(0, end, BLOCK_N):
-        cols = n_start + tl.arange(0, BLOCK_N)
-        k_ptrs = _tile(k_ptr, b, k_start + cols, kv_h, skb, skt, skh, dims)
-        v_ptrs = _tile(v_ptr, b, k_start + cols, kv_h, svb, svt, svh, dims)
-        k = _load_tile(k_ptrs, cols, k_len, dims, True, HEAD_DIM, BLOCK_D)
-        v = _load_tile(v_ptrs, cols, k_len, dims, True, HEAD_DIM, BLOCK_D)
-        s = tl.dot(q, tl.trans(k)) * scale_log2
-        p = tl.exp2(s - lse[:, None] * 1.4426950408889634)
-        p = tl.where(_visible(rows, cols, q_len, k_len, CAUSAL), p, 0.0)
-        dp = tl.dot(do, tl.trans(v))
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k)
+        full = tl.maximum(tl.minimum(k_len, m_start + 1 + k_len - q_len), 0) // BLOCK_N * BLOCK_N
+    kv = (k_ptr, v_ptr, b, k_start, kv_h, skb, skt, skh, svb, svt, svh, rows, q_len, k_len, scale_log2, dims)
+    dq = _dq_tiles(dq, q, do, lse, delta, *kv, 0, full, CAUSAL, False, BLOCK_N, HEAD_DIM, BLOCK_D)
+    dq = _dq_tiles(dq, q, do, lse, delta, *kv, full, end, CAUSAL, True, BLOCK_N, HEAD_DIM, BLOCK_D)
     _store_tile(
         _tile(dq_ptr, b, q_start + rows, h, sdqb, sdqt, sdqh, dims), dq * scale, rows, q_len, dims, HEAD_DIM, BLOCK_D
     )
@@ -471,7 +488,10 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
 
 
 def _scale(scale: float | None, head_dim: int) -> float:
-    return 1 / math.sqrt(head_dim) if scale is None else float(scale)
+    scale = 1 / math.sqrt(head_dim) if scale is None else float(scale)
+    if not scale > 0:  # the forward pass takes each row's maximum score before scaling it
+        raise ValueError(f"the attention scale must be positive, got {scale}")
+    return scale
 
 
 def _lengths(lengths: torch.Tensor | None, batch: int, full: int, device: torch.device) -> torch.Tensor:

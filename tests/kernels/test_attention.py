@@ -41,6 +41,7 @@ CASES = [
     # longer than a key tile (128 in the interpreter): the forward pass's unmasked whole tiles run too
     (1, 2, 2, 150, 300, 64, False),
     (1, 4, 2, 300, 300, 80, True),
+    (1, 2, 2, 150, 290, 64, True),  # causal across several tiles with q_len < k_len: the backward's diagonals
 ]
 
 
@@ -142,6 +143,8 @@ def test_mismatched_shapes_are_refused():
         flash_attention(q, k, v)
     with pytest.raises(ValueError, match="do not fit"):
         flash_attention(q, k[..., :32], v)
+    with pytest.raises(ValueError, match="scale must be positive"):
+        flash_attention(q, k.repeat(1, 2, 1, 1)[:, :3], v.repeat(1, 2, 1, 1)[:, :3], scale=-0.1)
 
 
 @pytest.mark.gpu
