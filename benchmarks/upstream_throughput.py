@@ -7,9 +7,10 @@
 Both serve the same merged model (`auralm merge`) in float32, the built-in server's dtype, each in its own
 process, one after the other; N client threads (the official `openai` client) send the same audio + question,
 greedy, and the script prints requests per second and the median latency of each, the ratio, and the device.
-The built-in server answers one request at a time (a lock; the others queue); upstream mode encodes the clips of
-concurrent requests together and leaves generation to the engine, which batches them with
-`--continuous-batching` (transformers serve's flag, on by default on CUDA). A clip's sound tokens are cached by
+The built-in server answers the requests that wait for its model together in one batch (auralm.apps.model_queue;
+a request arriving meanwhile waits for the next); upstream mode encodes the clips of concurrent requests together
+and leaves generation to the engine, which batches them with `--continuous-batching` (transformers serve's flag,
+on by default on CUDA). A clip's sound tokens are cached by
 content in both, so with the same clip the speech tokenizer runs once; `--distinct-audio` gives every request
 its own clip (a different length of trailing silence), so the tokenizer's work counts too.
 """
