@@ -293,14 +293,11 @@ class SpeechChat:
         else:
             groups = ([i for i, h in enumerate(with_sound) if h == value] for value in (False, True))
             split = [(g, self._inputs([rows[i][0] for i in g], decoded, [rows[i][1] for i in g])) for g in groups]
-        return [
-            (
-                g,
-                inputs,
-                RowLimits(self.tokenizer, inputs["input_ids"].shape[1], *zip(*[rows[i][1:] for i in g], strict=True)),
-            )
-            for g, inputs in split
-        ]
+        batches = []
+        for group, inputs in split:
+            most, stops = [rows[i][1] for i in group], [rows[i][2] for i in group]
+            batches.append((group, inputs, RowLimits(self.tokenizer, inputs["input_ids"].shape[1], most, stops)))
+        return batches
 
     def _generate(self, rows: list[Row], decoded: dict, temperature: float, top_p: float, **extra: Any) -> list[Reply]:
         """Replies to heard rows; `extra`: more of `model.generate`'s options."""

@@ -29,7 +29,8 @@ class RowLimits(StoppingCriteria):
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
         new = input_ids.shape[1] - self.prompt_length
-        done = [new >= most or row in self.cancelled for row, most in enumerate(self.max_new_tokens)]
+        gone = self.ended.keys() | self.cancelled  # rows ended before, and rows whose reader left
+        done = [row in gone or new >= most for row, most in enumerate(self.max_new_tokens)]
         for row, stop in enumerate(self.stops):
             if stop and not done[row]:
                 reply = self.tokenizer.decode(input_ids[row, self.prompt_length :], skip_special_tokens=True)

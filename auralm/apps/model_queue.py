@@ -47,7 +47,7 @@ class _Asked:
 
 class ModelQueue:
     """The model's turn: `take` it (the caller releases `lock`), `run` a function on it, or ask it for a chat
-    `reply`, batched with the others waiting (see the module's docstring)."""
+    `reply` or `stream`, batched with the others waiting (see the module's docstring)."""
 
     def __init__(self, chat: SpeechChat, max_waiting: int, max_batch: int):
         self.chat, self.max_waiting, self.max_batch = chat, max_waiting, max_batch
@@ -143,9 +143,9 @@ class ModelQueue:
             return
         for asked, answer in zip(batch, made.streams if first.streamed else made, strict=True):
             asked.answer.set_result(answer)
-        if (
-            first.streamed
-        ):  # the streams' pieces come as it runs, read by threads of the shared pool: a thread of its own
+        if first.streamed:
+            # the streams' pieces come as it runs, read by threads of the shared pool: a thread of its own, so that
+            # readers waiting for their pieces never hold every thread the generation could run on
             await anyio.to_thread.run_sync(made.run, limiter=anyio.CapacityLimiter(1))
 
 
