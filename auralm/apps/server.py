@@ -100,7 +100,7 @@ def create_app(chat: SpeechChat, model_name: str, limits: ServerLimits = ServerL
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        return await _chat_completion(chat, model_name, limits, queue, await json_body(request, limits))
+        return await _chat_completion(model_name, limits, queue, await json_body(request, limits))
 
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(request: Request):
@@ -120,22 +120,17 @@ def _check_model(name: Any, allowed: tuple[str, ...]) -> None:
         )
 
 
-async def _chat_completion(
-    chat: SpeechChat, model_name: str, limits: ServerLimits, queue: ModelQueue, body: dict[str, Any]
-) -> Any:
+async def _chat_completion(model_name: str, limits: ServerLimits, queue: ModelQueue, body: dict[str, Any]) -> Any:
     """POST /v1/chat/completions: the reply, or its stream (server-sent events)."""
     _check_model(body.get("model"), (model_name,))
     messages = checked_messages(body.get("messages"), limits)
     options = _options(body, limits)
     created, completion_id = int(time.time()), f"chatcmpl-{uuid.uuid4().hex}"
     include_usage = _include_usage(body)
-    if body.get("stream"):
-        try:  # the prompt is made (and checked) before the stream starts; the generation runs as it is sent
+    try:  # the prompt is made (and checked) before anything is generated; a stream's generation runs as it is sent
+        if body.get("stream"):
             pieces = await queue.stream(messages, options)
-        except AuralmError as e:
-            raise _prompt_error(e) from e
-        return _StreamedReply(pieces, completion_id, created, model_name, include_usage)
-    try:
+            return _StreamedReply(pieces, completion_id, created, model_name, include_usage)
         reply = await queue.reply(messages, options)
     except AuralmError as e:
         raise _prompt_error(e) from e
