@@ -247,6 +247,9 @@ def test_sft_learns_only_assistant_tokens_noise_asks_for_the_refusal_and_packs_s
         assert (together.targets != IGNORE).sum() == (alone.targets != IGNORE).sum()
         with torch.no_grad():
             torch.testing.assert_close(recipe.loss_sum(together), recipe.loss_sum(alone), rtol=1e-5, atol=1e-4)
+            # the head, given only the learned positions, gives the logits the whole row's would have there
+            every = recipe.model(input_ids=together.ids, position_ids=together.positions, use_cache=False).logits
+            torch.testing.assert_close(recipe._target_logits(together), every[together.targets != IGNORE])
     finally:
         recipe.cleanup()
 
