@@ -57,7 +57,7 @@ NO_SPEECH_NOTE = "(The recording holds no speech, only silence or noise.)"
 class DistillConfig(LLMTrainingConfig):
     output_dir: str = "runs/distill"
     train: str = ""  # transcribed speech: a manifest, folder, datasets folder, Parquet file or token export
-    texts: str | None = None  # for a token export: the manifest or folder holding its transcripts
+    texts: str | None = None  # a token export's transcripts (for an export DIR: a subset)
     instructions: list[str] = field(default_factory=lambda: list(INSTRUCTIONS))  # drawn uniformly per clip
     verbatim: list[str] = field(default_factory=lambda: list(VERBATIM))  # answered by the transcript itself
     reply_tokens: int = 64  # the longest teacher reply

@@ -31,7 +31,7 @@ from auralm.training.loop import run_recipe
 class PretrainConfig(LLMTrainingConfig):
     output_dir: str = "runs/pretrain"
     train: str = ""  # a manifest, folder, datasets folder, Parquet file or sound-token export (see read_examples)
-    texts: str | None = None  # for a token export: the manifest or folder holding its transcripts
+    texts: str | None = None  # a token export's transcripts (for an export DIR: a subset)
     prompt: str = TRANSCRIBE_PROMPT  # the user's request beside the clip
 
 

@@ -11,7 +11,8 @@ Sources, told apart by what the path is:
                         path with the texts of `texts=` (a manifest or folder): codes instead of audio,
                         for the LLM recipes. Relative export paths are relative to the current folder,
                         as `auralm tokenize` wrote them.
-    `auralm export` DIR  a finished dataset export (export.json + shards): codes and texts, for the LLM recipes.
+    `auralm export` DIR  a finished dataset export (export.json + shards): codes and texts, for the LLM recipes;
+                        with `texts=`, only the files that manifest or folder holds, with its transcripts.
 
 Training needs a transcript for every example. `auralm export` reads its input with `require_text=False`,
 where manifests, folders and tables may lack them (`Example.text` None).
@@ -33,7 +34,7 @@ import soundfile
 
 from auralm.data.examples import DURATION_FIELDS, ArrowAudio, DataError, Example, duration_field, json_lines
 from auralm.data.export import is_export, read_export
-from auralm.data.token_lines import join_codes
+from auralm.data.token_lines import join_codes, token_lines_codes
 from auralm.tokenizer.audio import AUDIO_SUFFIXES
 
 
@@ -47,20 +48,25 @@ def read_examples(
 ) -> list[Example]:
     """Read every example of `source` (see the module docstring for the kinds and how each is recognised).
 
-    texts: for a sound-token export, the manifest or folder whose transcripts go with its audio paths.
+    texts: for a sound-token export, the manifest or folder whose transcripts go with its audio paths; for an
+        `auralm export` folder, a subset to train on (e.g. the clips an earlier run did not see).
     audio_column, text_column: the column names in a datasets folder or Parquet files.
     require_text: False lets examples come without a transcript (`Example.text` None).
     """
     path = Path(source)
     if is_export(path):
-        return read_export(path)
+        exported = read_export(path)
+        if texts is None:
+            return exported
+        codes_by_path = {os.path.realpath(e.audio): (e.codes, e.seconds) for e in exported}
+        return join_codes(codes_by_path, read_examples(texts), path, texts)
     if path.is_file() and path.suffix.lower() != ".parquet" and {"path", "codes"} <= _first_row(path).keys():
         if texts is None:
             raise DataError(
                 f"{path}: a sound-token export holds no transcripts: pass texts= the manifest or folder of its audio "
                 "files"
             )
-        return join_codes(path, read_examples(texts), texts)
+        return join_codes(token_lines_codes(path), read_examples(texts), path, texts)
     if texts is not None:
         raise DataError(f"{path}: texts= is only for a sound-token export; this source has its own transcripts")
     if not path.exists():

@@ -97,23 +97,32 @@ def resume(output: Path, fmt: str) -> set[str]:
     return done
 
 
-def join_codes(path: Path, transcribed: list[Example], texts: str | os.PathLike) -> list[Example]:
-    """The examples of `transcribed` (read from `texts`) that have codes in the jsonl tokens file at `path`, in their
-    order, with codes.
-
-    A tokens file may cover more files than `transcribed` (one file, a manifest per split); examples without
-    codes are left out with a warning.
-    """
-    codes_by_path, first_path = {}, None
+def token_lines_codes(path: Path) -> dict[str, tuple[np.ndarray, float | None]]:
+    """The codes and seconds of each audio file of the jsonl tokens file at `path`, by the file's real path."""
+    codes_by_path = {}
     for number, row in json_lines(path):
         codes, audio = row.get("codes"), row.get("path")
         if not isinstance(codes, list) or not all(isinstance(c, int) and c >= 0 for c in codes):
             raise DataError(f"{path}:{number}: 'codes' must be a list of non-negative integers")
-        first_path = first_path or audio
         codes_by_path[os.path.realpath(str(audio))] = (
             np.asarray(codes, dtype=np.int32),
             duration_field(row, f"{path}:{number}"),
         )
+    return codes_by_path
+
+
+def join_codes(
+    codes_by_path: dict[str, tuple[np.ndarray, float | None]],
+    transcribed: list[Example],
+    path: Path,
+    texts: str | os.PathLike,
+) -> list[Example]:
+    """The examples of `transcribed` (read from `texts`) that have codes in `codes_by_path` (read from the tokens
+    file or export at `path`, keyed by real path), in their order, with codes and transcripts.
+
+    The codes may cover more files than `transcribed` (one file, a manifest per split); examples without
+    codes are left out with a warning.
+    """
     examples = []
     for example in transcribed:
         found = codes_by_path.get(os.path.realpath(example.audio)) if isinstance(example.audio, str) else None
@@ -121,6 +130,7 @@ def join_codes(path: Path, transcribed: list[Example], texts: str | os.PathLike)
             codes, seconds = found
             examples.append(replace(example, codes=codes, seconds=example.seconds if seconds is None else seconds))
     if not examples:
+        first_path = next(iter(codes_by_path), None)
         raise DataError(
             f"{path}: none of its paths (e.g. {first_path!r}, resolved from {Path.cwd()}) is an audio file of {texts}; "
             "run from the folder `auralm tokenize` ran in, or tokenize with absolute paths"

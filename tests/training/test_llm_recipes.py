@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
 from auralm.checkpoints import load_whisper
-from auralm.data import DataError
+from auralm.data import DataError, read_examples
 from auralm.lm import SpeechChat, SpeechTokenizerMismatchError, add_sound_tokens, load_llm
 from auralm.tokenizer import SpeechTokenizer, TokenizerConfig
 from auralm.tokenizer.token_format import TRANSCRIBE_PROMPT
@@ -168,6 +168,14 @@ def test_pretrain_reads_an_auralm_export_of_its_own_tokenizer_only(
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert export.returncode == 0, export.stderr
+    exported = {e.audio: e for e in read_examples(tmp_path / "tokens")}
+    # texts= picks a subset of the export (clips an earlier run did not see), with that manifest's transcripts
+    lines = [json.loads(line) | {"text": f"clip {i}"} for i, line in enumerate(manifest.read_text().splitlines()[2:5])]
+    subset = tmp_path / "subset.jsonl"
+    subset.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    chosen = read_examples(tmp_path / "tokens", texts=subset)
+    assert [(e.audio, e.text) for e in chosen] == [(line["audio"], line["text"]) for line in lines]
+    assert all((e.codes == exported[e.audio].codes).all() for e in chosen)
     settings = (f"llm={llm_folder}", "max_tokens=400", "batch_size=2", "max_steps=2", "warmup_steps=1", "log_every=1")
     run = tmp_path / "run"
     result = train(
