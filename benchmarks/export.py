@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from whisper.model import ModelDimensions, Whisper
 
 from auralm.data.export import FORMATS, export_rows
 from auralm.data.export_job import export_dataset
+from auralm.devices import device_name
 from auralm.distributed import World
 from auralm.tokenizer import SpeechTokenizer, TokenizerConfig, load_audio
 from auralm.tokenizer.audio import SAMPLE_RATE
@@ -46,12 +46,6 @@ def load_tokenizer(shape: str, device: torch.device) -> SpeechTokenizer:
     torch.manual_seed(0)
     config = TokenizerConfig(whisper="medium-random", n_state=1024, n_head=16, n_codes=512, window_seconds=30)
     return SpeechTokenizer(config, Whisper(MEDIUM)).to(device).eval()
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def synchronize(device: torch.device) -> None:

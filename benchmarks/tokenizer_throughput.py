@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
 
 from auralm.checkpoints import load_whisper
+from auralm.devices import device_name
 from auralm.tokenizer import SpeechTokenizer, TokenizerConfig, load_audio
 from auralm.tokenizer.audio import SAMPLE_RATE
 from auralm.tokenizer.backbone import log_mel_for_tokens
@@ -43,12 +43,6 @@ def timed(fn, device: torch.device) -> tuple[float, object]:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - started, result
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def main() -> None:
