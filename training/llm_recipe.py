@@ -68,6 +68,7 @@ from auralm.training.config import ConfigError, RunConfig, config_dict
 from auralm.training.features import FeatureCache
 from auralm.training.loop import MetricsLog, Stopper, end_run, next_batch, shows_progress, start_run, warmup_cosine
 from auralm.training.packing import best_fit_decreasing
+from auralm.training.quiet_lora import confine, quiet_directions, reply_pairs
 from auralm.training.sampler import BucketBatchSampler
 
 LLAMA_LINEAR_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -87,6 +88,8 @@ class LLMTrainingConfig(RunConfig):
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_targets: list[str] = field(default_factory=lambda: list(LLAMA_LINEAR_LAYERS))
+    lora_quiet: float = 0.0  # > 0: LoRA reads only this share of each layer's input directions, those typed text
+    # uses least, so the merged adapter changes text answers less (quiet_lora.py); 0: all of them
     merge: bool = False  # also write output_dir/merged/ (the adapter merged into the LLM) at the end
     adapter: str | None = None  # an earlier run's adapter to go on training (sft after pretrain), LoRA settings and all
     allow_mismatch: bool = False  # adapter= may be trained on another tokenizer's codes (the one tokenizer= was
@@ -149,6 +152,7 @@ class LLMRecipe:
         )
 
         self.model = self._trainable(llm)
+        self.quiet = self._quiet_directions(conversations) if c.lora_quiet else None
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.parameters, lr=c.lr, betas=(0.9, 0.95), weight_decay=c.weight_decay)
         self.scheduler = warmup_cosine(self.optimizer, c.warmup_steps, c.max_steps)
@@ -239,6 +243,21 @@ class LLMRecipe:
             fully_shard(model, mesh=mesh)
         return model
 
+    def _quiet_directions(self, conversations: list[Conversation | Distilled]) -> dict[str, torch.Tensor]:
+        """lora_quiet: each LoRA layer's quiet input directions, measured on typed pairs of the data's replies, and
+        the LoRA confined to them from the start (measured again on resume: the same data gives the same)."""
+        if self.config.full or not 0 < self.config.lora_quiet < 1:
+            raise ConfigError(f"lora_quiet={self.config.lora_quiet}: a share of directions in (0, 1), with LoRA")
+        replies = [
+            message["content"]
+            for item in conversations
+            for message in (item.student if isinstance(item, Distilled) else item)
+            if message["role"] == "assistant" and isinstance(message["content"], str)
+        ]
+        quiet = quiet_directions(self.model, self.tokenizer, reply_pairs(replies), self.config.lora_quiet)
+        confine(self.model, quiet)
+        return quiet
+
     def _continued(self, llm: PreTrainedModel, adapter: Path) -> torch.nn.Module:
         """The LLM with an earlier run's adapter (LoRA + sound rows), trainable, so one adapter holds every stage."""
         from peft import PeftModel
@@ -287,6 +306,8 @@ class LLMRecipe:
                 if isinstance(grad_norm, DTensor):
                     grad_norm = grad_norm.full_tensor()
                 self.optimizer.step()
+                if self.quiet:
+                    confine(self.model, self.quiet)
                 self.scheduler.step()
                 self.sampler.advance()
                 self.step += 1
