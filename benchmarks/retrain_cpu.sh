@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Issue 24's retraining on this 2-core CPU, stage by stage, as RESULTS.md reports it: every stage resumes where
+# a kill or its time limit left it, so a session that finds a fresh machine makes the state again with the same
+# commands (the data is deterministic from its seed; runs/ and data/ are never committed).
+#
+#   bash benchmarks/retrain_cpu.sh data                  # the broad data set (HOURS, default 106; 36 suffice up
+#                                                        # to pretrain), then its train-24k/-4k/-rest subsets
+#   MINUTES=60 bash benchmarks/retrain_cpu.sh tokenizer  # fine-tune the shipped tokenizer on train-24k; at its
+#                                                        # last step, its float16 copy in runs/candidate
+#   MINUTES=60 bash benchmarks/retrain_cpu.sh pretrain   # the shipped adapter on the candidate's codes, train-24k
+#   MINUTES=60 bash benchmarks/retrain_cpu.sh pretrain-more   # then on train-rest (HOURS=106: 48,000 clips it
+#                                                        # has not seen; their codes are encoded once, then cached)
+#   MINUTES=60 bash benchmarks/retrain_cpu.sh distill ADAPTER # distillation with noise on train-4k from ADAPTER
+#   bash benchmarks/retrain_cpu.sh eval RUN              # RUN/adapter on the first 60 validation clips
+#
+# MINUTES bounds one call (default: no bound); the same call again goes on where it stopped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+AURALM=.venv/bin/auralm
+DATA=data/speech-v2
+CANDIDATE=runs/candidate/speech-tokenizer
+LIMIT=()
+[[ -n ${MINUTES:-} ]] && LIMIT=(--max-minutes "$MINUTES")
+
+case ${1:-} in
+data)
+    "$AURALM" data synth --out "$DATA" --hours "${HOURS:-106}" --seed 0 --workers 2
+    head -n 24000 "$DATA/train.jsonl" >"$DATA/train-24k.jsonl"  # tokenizer and first pretraining
+    awk 'NR % 6 == 1' "$DATA/train-24k.jsonl" >"$DATA/train-4k.jsonl"  # distillation (teacher replies cost)
+    tail -n +24001 "$DATA/train.jsonl" >"$DATA/train-rest.jsonl"  # pretraining on clips not yet seen
+    wc -l "$DATA"/train*.jsonl
+    ;;
+tokenizer)
+    "$AURALM" train tokenizer --config tokenizer train="$DATA/train-24k.jsonl" val="$DATA/val.jsonl" \
+        output_dir=runs/tokenizer-v2 init=checkpoints/shipped/speech-tokenizer depth=2 lr=5e-4 max_steps=1250 \
+        eval_every=250 val_examples=48 save_every=50 save_every_minutes=5 --threads 2 --resume "${LIMIT[@]}"
+    if grep -q '"step": 1250,' runs/tokenizer-v2/metrics.jsonl; then
+        .venv/bin/python -c "from pathlib import Path; from auralm.apps.shipping import ship_tokenizer
+print(ship_tokenizer('runs/tokenizer-v2/tokenizer', into=Path('$(dirname $CANDIDATE)')))"
+    fi
+    ;;
+pretrain)
+    "$AURALM" train pretrain --config pretrain tokenizer="$CANDIDATE" train="$DATA/train-24k.jsonl" \
+        frames_cache=runs/tokenizer-v2/features output_dir=runs/pretrain-v2 adapter=checkpoints/shipped/speech-smollm2 \
+        allow_mismatch=true batch_size=8 max_tokens=512 lr=5e-4 warmup_steps=20 max_steps=1500 save_every=25 \
+        save_every_minutes=5 log_every=5 --threads 2 --resume "${LIMIT[@]}"
+    ;;
+pretrain-more)
+    "$AURALM" train pretrain --config pretrain tokenizer="$CANDIDATE" train="$DATA/train-rest.jsonl" \
+        output_dir=runs/pretrain-v3 adapter=runs/pretrain-v2/adapter batch_size=8 max_tokens=512 lr=2e-4 \
+        warmup_steps=20 max_steps=2000 save_every=25 save_every_minutes=5 log_every=5 --threads 2 --resume "${LIMIT[@]}"
+    ;;
+distill)
+    ADAPTER=${2:?distill needs the adapter to start from, e.g. runs/pretrain-v3/adapter}
+    "$AURALM" train distill --config distill tokenizer="$CANDIDATE" train="$DATA/train-4k.jsonl" \
+        frames_cache=runs/tokenizer-v2/features output_dir=runs/distill-v4 adapter="$ADAPTER" batch_size=8 \
+        max_tokens=512 lr=1e-4 warmup_steps=10 max_steps=240 text_ratio=0.5 noise_ratio=0.15 reply_tokens=48 \
+        save_every=25 save_every_minutes=5 log_every=5 --threads 2 --resume "${LIMIT[@]}"
+    ;;
+eval)
+    RUN=${2:?eval needs the run folder, e.g. runs/pretrain-v2}
+    "$AURALM" eval "$DATA/val.jsonl" --limit 60 --llm smollm2 --adapter "$RUN/adapter" --checkpoint "$CANDIDATE" \
+        --json "runs/eval-$(basename "$RUN")-val.json"
+    ;;
+*)
+    echo "usage: [MINUTES=N] bash benchmarks/retrain_cpu.sh data|tokenizer|pretrain|pretrain-more|distill ADAPTER|eval RUN" >&2
+    exit 2
+    ;;
+esac
