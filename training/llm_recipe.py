@@ -254,6 +254,8 @@ class LLMRecipe:
             for message in (item.student if isinstance(item, Distilled) else item)
             if message["role"] == "assistant" and isinstance(message["content"], str)
         ]
+        if len(replies) < 2:
+            raise ConfigError("lora_quiet: the data has fewer than 2 replies to measure typed text on")
         quiet = quiet_directions(self.model, self.tokenizer, reply_pairs(replies), self.config.lora_quiet)
         confine(self.model, quiet)
         return quiet
