@@ -16,6 +16,7 @@ merges into the LLM's weights and loads anywhere.
 from __future__ import annotations
 
 import itertools
+from functools import partial
 
 import torch
 from torch.distributed.tensor import DTensor
@@ -46,7 +47,7 @@ def quiet_directions(
         moments[name] = moments.get(name, 0) + x.T @ x
 
     device = next(model.parameters()).device
-    hooks = [layer.get_base_layer().register_forward_pre_hook(_bound(accumulate, n)) for n, layer in layers.items()]
+    hooks = [layer.get_base_layer().register_forward_pre_hook(partial(accumulate, n)) for n, layer in layers.items()]
     try:
         with model.disable_adapter():
             for messages in conversations:
@@ -69,10 +70,6 @@ def reply_pairs(replies: list[str], count: int = 256) -> list[list[dict]]:
         [{"role": "user", "content": asked}, {"role": "assistant", "content": given}]
         for asked, given in itertools.pairwise(replies[: count + 1])
     ]
-
-
-def _bound(function, name: str):
-    return lambda module, args: function(name, module, args)
 
 
 @torch.no_grad()
