@@ -13,7 +13,8 @@
 #   MINUTES=60 bash benchmarks/retrain_cpu.sh distill ADAPTER # distillation with noise on train-4k from ADAPTER
 #   bash benchmarks/retrain_cpu.sh eval RUN              # RUN/adapter on the first 60 validation clips
 #
-# MINUTES bounds one call (default: no bound); the same call again goes on where it stopped.
+# MINUTES bounds one call (default: no bound); the same call again goes on where it stopped. Recipe keys after the
+# stage override its settings, e.g. `pretrain lora_quiet=0.25 output_dir=runs/pretrain-quiet` for an A/B run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,19 +45,20 @@ pretrain)
     "$AURALM" train pretrain --config pretrain tokenizer="$CANDIDATE" train="$DATA/train-24k.jsonl" \
         frames_cache=runs/tokenizer-v2/features output_dir=runs/pretrain-v2 adapter=checkpoints/shipped/speech-smollm2 \
         allow_mismatch=true batch_size=8 max_tokens=512 lr=5e-4 warmup_steps=20 max_steps=1500 save_every=25 \
-        save_every_minutes=5 log_every=5 --threads 2 --resume "${LIMIT[@]}"
+        save_every_minutes=5 log_every=5 --threads 2 --resume "${LIMIT[@]}" "${@:2}"
     ;;
 pretrain-more)
     "$AURALM" train pretrain --config pretrain tokenizer="$CANDIDATE" train="$DATA/train-rest.jsonl" \
         output_dir=runs/pretrain-v3 adapter=runs/pretrain-v2/adapter batch_size=8 max_tokens=512 lr=2e-4 \
-        warmup_steps=20 max_steps=2000 save_every=25 save_every_minutes=5 log_every=5 --threads 2 --resume "${LIMIT[@]}"
+        warmup_steps=20 max_steps=2000 save_every=25 save_every_minutes=5 log_every=5 --threads 2 --resume "${LIMIT[@]}" \
+        "${@:2}"
     ;;
 distill)
     ADAPTER=${2:?distill needs the adapter to start from, e.g. runs/pretrain-v3/adapter}
     "$AURALM" train distill --config distill tokenizer="$CANDIDATE" train="$DATA/train-4k.jsonl" \
         frames_cache=runs/tokenizer-v2/features output_dir=runs/distill-v4 adapter="$ADAPTER" batch_size=8 \
         max_tokens=512 lr=1e-4 warmup_steps=10 max_steps=240 text_ratio=0.5 noise_ratio=0.15 reply_tokens=48 \
-        save_every=25 save_every_minutes=5 log_every=5 --threads 2 --resume "${LIMIT[@]}"
+        save_every=25 save_every_minutes=5 log_every=5 --threads 2 --resume "${LIMIT[@]}" "${@:3}"
     ;;
 eval)
     RUN=${2:?eval needs the run folder, e.g. runs/pretrain-v2}
@@ -64,7 +66,8 @@ eval)
         --json "runs/eval-$(basename "$RUN")-val.json"
     ;;
 *)
-    echo "usage: [MINUTES=N] bash benchmarks/retrain_cpu.sh data|tokenizer|pretrain|pretrain-more|distill ADAPTER|eval RUN" >&2
+    echo "usage: [MINUTES=N] bash benchmarks/retrain_cpu.sh data|tokenizer|pretrain|pretrain-more|distill ADAPTER|eval RUN \
+[key=value …]" >&2
     exit 2
     ;;
 esac
