@@ -10,6 +10,8 @@
 #   MINUTES=60 bash benchmarks/retrain_cpu.sh pretrain   # the shipped adapter on the candidate's codes, train-24k
 #   MINUTES=60 bash benchmarks/retrain_cpu.sh pretrain-more   # then on train-rest (HOURS=106: 48,000 clips it
 #                                                        # has not seen; their codes are encoded once, then cached)
+#   MINUTES=60 bash benchmarks/retrain_cpu.sh sft ADAPTER     # instruction tuning from ADAPTER on the data's chat
+#                                                        # manifest: transcription, spoken questions, noise
 #   MINUTES=60 bash benchmarks/retrain_cpu.sh distill ADAPTER # distillation with noise on train-4k from ADAPTER
 #   bash benchmarks/retrain_cpu.sh eval RUN              # RUN/adapter on the first 60 validation clips
 #
@@ -53,6 +55,15 @@ pretrain-more)
         warmup_steps=20 max_steps=2000 save_every=25 save_every_minutes=5 log_every=5 --threads 2 --resume "${LIMIT[@]}" \
         "${@:2}"
     ;;
+sft)
+    ADAPTER=${2:?sft needs the adapter to start from, e.g. runs/pretrain-v2/adapter}
+    # the clips' codes are pretrain-v2's (the same files, the same tokenizer); typed conversations left out
+    # (their manifest replies would change text answers, and base replies cost ~1 s each here)
+    "$AURALM" train sft --config sft tokenizer="$CANDIDATE" train="$DATA/chat_train.jsonl" \
+        code_cache=runs/pretrain-v2/codes frames_cache=runs/tokenizer-v2/features output_dir=runs/sft-v2 \
+        adapter="$ADAPTER" batch_size=8 max_tokens=512 lr=2e-4 warmup_steps=20 max_steps=400 text_ratio=0 \
+        save_every=25 save_every_minutes=5 log_every=5 --threads 2 --resume "${LIMIT[@]}" "${@:3}"
+    ;;
 distill)
     ADAPTER=${2:?distill needs the adapter to start from, e.g. runs/pretrain-v3/adapter}
     "$AURALM" train distill --config distill tokenizer="$CANDIDATE" train="$DATA/train-4k.jsonl" \
@@ -66,8 +77,8 @@ eval)
         --json "runs/eval-$(basename "$RUN")-val.json"
     ;;
 *)
-    echo "usage: [MINUTES=N] bash benchmarks/retrain_cpu.sh data|tokenizer|pretrain|pretrain-more|distill ADAPTER|eval RUN \
-[key=value …]" >&2
+    echo "usage: [MINUTES=N] bash benchmarks/retrain_cpu.sh data|tokenizer|pretrain|pretrain-more|sft ADAPTER|\
+distill ADAPTER|eval RUN [key=value …]" >&2
     exit 2
     ;;
 esac
