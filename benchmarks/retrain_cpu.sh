@@ -58,7 +58,7 @@ pretrain-more)
 sft)
     ADAPTER=${2:?sft needs the adapter to start from, e.g. runs/pretrain-v2/adapter}
     # the clips' codes are pretrain-v2's (the same files, the same tokenizer); typed conversations left out
-    # (their manifest replies would change text answers, and base replies cost ~1 s each here)
+    # (their manifest replies would change text answers; base replies cost ~0.65 s each here, as distill's did)
     "$AURALM" train sft --config sft tokenizer="$CANDIDATE" train="$DATA/chat_train.jsonl" \
         code_cache=runs/pretrain-v2/codes frames_cache=runs/tokenizer-v2/features output_dir=runs/sft-v2 \
         adapter="$ADAPTER" batch_size=8 max_tokens=512 lr=2e-4 warmup_steps=20 max_steps=400 text_ratio=0 \
