@@ -31,8 +31,9 @@ import torch
 
 from auralm.apps.arguments import add_model_arguments, load_speech_chat, positive_int
 from auralm.devices import device_name
-from auralm.evaluation import QualityReport, evaluate, format_report, read_clips
+from auralm.evaluation import evaluate, read_clips
 from auralm.lm import DEFAULT_LLM
+from auralm.quality_report import QualityReport, format_report
 from auralm.tokenizer import SAMPLE_RATE, SpeechTokenizer, corpus_word_error_rate, load_audio
 
 ROOT = Path(__file__).parents[1]

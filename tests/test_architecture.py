@@ -17,8 +17,9 @@ ROOMS = {
     "lm": {"tokenizer", "kernels", "checkpoints"},
     "data": {"tokenizer", "checkpoints"},
     "training": {"data", "tokenizer", "lm", "kernels", "checkpoints"},
-    "evaluation": {"data", "tokenizer", "lm", "checkpoints"},
-    "apps": {"auralm", "data", "training", "evaluation", "tokenizer", "lm", "kernels", "checkpoints"},
+    "quality_report": {"data", "tokenizer"},
+    "evaluation": {"quality_report", "data", "tokenizer", "lm", "checkpoints"},
+    "apps": {"auralm", "data", "training", "evaluation", "quality_report", "tokenizer", "lm", "kernels", "checkpoints"},
     "auralm": {"tokenizer", "lm", "kernels", "checkpoints"},  # the package's front door re-exports the public API
     "__main__": {"apps"},  # python -m auralm
 }

@@ -20,10 +20,7 @@ from auralm.data.speech_conversations import ANSWER_PROMPT
 from auralm.evaluation import (
     ANSWER_TOKENS,
     TEXT_QUESTIONS,
-    ClipResult,
     evaluate,
-    format_report,
-    is_correct,
     looped,
     noise_conversations,
     read_clips,
@@ -31,6 +28,7 @@ from auralm.evaluation import (
     transcript_token_budget,
 )
 from auralm.lm import SpeechChat, add_sound_tokens, load_llm
+from auralm.quality_report import ClipResult, format_report, heard_questions, is_correct
 from auralm.tokenizer import SAMPLE_RATE, SpeechTokenizer, corpus_word_error_rate, load_audio, transcribe
 from benchmarks.quality import window_tradeoff
 from tests.apps.test_cli import run_main
@@ -172,6 +170,15 @@ def test_every_metric_matches_its_own_computation(tmp_path, chat, tiny_tokenizer
     typed = [text_reply(*load_llm(llm_folder), TEXTS[n]) for n in CLIPS[1:]]  # the questions typed, base LLM
     assert [r.typed_reply for r in report.clip_results] == [None, *typed]
     assert report.typed_qa_accuracy == sum(map(is_correct, [right, "zebra"], typed)) / 2
+    heard = [normalise(t) == normalise(TEXTS[n]) for t, n in zip(llm_texts[1:], CLIPS[1:], strict=True)]
+    assert report.questions_heard == sum(heard) / 2
+    spoken_right, typed_right = [True, False], [is_correct(a, t) for a, t in zip([right, "zebra"], typed, strict=True)]
+    on_heard = [(s, t) for h, s, t in zip(heard, spoken_right, typed_right, strict=True) if h]
+    if on_heard:
+        assert report.qa_accuracy_heard == sum(s for s, _ in on_heard) / len(on_heard)
+        assert report.typed_qa_accuracy_heard == sum(t for _, t in on_heard) / len(on_heard)
+    else:  # the tiny random LLM hears nothing word for word
+        assert report.qa_accuracy_heard is None and report.typed_qa_accuracy_heard is None
     assert [n.reply for n in report.noise_replies] == noise
     assert report.refusal_rate == sum(is_correct(noise[1], n) for n in noise) / 4 >= 1 / 4
     assert report.text_unchanged == 1.0  # no adapter: sound tokens leave the text rows as they were
@@ -197,6 +204,8 @@ def test_every_metric_matches_its_own_computation(tmp_path, chat, tiny_tokenizer
     met = "yes" if 0.5 >= 0.8 * report.typed_qa_accuracy else "no"
     assert f"| spoken-QA accuracy | 50.0 % | ≥ 0.8 × typed, base LLM ({qa_limit}) | {met} |" in table
     assert f"| the same questions typed, base LLM (ceiling) | {100 * report.typed_qa_accuracy:.1f} % |" in table
+    heard_row = f"| questions the LLM transcribes word for word | {100 * report.questions_heard:.1f} % |"
+    assert heard_row in table
     assert "wrong answer  en_slow_22k.flac" in table and "wrong answer  en_8k.wav" not in table
 
 
@@ -225,6 +234,22 @@ def test_repeat_after_me_counts_the_sentence_said_back_not_an_echo_of_the_reques
     assert not clip.answered("Sure! The cat sat.")
     fact = dataclasses.replace(clip, source="facts", answer="Paris.")
     assert fact.answered("It is Paris.")  # other questions: the answer's words in the reply
+
+
+def test_heard_questions_are_those_transcribed_word_for_word_and_split_listening_from_answering():
+    def question(said: str, transcribed: str, reply: str, typed: str) -> ClipResult:
+        return ClipResult(said, "question", 1.0, said, "", "", transcribed, "", answer="3.", reply=reply,
+                          typed_reply=typed)  # fmt: skip
+
+    heard_wrong = question("What is 2 plus 1?", "what is two plus one", "12.", "It is 3.")  # normalised alike
+    heard_right = question("How much is 1 plus 2?", "How much is 1 plus 2?", "3.", "3")
+    misheard = question("What is 3 plus 0?", "What is 3 plus 10?", "13.", "3.")
+    transcript = dataclasses.replace(heard_right, answer=None, id="t")
+    assert heard_questions([heard_wrong, heard_right, misheard, transcript]) == [heard_wrong, heard_right]
+    # the modality gap: both heard, both answered typed, one answered spoken
+    assert [(r.answered(r.reply), r.answered(r.typed_reply)) for r in (heard_wrong, heard_right)] == [
+        (False, True), (True, True)
+    ]  # fmt: skip
 
 
 def test_an_output_loops_past_twice_its_reference():

@@ -16,10 +16,10 @@ from auralm.apps.shipping import SHIPPED_BUDGET_MB, shipped_megabytes
 from auralm.checkpoints import shipped_model
 from auralm.checkpoints.registry import SHIPPED_ADAPTER, SHIPPED_DIR, SHIPPED_TOKENIZER
 from auralm.data import synthetic_speech as synth
-from auralm.evaluation import is_correct
 from auralm.lm import SpeechChat
 from auralm.lm.loading import SOUND_TOKENS_FILE
 from auralm.lm.vocabulary import HASH_KEY
+from auralm.quality_report import is_correct
 from auralm.tokenizer import SpeechTokenizer, corpus_word_error_rate
 
 pytestmark = pytest.mark.integration

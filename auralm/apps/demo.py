@@ -23,8 +23,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # torch and transformers: not before the command runs
-    from auralm.evaluation import is_correct
     from auralm.lm import SpeechChat
+    from auralm.quality_report import is_correct
     from auralm.tokenizer import SAMPLE_RATE, load_audio, word_error_rate
     from auralm.tokenizer.token_format import SOUND_END
 

@@ -38,8 +38,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from auralm.evaluation import evaluate, format_report, read_clips
+    from auralm.evaluation import evaluate, read_clips
     from auralm.lm import DEFAULT_LLM
+    from auralm.quality_report import format_report
     from auralm.tokenizer.audio import probe_audio
 
     clips = read_clips(args.manifest, args.limit)  # a bad manifest is reported before the models load,

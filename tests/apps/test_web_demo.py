@@ -15,8 +15,8 @@ import soundfile
 
 from auralm.apps.demo import QUESTION, SAMPLES
 from auralm.apps.web_demo import build_app
-from auralm.evaluation import is_correct
 from auralm.lm import SpeechChat
+from auralm.quality_report import is_correct
 from auralm.tokenizer import load_audio
 from tests.conftest import DATA
 
