@@ -53,7 +53,7 @@ class ClipResult:
 
 @dataclass
 class NoiseReply:
-    kind: str  # one of NOISE_NAMES' values
+    kind: str  # one of auralm.evaluation.NOISE_NAMES' values
     seconds: float
     reply: str
 
