@@ -286,8 +286,8 @@ def _clip_results(
 
 
 def _qa_accuracies(questions: list[ClipResult]) -> dict[str, float | None]:
-    """Spoken-QA accuracy (the clip alone, with ANSWER_PROMPT), the same questions typed to the base LLM, and
-    the first and last again on the questions the LLM heard word for word."""
+    """Spoken-QA accuracy (the clip alone, with ANSWER_PROMPT) and the same questions typed to the base LLM; then
+    the clip-alone and typed accuracies again on only the questions the LLM heard word for word."""
     heard = heard_questions(questions)
     return {
         "qa_accuracy": _share(r.answered(r.reply) for r in questions),
