@@ -57,7 +57,6 @@ from auralm.quality_report import (
     NoiseReply,
     QualityReport,
     TextAnswer,
-    heard_questions,
     is_correct,
 )
 from auralm.tokenizer import SAMPLE_RATE, corpus_word_error_rate, load_audio, normalize_text, transcribe
@@ -288,12 +287,12 @@ def _clip_results(
 def _qa_accuracies(questions: list[ClipResult]) -> dict[str, float | None]:
     """Spoken-QA accuracy (the clip alone, with ANSWER_PROMPT) and the same questions typed to the base LLM; then
     the clip-alone and typed accuracies again on only the questions the LLM heard word for word."""
-    heard = heard_questions(questions)
+    heard = [r for r in questions if r.heard()]
     return {
         "qa_accuracy": _share(r.answered(r.reply) for r in questions),
         "qa_accuracy_with_prompt": _share(r.answered(r.reply_with_prompt) for r in questions),
         "typed_qa_accuracy": _share(r.answered(r.typed_reply) for r in questions),
-        "questions_heard": _share(r in heard for r in questions),
+        "questions_heard": _share(r.heard() for r in questions),
         "qa_accuracy_heard": _share(r.answered(r.reply) for r in heard),
         "typed_qa_accuracy_heard": _share(r.answered(r.typed_reply) for r in heard),
     }

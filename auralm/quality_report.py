@@ -5,7 +5,6 @@ compared and printed without loading a model."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +48,11 @@ class ClipResult:
         if self.source == "repeat":
             return normalize_text(reply) == normalize_text(self.answer)
         return is_correct(self.answer, reply)
+
+    def heard(self) -> bool:
+        """Whether the LLM's own transcription is word for word this clip's reference (normalised): for a question,
+        an answer can then go wrong only by answering, not by listening."""
+        return normalize_text(self.llm_text) == normalize_text(self.reference)
 
 
 @dataclass
@@ -154,12 +158,6 @@ def _share_goal(metric: str, value: float | None, goal: float) -> Goal:
 
 
 # ---- scoring ---------------------------------------------------------------------------------------------
-
-
-def heard_questions(results: Iterable[ClipResult]) -> list[ClipResult]:
-    """The question clips whose LLM transcription is word for word the question (normalised): where an answer
-    can go wrong only by answering, not by listening."""
-    return [r for r in results if r.answer is not None and normalize_text(r.llm_text) == normalize_text(r.reference)]
 
 
 def is_correct(expected: str, reply: str) -> bool:
