@@ -68,7 +68,7 @@ from auralm.lm.messages import (
     with_audio_strings,
 )
 from auralm.lm.replies import UNHEARD, Reply, ReplyStream, StreamBatch, joined, row_replies, row_reply
-from auralm.lm.streaming import BatchStreamer, RowLimits, until_stop
+from auralm.lm.streaming import BatchStreamer, RowLimits, after_heard, until_stop
 from auralm.lm.vocabulary import (
     SpeechTokenizerMismatchError,
     add_sound_tokens,
@@ -370,7 +370,7 @@ class SpeechChat:
             for number, (streamer, row, prompt_tokens) in enumerate(spans):
                 if number:
                     yield " "
-                yield from until_stop(streamer.rows[row], streamer.limits.stops[row])
+                yield from until_stop(after_heard(streamer.rows[row]), streamer.limits.stops[row])
                 if failure:
                     raise failure[0]
                 replies.append(row_reply(self.tokenizer, prompt_tokens, streamer.ids[row], streamer.limits, row,

@@ -11,7 +11,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from auralm.lm.streaming import RowLimits, cut
-from auralm.tokenizer.token_format import NO_SPEECH_REPLY
+from auralm.tokenizer.token_format import NO_SPEECH_REPLY, without_heard
 
 
 class Reply(NamedTuple):
@@ -47,8 +47,8 @@ def row_replies(
 def row_reply(
     tokenizer: PreTrainedTokenizerBase, prompt_tokens: int, new: list[int], limits: RowLimits, row: int, eos: set[int]
 ) -> Reply:
-    """The Reply of one row, given its new tokens up to its end."""
-    text, stop = tokenizer.decode(new, skip_special_tokens=True), limits.stops[row]
+    """The Reply of one row, given its new tokens up to its end: the answer, without a line saying what was heard."""
+    text, stop = without_heard(tokenizer.decode(new, skip_special_tokens=True)), limits.stops[row]
     ran_out = len(new) >= limits.max_new_tokens[row] > 0 and new[-1] not in eos and cut(text, stop) == text
     return Reply(cut(text, stop), "length" if ran_out else "stop", prompt_tokens, len(new))
 

@@ -9,6 +9,8 @@ import torch
 from transformers import PreTrainedTokenizerBase, StoppingCriteria, TextIteratorStreamer
 from transformers.generation.streamers import BaseStreamer
 
+from auralm.tokenizer.token_format import HEARD_PREFIX, without_heard
+
 
 class RowLimits(StoppingCriteria):
     """Ends each row of a batch on its own: at its max_new_tokens, once its reply so far contains one of its stop
@@ -34,6 +36,7 @@ class RowLimits(StoppingCriteria):
         for row, stop in enumerate(self.stops):
             if stop and not done[row]:
                 reply = self.tokenizer.decode(input_ids[row, self.prompt_length :], skip_special_tokens=True)
+                reply = without_heard(reply)  # stop strings end the answer, not the line saying what was heard
                 done[row] = any(s in reply for s in stop)
         for row in (row for row, end in enumerate(done) if end):
             self.ended.setdefault(row, new)
@@ -114,3 +117,19 @@ def until_stop(pieces: Iterator[str], stop: Sequence[str]) -> Iterator[str]:
             sent = len(text) - hold
     if len(text) > sent:
         yield text[sent:]
+
+
+def after_heard(pieces: Iterator[str]) -> Iterator[str]:
+    """Pass pieces on without the reply's leading heard line (`without_heard`): held back while the reply
+    could still be beginning one."""
+    text = ""
+    for piece in pieces:
+        text += piece
+        if HEARD_PREFIX.startswith(text) or (text.startswith(HEARD_PREFIX) and "\n" not in text):
+            continue
+        if reply := without_heard(text):
+            yield reply
+        yield from pieces
+        return
+    if reply := without_heard(text):  # the reply ended while it could still have been a heard line
+        yield reply

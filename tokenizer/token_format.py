@@ -20,7 +20,23 @@ TRANSCRIBE_PROMPT = "Transcribe the speech."
 # The reply to a clip without speech: what the speech LLM is trained to say (auralm.data.noise's REFUSAL), and what
 # SpeechChat answers a silent clip with without running the LLM.
 NO_SPEECH_REPLY = "I couldn't hear any speech in that."
+# A reply that first writes what the clip says, on a line of its own, then answers (SpeechGPT's chain of modality:
+# the LLM reads the words as text before it answers them). sft's `heard_first` teaches it; SpeechChat strips the line.
+HEARD_PREFIX = "Heard: "
 _SOUND_TOKEN = re.compile(r"<\|sound_(\d{4,})\|>")
+
+
+def heard_reply(transcript: str, reply: str) -> str:
+    """`reply` led by the line saying what was heard."""
+    return f"{HEARD_PREFIX}{transcript}\n{reply}"
+
+
+def without_heard(text: str) -> str:
+    """A reply without its leading heard line ("" while that line is all there is)."""
+    if not text.startswith(HEARD_PREFIX):
+        return text
+    _, newline, reply = text.partition("\n")
+    return reply if newline else ""
 
 
 class TokenFormatError(AuralmError):

@@ -15,7 +15,10 @@ audio; a user turn of one clip and one text part is put in either order (the tex
 them, drawn per turn), so a request means the same before the clip as after it. The manifest's text-only
 conversations keep the LLM's text ability (`text_ratio` of them per spoken one, all by default); with
 `text_replies=base` their replies are the LLM's own before training (self-distillation), so they keep its text
-answers as they were instead of teaching new ones. Generated "noise" conversations (`noise_ratio` per spoken one)
+answers as they were instead of teaching new ones. With `heard_first`, a reply to a clip begins with a line
+saying what the clip says (`heard_reply`), the transcript the manifest's own transcription request of that clip
+gives: the LLM reads the words as text before it answers them (SpeechGPT's chain of modality), and SpeechChat
+strips that line. Generated "noise" conversations (`noise_ratio` per spoken one)
 teach it to say `refusal` when a clip holds no speech: uniformly random sound codes, or the codes of silence or
 white noise, alone or with a request taken from the manifest. Conversations are packed into rows of `max_tokens`.
 What trains, and the outputs: see llm_recipe.py.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,7 @@ import numpy as np
 from auralm.data.examples import DataError, Example, json_lines
 from auralm.data.noise import REFUSAL
 from auralm.lm.messages import message_text
+from auralm.tokenizer.token_format import TRANSCRIBE_PROMPT, heard_reply
 from auralm.training.audio_dataset import SkippedExamples
 from auralm.training.chat_dataset import Conversation, user_turn
 from auralm.training.config import ConfigError
@@ -54,6 +59,7 @@ class SFTConfig(LLMTrainingConfig):
     text_reply_tokens: int = 96  # the longest such reply
     noise_ratio: float = 0.05  # generated noise conversations per spoken one
     refusal: str = REFUSAL  # the assistant's reply to a clip without speech
+    heard_first: bool = False  # replies to clips begin with what the clip says (the module docstring)
 
 
 def read_conversations(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -124,6 +130,35 @@ def _audio_paths(conversation: dict[str, Any]) -> list[str]:
     return [p["audio"] for m in conversation["messages"] for p in m["content"] if isinstance(p, dict)]
 
 
+def _clip_and_texts(message: dict[str, Any]) -> tuple[str | None, list[str]]:
+    """A user turn's one clip (None if it has none or several) and its text parts."""
+    clips = [p["audio"] for p in message["content"] if isinstance(p, dict)]
+    return (clips[0] if len(clips) == 1 else None), [p for p in message["content"] if isinstance(p, str)]
+
+
+def with_heard_lines(manifest: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversations of `read_conversations` with each reply to a one-clip user turn led by the line saying
+    what the clip says (`heard_reply`), where the manifest asks to transcribe that clip (a user turn of it and
+    TRANSCRIBE_PROMPT, answered by its transcript); a reply that is the transcript itself stays as it is."""
+    transcripts = {}
+    for conversation in manifest:
+        for asked, reply in pairwise(conversation["messages"]):
+            clip, texts = _clip_and_texts(asked)
+            if asked["role"] == "user" and reply["role"] == "assistant" and clip and texts == [TRANSCRIBE_PROMPT]:
+                transcripts[clip] = message_text(reply["content"])
+    changed = []
+    for conversation in manifest:
+        messages = [dict(m) for m in conversation["messages"]]
+        for asked, reply in pairwise(messages):
+            clip, _ = _clip_and_texts(asked)
+            if (asked["role"], reply["role"]) != ("user", "assistant") or clip not in transcripts:
+                continue
+            if (said := message_text(reply["content"])) != transcripts[clip]:
+                reply["content"] = [heard_reply(transcripts[clip], said)]
+        changed.append({**conversation, "messages": messages})
+    return changed
+
+
 class ChatManifest:
     """The conversations of train=, with noise → refusal conversations added (a `ConversationSource`)."""
 
@@ -137,6 +172,8 @@ class ChatManifest:
     def conversations(self, recipe: LLMRecipe) -> tuple[list[Conversation], SkippedExamples]:
         c = self.config
         manifest = read_conversations(c.train)
+        if c.heard_first:
+            manifest = with_heard_lines(manifest)
         spoken_count = sum(1 for conversation in manifest if _audio_paths(conversation))
         clips = list(dict.fromkeys(path for conversation in manifest for path in _audio_paths(conversation)))
         examples = [Example(id=path, text="", audio=path) for path in clips]

@@ -23,7 +23,7 @@ from auralm.checkpoints import load_whisper
 from auralm.data import DataError, read_examples
 from auralm.lm import SpeechChat, SpeechTokenizerMismatchError, add_sound_tokens, load_llm
 from auralm.tokenizer import SpeechTokenizer, TokenizerConfig
-from auralm.tokenizer.token_format import TRANSCRIBE_PROMPT
+from auralm.tokenizer.token_format import TRANSCRIBE_PROMPT, heard_reply
 from auralm.training import replies as replies_module
 from auralm.training import sft as sft_module
 from auralm.training.chat_dataset import IGNORE, PackedSequences, chat_tokens, collate_packs, user_turn
@@ -31,7 +31,7 @@ from auralm.training.checkpointing import Checkpoints
 from auralm.training.config import ConfigError
 from auralm.training.llm_recipe import LLMRecipe
 from auralm.training.replies import BaseReplies
-from auralm.training.sft import SFTConfig, read_conversations
+from auralm.training.sft import SFTConfig, read_conversations, with_heard_lines
 from tests.conftest import DATA, TEXTS
 from tests.training.conftest import AURALM, CLIPS, QUESTION, REFUSAL, asr_manifest, tiny_speech_tokenizer
 
@@ -290,6 +290,17 @@ def test_sft_puts_the_request_before_the_clip_in_instruction_first_of_the_turns(
             recipe.cleanup()
     assert orders[0.0] == [False] * len(CLIPS) and orders[1.0] == [True] * len(CLIPS)
     assert set(orders[0.5]) == {True, False}
+
+
+def test_heard_first_leads_replies_to_a_clip_with_its_transcript_from_the_manifest(chat_manifest):
+    manifest = read_conversations(chat_manifest)
+    replies = [["".join(m["content"]) for m in c["messages"] if m["role"] == "assistant"]
+               for c in with_heard_lines(manifest)]  # fmt: skip
+    expected = []
+    for name in CLIPS:  # its transcription as it was; its talk's two replies led by the transcript
+        expected += [[TEXTS[name]], [heard_reply(TEXTS[name], QUESTION), heard_reply(TEXTS[name], "the cat .")]]
+    assert replies == [*expected, ["hello ."], ["hello ."]]  # text-only, and a clip never transcribed: as they were
+    assert [c["messages"] for c in manifest] == [c["messages"] for c in read_conversations(chat_manifest)]  # unchanged
 
 
 def test_a_clip_has_one_cache_key_whichever_manifest_names_it(tmp_path, monkeypatch, tiny_tokenizer):
