@@ -119,17 +119,31 @@ def until_stop(pieces: Iterator[str], stop: Sequence[str]) -> Iterator[str]:
         yield text[sent:]
 
 
+class HeardLine:
+    """A reply's leading heard line (`without_heard`) taken off as its pieces come: `feed` gives back what may go on
+    now (nothing while the reply could still be beginning one), `end` what was held when the reply ended."""
+
+    def __init__(self):
+        self.held, self.open = "", True
+
+    def feed(self, piece: str) -> str:
+        if not self.open:
+            return piece
+        self.held += piece
+        if HEARD_PREFIX.startswith(self.held) or (self.held.startswith(HEARD_PREFIX) and "\n" not in self.held):
+            return ""
+        self.open = False
+        return without_heard(self.held)
+
+    def end(self) -> str:
+        return without_heard(self.held) if self.open else ""
+
+
 def after_heard(pieces: Iterator[str]) -> Iterator[str]:
-    """Pass pieces on without the reply's leading heard line (`without_heard`): held back while the reply
-    could still be beginning one."""
-    text = ""
+    """Pass pieces on without the reply's leading heard line."""
+    line = HeardLine()
     for piece in pieces:
-        text += piece
-        if HEARD_PREFIX.startswith(text) or (text.startswith(HEARD_PREFIX) and "\n" not in text):
-            continue
-        if reply := without_heard(text):
-            yield reply
-        yield from pieces
-        return
-    if reply := without_heard(text):  # the reply ended while it could still have been a heard line
-        yield reply
+        if text := line.feed(piece):
+            yield text
+    if text := line.end():
+        yield text

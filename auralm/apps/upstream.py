@@ -6,7 +6,9 @@
 A request's audio parts become the sound-token text `SpeechChat` puts in its prompts (`ClipStrings`,
 `with_audio_strings`), so the upstream model reads what the built-in server's model reads; every other field
 (temperature, max_tokens, stop, stream, …) goes upstream as sent, and the answer comes back as the upstream
-sent it: streams relayed chunk by chunk, errors as OpenAI error bodies with the upstream's status. As in
+sent it (less the line saying what was heard that a model trained with sft's `heard_first` begins a reply with,
+as `SpeechChat` strips it): streams relayed event by event, errors as OpenAI error bodies with the upstream's
+status. As in
 `SpeechChat`, a turn of silence is answered without the upstream, and a clip longer than the speech tokenizer's
 window is asked window by window (one upstream request each, the replies joined and streamed as one piece).
 No LLM is loaded here and nothing waits for a lock: requests run concurrently, and their clips are encoded in
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -45,8 +48,10 @@ from auralm.apps.server import (
 from auralm.errors import AuralmError
 from auralm.lm.messages import ClipStrings, Message, audio_parts, in_windows, silent_turn, with_audio_strings
 from auralm.lm.replies import UNHEARD, Reply, joined
+from auralm.lm.streaming import HeardLine
 from auralm.lm.vocabulary import SpeechTokenizerMismatchError
 from auralm.tokenizer import SpeechTokenizer, codes_to_string
+from auralm.tokenizer.token_format import HEARD_PREFIX, without_heard
 
 logger = logging.getLogger(__name__)
 CONNECT_SECONDS = 10.0  # to reach the upstream; an answer may take as long as generation takes
@@ -181,7 +186,19 @@ async def _forward(client: httpx2.AsyncClient, url: str, body: dict[str, Any]) -
         raise _unreachable(url, e) from e
     if response.status_code >= 400:
         raise _upstream_error(response.status_code, raw)
-    return Response(raw, response.status_code, media_type=response.headers.get("content-type"))
+    return Response(_answer_without_heard(raw), response.status_code, media_type=response.headers.get("content-type"))
+
+
+def _answer_without_heard(raw: bytes) -> bytes:
+    """A chat completion's body with each choice's heard line taken off; any other body as it is."""
+    try:
+        answer = json.loads(raw)
+        choices = [c for c in answer["choices"] if (c["message"].get("content") or "").startswith(HEARD_PREFIX)]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return raw
+    for choice in choices:
+        choice["message"]["content"] = without_heard(choice["message"]["content"])
+    return json.dumps(answer).encode() if choices else raw
 
 
 async def _ask(client: httpx2.AsyncClient, url: str, body: dict[str, Any]) -> Reply:
@@ -199,7 +216,8 @@ class _RelayedStream(CleanedUpStream):
 
     def __init__(self, response: httpx2.Response, url: str):
         media_type = response.headers.get("content-type", "text/event-stream")
-        super().__init__(_relay(response, url), status_code=response.status_code, media_type=media_type)
+        events = _events_without_heard(_relay(response, url))
+        super().__init__(events, status_code=response.status_code, media_type=media_type)
         self.upstream = response
 
     async def cleanup(self) -> None:
@@ -213,6 +231,36 @@ async def _relay(response: httpx2.Response, url: str) -> AsyncIterator[bytes]:
     except httpx2.TransportError as e:  # the upstream went away mid-stream: an error event, as OpenAI streams one
         error = {"message": _unreachable(url, e).message, "type": "upstream_error", "param": None, "code": None}
         yield f"\n\ndata: {json.dumps({'error': error})}\n\n".encode()
+
+
+async def _events_without_heard(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Server-sent events relayed once each is whole, each choice's content passed through its own `HeardLine`."""
+    lines: defaultdict[int, HeardLine] = defaultdict(HeardLine)
+    pending = b""
+    async for chunk in chunks:
+        *events, pending = (pending + chunk).split(b"\n\n")
+        if events:
+            yield b"".join(_event_without_heard(event, lines) + b"\n\n" for event in events)
+    if pending:
+        yield pending
+
+
+def _event_without_heard(event: bytes, lines: defaultdict[int, HeardLine]) -> bytes:
+    """One stream event with each choice's delta content as its HeardLine lets it through (what it held back, too,
+    at the choice's end); an event that is not a chat completion chunk as it is."""
+    if not event.startswith(b"data: "):
+        return event
+    try:
+        chunk = json.loads(event[len(b"data: ") :])
+        choices = chunk["choices"]
+    except (ValueError, KeyError, TypeError):  # "[DONE]", an error event
+        return event
+    for choice in choices:
+        line, delta = lines[choice.get("index", 0)], choice.get("delta") or {}
+        text = line.feed(delta.get("content") or "") + (line.end() if choice.get("finish_reason") else "")
+        if delta.get("content") is not None or text:
+            choice["delta"] = delta | {"content": text}
+    return b"data: " + json.dumps(chunk).encode()
 
 
 def _unreachable(url: str, error: httpx2.TransportError) -> RequestError:

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import dataclasses
 import io
+import json
 import logging
 import os
 import re
@@ -27,6 +28,8 @@ import openai
 import pytest
 import soundfile
 import torch
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from auralm.apps.cli import main
 from auralm.apps.server import create_app
@@ -35,7 +38,7 @@ from auralm.checkpoints import load_whisper
 from auralm.lm import SpeechChat, SpeechTokenizerMismatchError
 from auralm.lm.merge import merge_speech_llm
 from auralm.tokenizer import SAMPLE_RATE, SpeechTokenizer, load_audio
-from auralm.tokenizer.token_format import NO_SPEECH_REPLY
+from auralm.tokenizer.token_format import NO_SPEECH_REPLY, heard_reply
 from tests.apps.conftest import running
 from tests.apps.test_server import audio_url_part, free_port, silent_wav, wav_part
 from tests.conftest import DATA, TINY_CONFIG, randomize
@@ -225,6 +228,43 @@ def test_a_stream_is_relayed_as_it_comes_not_when_it_ends(chat, speech):
         first_chunk_read.set()  # a failed test leaves no generation waiting
         hold.remove()
     assert text == chat.reply(local({"type": "audio", "path": DATA / "en_16k.wav"}), max_new_tokens=8).text
+
+
+def heard_first_upstream(reply: str) -> FastAPI:
+    """A stand-in for an upstream serving a model trained with sft's `heard_first`: it answers every request with
+    `reply`, whole or streamed three characters an event, each event sent in two halves."""
+    app = FastAPI()
+
+    def chunk(delta: dict, finish: str | None = None) -> bytes:
+        body = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": MODEL,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+        return f"data: {json.dumps(body)}\n\n".encode()
+
+    @app.post("/v1/chat/completions")
+    async def complete(request: Request) -> Response:
+        if not (await request.json()).get("stream"):
+            return JSONResponse({"id": "c", "object": "chat.completion", "created": 0, "model": MODEL, "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}]})  # fmt: skip
+        events = [chunk({"role": "assistant", "content": ""})]
+        events += [chunk({"content": reply[i : i + 3]}) for i in range(0, len(reply), 3)]
+        events += [chunk({}, "stop"), b"data: [DONE]\n\n"]
+        return StreamingResponse((half for e in events for half in (e[:7], e[7:])), media_type="text/event-stream")
+
+    return app
+
+
+@pytest.mark.parametrize("answer", ["the cat .", "He", ""])
+def test_the_line_saying_what_was_heard_is_taken_off_whole_or_streamed(speech, answer):
+    reply = heard_reply("what is this sound ?", answer)
+    with running(heard_first_upstream(reply)) as upstream, running(
+        create_upstream_app(speech, Upstream(f"{upstream}/v1", MODEL))
+    ) as url:  # fmt: skip
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+        whole = ask(client, wav_part("en_16k.wav")).choices[0]
+        chunks = list(ask(client, wav_part("en_16k.wav"), stream=True))
+    assert whole.message.content == answer and whole.finish_reason == "stop"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == answer
+    assert chunks[-1].choices[0].finish_reason == "stop"
 
 
 def test_upstream_errors_come_back_with_their_status(client, front):
