@@ -11,7 +11,8 @@
 #   MINUTES=60 bash benchmarks/retrain_cpu.sh pretrain-more   # then on train-rest (HOURS=106: 48,000 clips it
 #                                                        # has not seen; their codes are encoded once, then cached)
 #   MINUTES=60 bash benchmarks/retrain_cpu.sh sft ADAPTER     # instruction tuning from ADAPTER on the data's chat
-#                                                        # manifest: transcription, spoken questions, noise
+#                                                        # manifest: transcription, spoken questions (each reply
+#                                                        # led by what was heard: heard_first), noise
 #   MINUTES=60 bash benchmarks/retrain_cpu.sh distill ADAPTER # distillation with noise on train-4k from ADAPTER
 #   bash benchmarks/retrain_cpu.sh eval RUN              # RUN/adapter on the first 60 validation clips
 #
@@ -60,9 +61,9 @@ sft)
     # the clips' codes are pretrain-v2's (the same files, the same tokenizer); typed conversations left out
     # (their manifest replies would change text answers; base replies cost ~0.65 s each here, as distill's did)
     "$AURALM" train sft --config sft tokenizer="$CANDIDATE" train="$DATA/chat_train.jsonl" \
-        code_cache=runs/pretrain-v2/codes frames_cache=runs/tokenizer-v2/features output_dir=runs/sft-v2 \
-        adapter="$ADAPTER" batch_size=8 max_tokens=512 lr=2e-4 warmup_steps=20 max_steps=400 text_ratio=0 \
-        save_every=25 save_every_minutes=5 log_every=5 --threads 2 --resume "${LIMIT[@]}" "${@:3}"
+        code_cache=runs/pretrain-v2/codes frames_cache=runs/tokenizer-v2/features output_dir=runs/sft-v3 \
+        adapter="$ADAPTER" heard_first=true batch_size=8 max_tokens=512 lr=2e-4 warmup_steps=20 max_steps=480 \
+        text_ratio=0 save_every=25 save_every_minutes=5 log_every=5 --threads 2 --resume "${LIMIT[@]}" "${@:3}"
     ;;
 distill)
     ADAPTER=${2:?distill needs the adapter to start from, e.g. runs/pretrain-v3/adapter}

@@ -120,8 +120,9 @@ def until_stop(pieces: Iterator[str], stop: Sequence[str]) -> Iterator[str]:
 
 
 class HeardLine:
-    """A reply's leading heard line (`without_heard`) taken off as its pieces come: `feed` gives back what may go on
-    now (nothing while the reply could still be beginning one), `end` what was held when the reply ended."""
+    """A reply's leading heard lines (`without_heard`) taken off as its pieces come: `feed` gives back what may go on
+    now (nothing while the reply is inside one, or could still be beginning one), `end` what was held when the
+    reply ended."""
 
     def __init__(self):
         self.held, self.open = "", True
@@ -130,17 +131,17 @@ class HeardLine:
         if not self.open:
             return piece
         self.held += piece
-        if HEARD_PREFIX.startswith(self.held) or (self.held.startswith(HEARD_PREFIX) and "\n" not in self.held):
+        if HEARD_PREFIX.startswith(rest := without_heard(self.held)):  # "" inside a heard line
             return ""
         self.open = False
-        return without_heard(self.held)
+        return rest
 
     def end(self) -> str:
         return without_heard(self.held) if self.open else ""
 
 
 def after_heard(pieces: Iterator[str]) -> Iterator[str]:
-    """Pass pieces on without the reply's leading heard line."""
+    """Pass pieces on without the reply's leading heard lines."""
     line = HeardLine()
     for piece in pieces:
         if text := line.feed(piece):

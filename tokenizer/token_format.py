@@ -32,11 +32,12 @@ def heard_reply(transcript: str, reply: str) -> str:
 
 
 def without_heard(text: str) -> str:
-    """A reply without its leading heard line ("" while that line is all there is)."""
-    if not text.startswith(HEARD_PREFIX):
-        return text
-    _, newline, reply = text.partition("\n")
-    return reply if newline else ""
+    """A reply without its leading heard lines (a model may repeat one; "" while they are all there is)."""
+    while text.startswith(HEARD_PREFIX):
+        _, newline, text = text.partition("\n")
+        if not newline:
+            return ""
+    return text
 
 
 class TokenFormatError(AuralmError):

@@ -15,6 +15,8 @@ REPLIES = [
     heard_reply("Repeat after me: the cat sat.", "The cat sat.\nThat is all."),
     heard_reply("Say nothing.", ""),
     HEARD_PREFIX + "a line cut short by the token limit",
+    heard_reply("Say yes.", heard_reply("Say yes.", "Yes.")),  # a heard line said twice
+    heard_reply("Say yes.", "He"),
     "13.",
     "He",  # a reply that only begins like the heard line
     "Heard you! Paris.",
@@ -25,7 +27,7 @@ REPLIES = [
 def test_the_heard_line_is_taken_off_and_nothing_else():
     assert heard_reply("What is 3 plus 10?", "13.") == "Heard: What is 3 plus 10?\n13."
     assert [without_heard(r) for r in REPLIES] == [
-        "13.", "The cat sat.\nThat is all.", "", "", "13.", "He", "Heard you! Paris.", ""
+        "13.", "The cat sat.\nThat is all.", "", "", "Yes.", "He", "13.", "He", "Heard you! Paris.", ""
     ]  # fmt: skip
 
 
