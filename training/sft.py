@@ -18,9 +18,9 @@ conversations keep the LLM's text ability (`text_ratio` of them per spoken one, 
 answers as they were instead of teaching new ones. With `heard_first`, a reply to a clip begins with a line
 saying what the clip says (`heard_reply`), the transcript the manifest's own transcription request of that clip
 gives: the LLM reads the words as text before it answers them (SpeechGPT's chain of modality), and SpeechChat
-strips that line. Generated "noise" conversations (`noise_ratio` per spoken one)
-teach it to say `refusal` when a clip holds no speech: uniformly random sound codes, or the codes of silence or
-white noise, alone or with a request taken from the manifest. Conversations are packed into rows of `max_tokens`.
+strips that line. Generated "noise" conversations (`noise_ratio` per spoken one) teach it to say `refusal` when a
+clip holds no speech: uniformly random sound codes, or the codes of silence or white noise, alone or with a
+request taken from the manifest. Conversations are packed into rows of `max_tokens`.
 What trains, and the outputs: see llm_recipe.py.
 """
 
