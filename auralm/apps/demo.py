@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     question = [{"role": "user", "content": [{"type": "audio", "path": QUESTION}]}]  # what chat/serve send
-    answer = chat.generate(question, max_new_tokens=32).strip()
+    answer = chat.generate(question, max_new_tokens=64).strip()  # the heard line first, then the answer
     right = is_correct(expected, answer)
     print(f"[4/4] answer   the speech LLM, from the sound tokens alone ({time.perf_counter() - started:.1f} s):\n"
           f"               {answer}   ({'right' if right else 'expected: ' + expected})")  # fmt: skip

@@ -109,6 +109,18 @@ def tokenize(page, path: Path, done: str) -> None:
     )
 
 
+def settled_text(page, element, quiet_ms: int = 3000, timeout_ms: int = 120_000) -> str:
+    """`element`'s text once it has not changed for `quiet_ms`: a reply streamed in pieces, whole."""
+    text, waited = element.inner_text(), 0
+    while waited < timeout_ms:
+        page.wait_for_timeout(quiet_ms)
+        waited += quiet_ms
+        if (now := element.inner_text()) == text:
+            return text
+        text = now
+    raise TimeoutError(f"still changing after {timeout_ms} ms: {text!r}")
+
+
 def keep_screenshot(page, tab: str) -> None:
     if SCREENSHOTS:
         page.screenshot(path=str(Path(SCREENSHOTS) / f"web-demo-{tab}.png"), full_page=True)
@@ -126,7 +138,7 @@ def test_talk_tab_answers_the_question_heard_through_the_microphone(page):
     assert asked.startswith("[spoken, ")
     seconds = float(asked.removeprefix("[spoken, ").removesuffix(" s]"))
     assert 1.7 <= seconds < 4.0  # the question and at most a detection chunk of silence each side, over WebRTC
-    reply = page.locator('#talk-log [data-testid="bot"]').first.inner_text()
+    reply = settled_text(page, page.locator('#talk-log [data-testid="bot"]').first)  # streamed: the whole reply
     print(f"Talk tab: heard {seconds} s, answered {reply!r} (expected {expected!r})")
     assert is_correct(expected, reply), reply  # as the Chat tab's: the question heard, not only a reply made
     keep_screenshot(page, "talk")

@@ -2,8 +2,8 @@
 
 Needs espeak-ng (`apt-get install espeak-ng`). Each clip is synthesised at
 espeak's 22.05 kHz, then resampled and encoded as its name says; texts.json
-beside them holds what each one says. The demo's spoken question is said by the
-training data's Piper voice (`pip install 'auralm[train]'`), its answer in answers.json.
+beside them holds what each one says. The demo's spoken question is a test-split clip of the broad
+data recipe, made again from its seed; its answer is in answers.json.
 """
 
 import io
@@ -52,20 +52,18 @@ CLIPS = {
 }
 
 
-# the main job's spoken question: a training-set question (facts:capital France) in a plain new rendering
-QUESTION = (SAMPLES / "question_en.flac", "What is the capital of France?", "Paris.")
+# the main job's spoken question: clip 000788 of the test split of `auralm data synth --out data/speech-v2 --seed 0`
+# (a voice and a sentence no training saw), made again from its plan
+QUESTION = SAMPLES / "question_en.flac"
+QUESTION_INDEX = 788
 
 
-def make_question() -> tuple[np.ndarray, int]:
+def make_question() -> tuple[np.ndarray, int, str, str]:
     from auralm.data import synthetic_speech as synth
-    from auralm.data.speech_texts import SpokenText
-    from auralm.data.voices import PIPER_VOICE
 
-    _, text, answer = QUESTION
-    plain = {"tts": {"length_scale": 1.0, "noise_scale": 0.667, "noise_w_scale": 0.8}, "speed": 1.0, "reverb": None,
-             "noise": None, "telephone": False, "level_dbfs": -3.0, "seed": 0}  # fmt: skip
-    item = SpokenText(text, "question", answer, "facts", "facts:capital France")
-    return synth.make_clip(synth.PlannedExample(0, "train", item, PIPER_VOICE, plain)).numpy(), 16000
+    example = synth.plan_examples(0, examples=QUESTION_INDEX + 1, recipe="broad")[QUESTION_INDEX]
+    assert example.split == "test", example
+    return synth.make_clip(example).numpy(), 16000, example.item.text, example.item.answer
 
 
 def synthesise(voice: str, wpm: int, text: str) -> tuple[np.ndarray, int]:
@@ -88,12 +86,12 @@ def main() -> None:
         soundfile.write(path, audio, rate, **opus)
         texts.setdefault(path.parent, {})[path.name] = text
         print(f"{path.name}: {len(audio) / rate:.1f} s, {rate} Hz, {channels} ch, {path.stat().st_size // 1024} KiB")
-    path, text, answer = QUESTION
-    audio, rate = make_question()
+    path = QUESTION
+    audio, rate, text, answer = make_question()
     soundfile.write(path, audio, rate, format="FLAC")
     texts[SAMPLES][path.name] = text
     (SAMPLES / "answers.json").write_text(json.dumps({path.name: answer}, indent=2) + "\n")
-    print(f"{path.name}: {len(audio) / rate:.1f} s, Piper")
+    print(f"{path.name}: {len(audio) / rate:.1f} s, the test split's clip")
     for folder, folder_texts in texts.items():
         (folder / "texts.json").write_text(json.dumps(folder_texts, indent=2, ensure_ascii=False) + "\n")
 
