@@ -56,18 +56,19 @@ def test_the_default_checkpoint_named_loads_what_nothing_named_loads(chat):
     assert all(torch.equal(weights[k], named_weights[k]) for k in weights)  # the adapter merged in, both
 
 
-def report_examples(count: int) -> list[synth.PlannedExample]:
-    """The first `count` test-split clips of the shipped models' data set (voice families and topics no training
-    saw), planned from its seed as it was."""
+@pytest.fixture(scope="module")
+def report_examples() -> list[synth.PlannedExample]:
+    """The test-split clips the card's figures come from (voice families and topics no training saw), planned once
+    from the data set's seed as it was."""
     data = CARD["data"]
     plan = synth.plan_examples(data["seed"], examples=data["examples"], recipe=data["recipe"])
-    return [example for example in plan if example.split == "test"][:count]
+    return [example for example in plan if example.split == "test"][: CARD["quality"]["clips"]]
 
 
-def test_test_split_speech_reads_back_and_is_heard_as_the_card_says(chat):
+def test_test_split_speech_reads_back_and_is_heard_as_the_card_says(chat, report_examples):
     """The card's tokens → text and LLM transcription WER, and its false refusals, on its own clips, measured as
     `auralm eval` measured them: one clip at a time, greedy, each transcription within Whisper's text budget."""
-    examples = report_examples(CARD["quality"]["clips"])
+    examples = report_examples
     clips = [synth.make_clip(e) for e in examples]
     said = [e.item.text for e in examples]
     codes = chat.speech_tokenizer.encode(clips)
@@ -85,10 +86,10 @@ def test_test_split_speech_reads_back_and_is_heard_as_the_card_says(chat):
     assert refused <= card["false_refusals"] * len(clips) + 1, heard
 
 
-def test_a_transcription_request_is_transcribed_in_either_part_order(chat):
+def test_a_transcription_request_is_transcribed_in_either_part_order(chat, report_examples):
     """Issue 25: a request before the clip (as the CLI and OpenAI clients send it) means what it means after it: on
     test-split questions no training saw, both orders bring back their words, not their answers."""
-    questions = [e for e in report_examples(12) if e.item.kind == "question"]
+    questions = [e for e in report_examples[:12] if e.item.kind == "question"]
     clips = [{"type": "audio", "array": synth.make_clip(e)} for e in questions]
     request = {"type": "text", "text": TRANSCRIBE_PROMPT}
     said = [e.item.text for e in questions]

@@ -86,12 +86,11 @@ def main() -> None:
         soundfile.write(path, audio, rate, **opus)
         texts.setdefault(path.parent, {})[path.name] = text
         print(f"{path.name}: {len(audio) / rate:.1f} s, {rate} Hz, {channels} ch, {path.stat().st_size // 1024} KiB")
-    path = QUESTION
     audio, rate, text, answer = make_question()
-    soundfile.write(path, audio, rate, format="FLAC")
-    texts[SAMPLES][path.name] = text
-    (SAMPLES / "answers.json").write_text(json.dumps({path.name: answer}, indent=2) + "\n")
-    print(f"{path.name}: {len(audio) / rate:.1f} s, the test split's clip")
+    soundfile.write(QUESTION, audio, rate, format="FLAC")
+    texts[SAMPLES][QUESTION.name] = text
+    (SAMPLES / "answers.json").write_text(json.dumps({QUESTION.name: answer}, indent=2) + "\n")
+    print(f"{QUESTION.name}: {len(audio) / rate:.1f} s, the test split's clip")
     for folder, folder_texts in texts.items():
         (folder / "texts.json").write_text(json.dumps(folder_texts, indent=2, ensure_ascii=False) + "\n")
 
