@@ -1,0 +1,214 @@
+"""Why a merged speech adapter changes text answers, and two ways to keep them (issue 24; RESULTS.md, 2026-12-06).
+
+    python benchmarks/text_isolation.py project --lambdas 1 10 100   # the shipped adapter, projected off text
+    python benchmarks/text_isolation.py widen                         # a wider LLM whose new weights text can't reach
+
+project: for every LoRA layer, Σs is the second moment of its inputs at sound-token positions (the adapter on,
+spoken training conversations) and Σt that of typed text (the adapter off, typed training questions with the base
+LLM's own greedy replies). A ← A·Σs·(Σs + λΣt)⁻¹ is the rank-r change closest to the adapter's on sound positions
+that penalises λ× what it does to text. Prints, for each λ: the share of the change's energy kept on each, the
+report's text answers unchanged with the adapter merged, and the LLM's transcription WER on validation clips.
+
+widen: SmolLM2 grown by `--dims` hidden dims and `--neurons` MLP neurons, random where the new weights are free,
+saved and loaded with plain transformers; prints how many of the report's text answers stay identical. Text
+embeddings are 0 in the new dims and nothing text drives writes them; RMSNorm's old γ × √(d/(d + dims)) and ε ×
+d/(d + dims) undo the mean over more dims; the new neurons' gate reads only the new dims, so SiLU(0) = 0 keeps them
+off on text, while at sound positions they read and write everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import tempfile
+from functools import partial
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+from auralm.evaluation import TEXT_QUESTIONS, read_clips, text_reply
+from auralm.lm import SpeechChat, load_llm
+from auralm.tokenizer import corpus_word_error_rate, normalize_text
+from auralm.training.quiet_lora import lora_layers
+
+SHIPPED_ADAPTER = "checkpoints/shipped/speech-smollm2"
+TOKENIZER = "runs/candidate/speech-tokenizer"
+DATA = Path("data/speech-v2")
+
+
+def training_conversations(count: int) -> tuple[list[list[dict]], list[str]]:
+    """`count` spoken conversations (audio paths made absolute) and `count` typed questions from the chat manifest."""
+    rows = [json.loads(line) for line in (DATA / "chat_train.jsonl").open()]
+    random.Random(0).shuffle(rows)
+    spoken = [row["messages"] for row in rows if not row["id"].endswith("-text")][:count]
+    for messages in spoken:
+        for part in messages[0]["content"]:
+            if "path" in part:
+                part["path"] = str(DATA / part["path"])
+    typed = [row["messages"][0]["content"][0]["text"] for row in rows if row["id"].endswith("-text")][:count]
+    return spoken, typed
+
+
+@torch.no_grad()
+def input_moments(adapter: str, count: int) -> dict[str, dict[str, torch.Tensor]]:
+    """{"sound" | "text": {LoRA layer: E[x xᵀ] of its inputs (d_in, d_in)}}: sound positions with the adapter on,
+    typed questions and the base LLM's replies with it off."""
+    chat = SpeechChat.from_pretrained(checkpoint=TOKENIZER, adapter=adapter, keep_base=False)  # renders the clips
+    base, base_tokenizer = load_llm(None)
+    first_sound = len(base_tokenizer)
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    model = PeftModel.from_pretrained(base, adapter).eval()
+    sums: dict[str, dict[str, torch.Tensor]] = {"sound": {}, "text": {}}
+    counts = dict.fromkeys(sums, 0)
+    reading: dict[str, torch.Tensor] = {}  # kind → the positions to read; empty while replies are generated
+
+    def accumulate(name: str, _module, args) -> None:
+        x = args[0].reshape(-1, args[0].shape[-1]).float()  # (tokens, d_in)
+        for kind, mask in reading.items():
+            sums[kind][name] = sums[kind].get(name, 0) + x[mask].T @ x[mask]
+
+    layers = lora_layers(model)
+    hooks = [layer.get_base_layer().register_forward_pre_hook(partial(accumulate, n)) for n, layer in layers.items()]
+    spoken, typed = training_conversations(count)
+    try:
+        for messages in spoken:
+            ids = torch.tensor(tokenizer.apply_chat_template(chat.render([messages])[0], return_dict=False))
+            reading["sound"] = ids >= first_sound
+            counts["sound"] += int(reading["sound"].sum())
+            model(input_ids=ids[None], use_cache=False)
+        reading.clear()
+        with model.disable_adapter():
+            for question in typed:
+                reply = text_reply(model, tokenizer, question)
+                turns = [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
+                ids = torch.tensor(tokenizer.apply_chat_template(turns, return_dict=False))
+                reading["text"] = torch.ones(len(ids), dtype=torch.bool)
+                counts["text"] += len(ids)
+                model(input_ids=ids[None], use_cache=False)
+                reading.clear()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {kind: {n: s / counts[kind] for n, s in layer_sums.items()} for kind, layer_sums in sums.items()}
+
+
+def projected(adapter: str, moments: dict, lam: float, into: Path) -> tuple[float, float]:
+    """Write the adapter with every A ← A·Σs·(Σs + λΣt)⁻¹ into `into`; returns the shares of the change's energy
+    (tr(ΔW Σ ΔWᵀ), summed over layers) kept on sound positions and on typed text."""
+    shutil.copytree(adapter, into, dirs_exist_ok=True)
+    weights = load_file(Path(adapter) / "adapter_model.safetensors")
+    energy = {"sound": [0.0, 0.0], "text": [0.0, 0.0]}  # before, after
+    for key in [k for k in weights if k.endswith("lora_A.weight")]:
+        name = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+        sound, text = (moments[kind][name].double() for kind in ("sound", "text"))
+        a, b = weights[key].double(), weights[key.replace("lora_A", "lora_B")].double()
+        a_kept = a @ sound @ torch.linalg.inv(sound + lam * text)
+        for kind, moment in (("sound", sound), ("text", text)):
+            for i, change in enumerate((b @ a, b @ a_kept)):
+                energy[kind][i] += torch.trace(change @ moment @ change.T).item()
+        weights[key] = a_kept.float().contiguous()
+    save_file(weights, into / "adapter_model.safetensors")
+    return energy["sound"][1] / energy["sound"][0], energy["text"][1] / energy["text"][0]
+
+
+def text_unchanged(model, tokenizer, base_answers: list[str]) -> int:
+    """How many of the report's text questions `model` answers as the base LLM did (normalised, greedy)."""
+    replies = [text_reply(model, tokenizer, q) for q in TEXT_QUESTIONS]
+    return sum(normalize_text(a) == normalize_text(r) for a, r in zip(base_answers, replies, strict=True))
+
+
+def project(args: argparse.Namespace) -> None:
+    base, tokenizer = load_llm(None)
+    base_answers = [text_reply(base, tokenizer, q) for q in TEXT_QUESTIONS]
+    clips = read_clips(DATA / "val.jsonl", limit=args.clips)
+    moments = input_moments(args.adapter, args.conversations)
+    print("| λ | energy kept, sound positions | energy kept, typed text | text unchanged, merged | LLM WER |")
+    print("|---|---:|---:|---:|---:|")
+    for lam in [0.0, *args.lambdas]:
+        with tempfile.TemporaryDirectory() as folder:
+            adapter = args.adapter if lam == 0 else Path(folder) / "adapter"
+            kept = (1.0, 1.0) if lam == 0 else projected(args.adapter, moments, lam, adapter)
+            chat = SpeechChat.from_pretrained(checkpoint=TOKENIZER, adapter=adapter, keep_base=False)
+            same = text_unchanged(chat.model, chat.tokenizer, base_answers)
+            heard = [chat.transcribe(clip.audio, max_new_tokens=96) for clip in clips]
+        wer = corpus_word_error_rate([clip.text for clip in clips], heard)
+        print(f"| {lam:g} | {kept[0]:.3f} | {kept[1]:.4f} | {same} of {len(TEXT_QUESTIONS)} | {wer:.1%} |", flush=True)
+
+
+@torch.no_grad()
+def widened(model: LlamaForCausalLM, dims: int, neurons: int, sound_rows: int) -> LlamaForCausalLM:
+    """`model` grown by `dims` hidden dims and `neurons` MLP neurons, the new weights random where text cannot
+    reach them (module docstring); the last `sound_rows` embeddings stand in for sound tokens."""
+    config = model.config
+    width, inner = config.hidden_size, config.intermediate_size
+    shrink = width / (width + dims)
+    grown = type(config).from_dict({
+        **config.to_dict(), "hidden_size": width + dims, "intermediate_size": inner + neurons,
+        "head_dim": width // config.num_attention_heads, "rms_norm_eps": config.rms_norm_eps * shrink,
+    })  # fmt: skip
+    wide = LlamaForCausalLM(grown)
+    old = model.state_dict()
+    for key, weight in wide.state_dict().items():
+        weight.zero_()
+        if key.endswith("norm.weight"):
+            weight[:width], weight[width:] = old[key] * math.sqrt(shrink), 1
+            continue
+        weight[tuple(slice(0, n) for n in old[key].shape)] = old[key]
+        if key.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight")):
+            weight[:, width:].normal_(std=0.02)
+        elif key.endswith("gate_proj.weight"):
+            weight[inner:, width:].normal_(std=0.02)  # the new neurons' gate: the new dims only
+        elif key.endswith("up_proj.weight"):
+            weight[inner:].normal_(std=0.02)
+        elif key.endswith("down_proj.weight"):
+            weight[:, inner:].normal_(std=0.02)
+        elif key.endswith("embed_tokens.weight"):
+            weight[-sound_rows:, width:].normal_(std=0.02)
+    return wide.eval()
+
+
+def widen(args: argparse.Namespace) -> None:
+    torch.manual_seed(0)
+    base, tokenizer = load_llm(None)
+    base_answers = [text_reply(base, tokenizer, q) for q in TEXT_QUESTIONS]
+    with tempfile.TemporaryDirectory() as folder:
+        widened(base, args.dims, args.neurons, sound_rows=64).save_pretrained(folder)
+        wide = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    gaps = []
+    for question in TEXT_QUESTIONS:
+        turn = [{"role": "user", "content": question}]
+        ids = tokenizer.apply_chat_template(turn, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        with torch.no_grad():
+            gaps.append((base(ids["input_ids"]).logits - wide(ids["input_ids"]).logits).abs().max().item())
+    same = text_unchanged(wide, tokenizer, base_answers)
+    print(f"widened by {args.dims} dims and {args.neurons} neurons, loaded with plain transformers: {same} of "
+          f"{len(TEXT_QUESTIONS)} text answers identical, largest logit gap {max(gaps):.1e}")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(required=True)
+    projection = commands.add_parser("project", help="the adapter projected off text: text kept, listening lost")
+    projection.add_argument("--adapter", default=SHIPPED_ADAPTER)
+    projection.add_argument("--lambdas", type=float, nargs="+", default=[1.0, 10.0, 100.0])
+    projection.add_argument("--conversations", type=int, default=96, help="spoken and typed, each")
+    projection.add_argument("--clips", type=int, default=24, help="validation clips transcribed")
+    projection.set_defaults(run=project)
+    widening = commands.add_parser("widen", help="a wider LLM whose new weights text cannot reach")
+    widening.add_argument("--dims", type=int, default=72, help="keep the hidden size a multiple of the heads")
+    widening.add_argument("--neurons", type=int, default=128)
+    widening.set_defaults(run=widen)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
