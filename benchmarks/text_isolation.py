@@ -9,18 +9,15 @@ LLM's own greedy replies). A ← A·Σs·(Σs + λΣt)⁻¹ is the rank-r change
 that penalises λ× what it does to text. Prints, for each λ: the share of the change's energy kept on each, the
 report's text answers unchanged with the adapter merged, and the LLM's transcription WER on validation clips.
 
-widen: SmolLM2 grown by `--dims` hidden dims and `--neurons` MLP neurons, random where the new weights are free,
-saved and loaded with plain transformers; prints how many of the report's text answers stay identical. Text
-embeddings are 0 in the new dims and nothing text drives writes them; RMSNorm's old γ × √(d/(d + dims)) and ε ×
-d/(d + dims) undo the mean over more dims; the new neurons' gate reads only the new dims, so SiLU(0) = 0 keeps them
-off on text, while at sound positions they read and write everything.
+widen: SmolLM2 widened for sound (`auralm.lm.widening`, what `widen_dims=` trains) by `--dims` hidden dims and
+`--neurons` MLP neurons, every weight that would train set at random, saved and loaded with plain transformers;
+prints how many of the report's text answers stay identical.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import shutil
 import tempfile
@@ -34,12 +31,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from auralm.evaluation import TEXT_QUESTIONS, read_clips, text_reply
 from auralm.lm import SpeechChat, load_llm
+from auralm.lm.widening import trainable_masks, widen, widening_of
 from auralm.tokenizer import corpus_word_error_rate, normalize_text
 from auralm.training.quiet_lora import lora_layers
 
 SHIPPED_ADAPTER = "checkpoints/shipped/speech-smollm2"
 TOKENIZER = "runs/candidate/speech-tokenizer"
 DATA = Path("data/speech-v2")
+STAND_IN_SOUND_ROWS = 64  # widen: the base vocabulary's last rows play sound tokens (their logits are left out)
 
 
 def training_conversations(count: int) -> tuple[list[list[dict]], list[str]]:
@@ -143,50 +142,32 @@ def project(args: argparse.Namespace) -> None:
 
 
 @torch.no_grad()
-def widened(model: LlamaForCausalLM, dims: int, neurons: int, sound_rows: int) -> LlamaForCausalLM:
-    """`model` grown by `dims` hidden dims and `neurons` MLP neurons, the new weights random where text cannot
-    reach them (module docstring); the last `sound_rows` embeddings stand in for sound tokens."""
-    config = model.config
-    width, inner = config.hidden_size, config.intermediate_size
-    shrink = width / (width + dims)
-    grown = type(config).from_dict({
-        **config.to_dict(), "hidden_size": width + dims, "intermediate_size": inner + neurons,
-        "head_dim": width // config.num_attention_heads, "rms_norm_eps": config.rms_norm_eps * shrink,
-    })  # fmt: skip
-    wide = LlamaForCausalLM(grown)
-    old = model.state_dict()
-    for key, weight in wide.state_dict().items():
-        weight.zero_()
-        if key.endswith("norm.weight"):
-            weight[:width], weight[width:] = old[key] * math.sqrt(shrink), 1
-            continue
-        weight[tuple(slice(0, n) for n in old[key].shape)] = old[key]
-        if key.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight")):
-            weight[:, width:].normal_(std=0.02)
-        elif key.endswith("gate_proj.weight"):
-            weight[inner:, width:].normal_(std=0.02)  # the new neurons' gate: the new dims only
-        elif key.endswith("up_proj.weight"):
-            weight[inner:].normal_(std=0.02)
-        elif key.endswith("down_proj.weight"):
-            weight[:, inner:].normal_(std=0.02)
-        elif key.endswith("embed_tokens.weight"):
-            weight[-sound_rows:, width:].normal_(std=0.02)
-    return wide.eval()
+def randomized(model: LlamaForCausalLM, dims: int, neurons: int, sound_rows: int) -> LlamaForCausalLM:
+    """`model` widened (lm/widening.py) with every entry that would train set at random, as no training would
+    leave them; the last `sound_rows` embeddings stand in for sound tokens."""
+    first_sound = model.config.vocab_size - sound_rows
+    wide = widen(model, dims, neurons, first_sound)
+    masks = trainable_masks(wide, widening_of(wide, dims, neurons, first_sound))
+    for name, parameter in wide.named_parameters():
+        if name in masks:
+            parameter[masks[name]] = torch.randn(int(masks[name].sum())) * 0.02
+    return wide
 
 
-def widen(args: argparse.Namespace) -> None:
+def widened_text(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     base, tokenizer = load_llm(None)
     base_answers = [text_reply(base, tokenizer, q) for q in TEXT_QUESTIONS]
     with tempfile.TemporaryDirectory() as folder:
-        widened(base, args.dims, args.neurons, sound_rows=64).save_pretrained(folder)
+        randomized(base, args.dims, args.neurons, STAND_IN_SOUND_ROWS).save_pretrained(folder)
         wide = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     gaps = []
     for question in TEXT_QUESTIONS:
         turn = [{"role": "user", "content": question}]
         ids = tokenizer.apply_chat_template(turn, add_generation_prompt=True, return_tensors="pt", return_dict=True)
         with torch.no_grad():
-            gaps.append((base(ids["input_ids"]).logits - wide(ids["input_ids"]).logits).abs().max().item())
+            gap = base(ids["input_ids"]).logits - wide(ids["input_ids"]).logits
+            gaps.append(gap[..., :-STAND_IN_SOUND_ROWS].abs().max().item())
     same = text_unchanged(wide, tokenizer, base_answers)
     print(f"widened by {args.dims} dims and {args.neurons} neurons, loaded with plain transformers: {same} of "
           f"{len(TEXT_QUESTIONS)} text answers identical, largest logit gap {max(gaps):.1e}")  # fmt: skip
@@ -204,7 +185,7 @@ def main() -> None:
     widening = commands.add_parser("widen", help="a wider LLM whose new weights text cannot reach")
     widening.add_argument("--dims", type=int, default=72, help="keep the hidden size a multiple of the heads")
     widening.add_argument("--neurons", type=int, default=128)
-    widening.set_defaults(run=widen)
+    widening.set_defaults(run=widened_text)
     args = parser.parse_args()
     torch.set_num_threads(2)
     args.run(args)

@@ -26,6 +26,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from auralm.checkpoints import CheckpointError
+from auralm.lm.widening import WIDENING_FILE, load_widening
 
 DEFAULT_LLM = "smollm2"
 SOUND_TOKENS_FILE = "sound_tokens.json"  # in an adapter trained on sound tokens: config values it sets (tokenizer hash)
@@ -42,7 +43,8 @@ def load_llm(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(model, tokenizer) from None / "smollm2" (the default), a Hugging Face folder, or a .gguf file.
 
-    adapter: a LoRA adapter folder (peft's adapter_config.json + weights), merged into the model. One that
+    adapter: a LoRA adapter folder (peft's adapter_config.json + weights), merged into the model, or a widened
+    one (lm/widening.py), which makes the model wider. One that
     `auralm train pretrain|sft` wrote also holds the tokenizer with the sound tokens: the model grows to it first.
     keep_base: also keep the weights the adapter changed, for `base_weights` (a copy of them in memory).
     """
@@ -73,11 +75,14 @@ def _with_adapter(
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
 
-    if not (adapter / "adapter_config.json").is_file():
-        raise CheckpointError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
+    widened = (adapter / WIDENING_FILE).is_file()
+    if not widened and not (adapter / "adapter_config.json").is_file():
+        raise CheckpointError(f"{adapter}: not an adapter folder (no adapter_config.json or {WIDENING_FILE})")
     if (adapter / "tokenizer_config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(adapter)
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    if widened:  # text reads the base weights already: nothing to keep
+        return _with_sound_tokens_config(load_widening(model, adapter), adapter), tokenizer
     try:
         with warnings.catch_warnings():  # peft asks a deprecated property of every model it wraps: not the user's
             warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
@@ -89,9 +94,14 @@ def _with_adapter(
         raise CheckpointError(f"{adapter}: this adapter does not fit the model ({e})") from e
     for layer, weight in zip(merged, before, strict=False):  # merge_and_unload puts the same layers back
         layer.register_buffer(BASE_WEIGHT, weight, persistent=False)
+    return _with_sound_tokens_config(model, adapter), tokenizer
+
+
+def _with_sound_tokens_config(model: PreTrainedModel, adapter: Path) -> PreTrainedModel:
+    """`model` with the speech tokenizer an adapter was trained on recorded in its config."""
     if (adapter / SOUND_TOKENS_FILE).is_file():
         model.config.update(json.loads((adapter / SOUND_TOKENS_FILE).read_text()))
-    return model, tokenizer
+    return model
 
 
 def has_base_weights(model: torch.nn.Module) -> bool:

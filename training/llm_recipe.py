@@ -22,6 +22,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -47,6 +48,7 @@ from auralm.data import DataError
 from auralm.lm.loading import SOUND_TOKENS_FILE, load_llm
 from auralm.lm.merge import merge_speech_llm
 from auralm.lm.vocabulary import CODES_KEY, HASH_KEY, add_sound_tokens, sound_vocabulary
+from auralm.lm.widening import save_widening
 from auralm.tokenizer import SpeechTokenizer
 from auralm.training.audio_dataset import SkippedExamples
 from auralm.training.chat_dataset import (
@@ -70,6 +72,7 @@ from auralm.training.loop import MetricsLog, Stopper, end_run, next_batch, shows
 from auralm.training.packing import best_fit_decreasing
 from auralm.training.quiet_lora import confine, quiet_directions, reply_pairs
 from auralm.training.sampler import BucketBatchSampler
+from auralm.training.widened_llm import is_widened, widened_llm
 
 LLAMA_LINEAR_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -90,6 +93,9 @@ class LLMTrainingConfig(RunConfig):
     lora_targets: list[str] = field(default_factory=lambda: list(LLAMA_LINEAR_LAYERS))
     lora_quiet: float = 0.0  # > 0: LoRA reads only this share of each layer's input directions, those typed text
     # uses least, so the merged adapter changes text answers less (quiet_lora.py); 0: all of them
+    widen_dims: int = 0  # > 0: no LoRA; the LLM widened by this many hidden dims that only sound tokens use, so
+    # merged it answers text as before, exactly (lm/widening.py; adapter= may name a widened adapter to go on from)
+    widen_neurons: int = 128  # with widen_dims: MLP neurons only sound positions switch on
     merge: bool = False  # also write output_dir/merged/ (the adapter merged into the LLM) at the end
     adapter: str | None = None  # an earlier run's adapter to go on training (sft after pretrain), LoRA settings and all
     allow_mismatch: bool = False  # adapter= may be trained on another tokenizer's codes (the one tokenizer= was
@@ -154,6 +160,7 @@ class LLMRecipe:
         self.model = self._trainable(llm)
         self.quiet = self._quiet_directions(conversations) if c.lora_quiet else None
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
+        trainable = self.masked.trainable if self.masked else sum(p.numel() for p in self.parameters)
         self.optimizer = torch.optim.AdamW(self.parameters, lr=c.lr, betas=(0.9, 0.95), weight_decay=c.weight_decay)
         self.scheduler = warmup_cosine(self.optimizer, c.warmup_steps, c.max_steps)
         self.metrics = MetricsLog(self.run_dir, enabled=self.world.is_main)
@@ -162,7 +169,6 @@ class LLMRecipe:
         if state is not None:
             self._load_state(state)
         if self.world.is_main:
-            trainable = sum(p.numel() for p in self.parameters)
             print(
                 f"{self.name}: {kept} conversations in {len(dataset)} rows of ≤ {c.max_tokens} tokens, "
                 f"{trainable:,} trainable parameters, {self.world.size} process(es) on {self.world.device}"
@@ -208,7 +214,13 @@ class LLMRecipe:
     def _trainable(self, llm: PreTrainedModel) -> torch.nn.Module:
         """The LLM with what trains marked (and wrapped by peft), on the device, sharded over ranks."""
         c = self.config
-        if c.full:
+        self.widening, self.masked = None, None
+        if c.adapter and not c.full:
+            self._check_adapter(Path(c.adapter))
+        if c.widen_dims or is_widened(c.adapter):
+            first_sound = len(self.tokenizer) - len(sound_vocabulary(self.speech.config.vocab_size))
+            model, self.widening, self.masked = widened_llm(llm, first_sound, c, self.world.size)
+        elif c.full:
             model = llm.requires_grad_(True)
         elif c.adapter:
             model = self._continued(llm, Path(c.adapter))
@@ -260,10 +272,8 @@ class LLMRecipe:
         confine(self.model, quiet)
         return quiet
 
-    def _continued(self, llm: PreTrainedModel, adapter: Path) -> torch.nn.Module:
-        """The LLM with an earlier run's adapter (LoRA + sound rows), trainable, so one adapter holds every stage."""
-        from peft import PeftModel
-
+    def _check_adapter(self, adapter: Path) -> None:
+        """Refuse an adapter= not written by `auralm train`, or trained on another speech tokenizer's codes."""
         sound = adapter / SOUND_TOKENS_FILE
         if not sound.is_file():
             raise ConfigError(f"adapter={adapter}: no {SOUND_TOKENS_FILE}; give an adapter `auralm train` wrote")
@@ -273,6 +283,11 @@ class LLMRecipe:
                 f"adapter={adapter}: trained on another speech tokenizer's codes ({str(recorded)[:12]}…); "
                 "allow_mismatch=true goes on from it all the same (for a tokenizer fine-tuned from that one)"
             )
+
+    def _continued(self, llm: PreTrainedModel, adapter: Path) -> torch.nn.Module:
+        """The LLM with an earlier run's adapter (LoRA + sound rows), trainable, so one adapter holds every stage."""
+        from peft import PeftModel
+
         try:
             return PeftModel.from_pretrained(llm, adapter, is_trainable=True)
         except (OSError, ValueError, RuntimeError, KeyError) as e:
@@ -304,6 +319,8 @@ class LLMRecipe:
                     # FSDP2 averages gradients over ranks: × world size makes the loss per global target token
                     (loss_sum * self.world.size / targets).backward()
                     loss += float(self.world.sum(loss_sum.detach()) / targets)
+                if self.masked:
+                    self.masked.apply()
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, c.grad_clip)
                 if isinstance(grad_norm, DTensor):
                     grad_norm = grad_norm.full_tensor()
@@ -352,7 +369,8 @@ class LLMRecipe:
         `reply_ce_weight` × the cross-entropy of the reply's tokens (sequence-level distillation, Kim and Rush):
         the softened KL alone let a CPU-sized run drift to replies that ignore the clip (RESULTS.md)."""
         if isinstance(batch, DistillBatch):
-            with torch.no_grad(), self.model.disable_adapter():
+            # a widened LLM reads text as the base LLM does: it is its own teacher
+            with torch.no_grad(), nullcontext() if self.widening else self.model.disable_adapter():
                 teacher = self._target_logits(batch.teacher)  # (N, vocab)
             logits = self._target_logits(batch.student)  # (N, vocab)
             t = self.config.kl_temperature
@@ -442,8 +460,10 @@ class LLMRecipe:
         if self.config.full:
             self.model.save_pretrained(partial, state_dict=model_state)
         else:
-            # the sound rows travel as trainable tokens; no whole embedding matrices
-            self.model.save_pretrained(partial, state_dict=model_state, save_embedding_layers=False)
+            if self.widening:
+                save_widening(model_state, self.widening, partial)
+            else:  # the sound rows travel as trainable tokens; no whole embedding matrices
+                self.model.save_pretrained(partial, state_dict=model_state, save_embedding_layers=False)
             sound = {HASH_KEY: self.speech.tokenizer_hash, CODES_KEY: self.speech.config.vocab_size}
             (partial / SOUND_TOKENS_FILE).write_text(json.dumps(sound, indent=2) + "\n")
         self.tokenizer.save_pretrained(partial)

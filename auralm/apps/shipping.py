@@ -23,6 +23,7 @@ from auralm.checkpoints import CheckpointError
 from auralm.checkpoints.registry import SHIPPED_ADAPTER, SHIPPED_DIR, SHIPPED_TOKENIZER
 from auralm.lm.loading import DEFAULT_LLM, SOUND_TOKENS_FILE
 from auralm.lm.vocabulary import HASH_KEY
+from auralm.lm.widening import WIDENING_FILE, WIDENING_WEIGHTS
 from auralm.tokenizer import SpeechTokenizer
 
 SHIPPED_BUDGET_MB = 25
@@ -37,8 +38,8 @@ def ship_tokenizer(source: str | Path, into: Path = SHIPPED_DIR) -> Path:
 
 
 def ship_adapter(source: str | Path, into: Path = SHIPPED_DIR) -> Path:
-    """Copy a trained adapter into `into`/speech-smollm2 in float16, once its recorded speech tokenizer is
-    the one shipped in `into`; returns that folder."""
+    """Copy a trained adapter (LoRA or widened) into `into`/speech-smollm2 in float16, once its recorded speech
+    tokenizer is the one shipped in `into`; returns that folder."""
     source = Path(source)
     if not (source / SOUND_TOKENS_FILE).is_file():
         raise CheckpointError(f"{source}: no {SOUND_TOKENS_FILE}; ship an adapter `auralm train pretrain|sft` wrote")
@@ -50,19 +51,23 @@ def ship_adapter(source: str | Path, into: Path = SHIPPED_DIR) -> Path:
             "train it with tokenizer=default"
         )
 
+    widened = (source / WIDENING_FILE).is_file()  # an LLM widened for sound (lm/widening.py), not LoRA
+    weights_file = WIDENING_WEIGHTS if widened else ADAPTER_WEIGHTS
+
     def write(folder: Path) -> None:
         folder.mkdir(parents=True)
         for path in source.iterdir():
-            if path.is_file() and path.name not in LEFT_BEHIND | {ADAPTER_WEIGHTS, ADAPTER_CONFIG}:
+            if path.is_file() and path.name not in LEFT_BEHIND | {weights_file, ADAPTER_CONFIG}:
                 shutil.copy(path, folder / path.name)
-        config = json.loads((source / ADAPTER_CONFIG).read_text())
-        config["base_model_name_or_path"] = DEFAULT_LLM  # not the training run's folder
-        (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        with safe_open(source / ADAPTER_WEIGHTS, "pt") as weights:
+        if not widened:
+            config = json.loads((source / ADAPTER_CONFIG).read_text())
+            config["base_model_name_or_path"] = DEFAULT_LLM  # not the training run's folder
+            (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        with safe_open(source / weights_file, "pt") as weights:
             state = {k: weights.get_tensor(k) for k in weights.keys()}
             metadata = weights.metadata()
         half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-        save_file(half, folder / ADAPTER_WEIGHTS, metadata=metadata)
+        save_file(half, folder / weights_file, metadata=metadata)
 
     return _replace(into / SHIPPED_ADAPTER, write)
 

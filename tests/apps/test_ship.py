@@ -15,6 +15,7 @@ from auralm.checkpoints import CheckpointError
 from auralm.checkpoints.registry import SHIPPED_ADAPTER, SHIPPED_TOKENIZER
 from auralm.lm.loading import SOUND_TOKENS_FILE
 from auralm.lm.vocabulary import HASH_KEY
+from auralm.lm.widening import WIDENING_WEIGHTS, load_widening, save_widening, widen, widening_of
 from auralm.tokenizer import SpeechTokenizer, load_audio
 from tests.conftest import DATA
 
@@ -74,3 +75,21 @@ def test_an_adapter_ships_only_with_the_tokenizer_it_learned(tmp_path, trained_t
         for key in f32.keys():
             assert f16.get_tensor(key).dtype == torch.float16
             torch.testing.assert_close(f16.get_tensor(key).float(), f32.get_tensor(key), rtol=1e-3, atol=1e-4)
+
+
+def test_a_widened_adapter_ships_in_float16_and_loads_as_it_was(tmp_path, trained_tokenizer):
+    into = tmp_path / "shipped"
+    shipped = SpeechTokenizer.from_pretrained(ship_tokenizer(trained_tokenizer, into=into))
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                       num_attention_heads=2, num_key_value_heads=1))  # fmt: skip
+    wide = widen(llm, 8, 16, first_sound=60)
+    source = tmp_path / "wide"
+    save_widening(wide.state_dict(), widening_of(wide, 8, 16, 60), source)
+    (source / SOUND_TOKENS_FILE).write_text(json.dumps({HASH_KEY: shipped.tokenizer_hash}))
+    folder = ship_adapter(source, into=into)
+    assert not (folder / "adapter_config.json").exists()
+    with safe_open(folder / WIDENING_WEIGHTS, "pt") as f16:
+        assert {f16.get_slice(k).get_dtype() for k in f16.keys()} == {"F16"}
+    ids = torch.tensor([[1, 2, 60, 61, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(load_widening(llm, folder)(ids).logits, wide(ids).logits, rtol=1e-2, atol=1e-2)

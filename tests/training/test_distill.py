@@ -1,7 +1,8 @@
 """The distill recipe on a tiny Llama and a tiny random speech tokenizer: the student's replies are the teacher's
 own, typed conversations start at zero divergence (the adapter begins as the identity and the teacher is the LLM
 without it), training brings the student's distribution on clips toward the teacher's on their transcripts, the
-teacher's replies are asked once across a resume, and the CLI runs it."""
+teacher's replies are asked once across a resume, a widened student (its own teacher) keeps typed text exactly,
+and the CLI runs it."""
 
 import dataclasses
 import json
@@ -60,6 +61,20 @@ def test_the_student_learns_the_teachers_answers_and_typed_text_stays(config):
         assert after < 0.5 * before, (before, after)
         rows = [json.loads(line) for line in (recipe.run_dir / "metrics.jsonl").read_text().splitlines()]
         assert rows[-1]["loss"] < rows[0]["loss"]
+    finally:
+        recipe.cleanup()
+
+
+def test_a_widened_student_is_its_own_teacher_and_typed_text_stays_exactly(config):
+    recipe = distill.recipe(dataclasses.replace(config, widen_dims=16, widen_neurons=32, lr=0.03))
+    recipe.setup()
+    try:
+        spoken, typed = list(range(8)), list(range(8, 12))
+        before = pairs_loss(recipe, spoken)
+        recipe.train()
+        assert pairs_loss(recipe, typed) < 1e-6  # trained: on text, still the LLM it started from
+        after = pairs_loss(recipe, spoken)
+        assert after < 0.8 * before, (before, after)
     finally:
         recipe.cleanup()
 

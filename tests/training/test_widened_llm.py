@@ -1,0 +1,72 @@
+"""widen_dims=: an LLM recipe trains the LLM widened for sound instead of LoRA (tiny Llama, real recipe CLI). Its
+loss falls and its adapter hears through SpeechChat as the merged folder does; only the new entries move; the adapter
+folder holds just those; merged, it is a plain Llama that gives typed text the base LLM's logits; sft goes on from
+its adapter; settings it cannot honour are refused."""
+
+import torch
+from safetensors.torch import load_file
+from transformers import LlamaForCausalLM
+
+from auralm.lm import SpeechChat, load_llm
+from auralm.lm.widening import WIDENING_FILE, WIDENING_WEIGHTS, trainable_masks, widening_of
+from auralm.tokenizer import SpeechTokenizer
+from tests.conftest import DATA
+from tests.training.conftest import asr_manifest
+from tests.training.test_llm_recipes import asr_chat_manifest, losses, train
+from tests.training.test_quiet_lora import text_logit_drift, typed_pairs
+
+WIDE = ("widen_dims=16", "widen_neurons=32")
+
+
+def test_a_widened_run_learns_to_transcribe_and_merged_keeps_text_exactly(tmp_path, speech_folder, llm_folder):
+    run = tmp_path / "run"
+    result = train(
+        "pretrain", f"train={asr_manifest(tmp_path)}", f"tokenizer={speech_folder}", f"llm={llm_folder}",
+        f"output_dir={run}", "max_tokens=400", "batch_size=2", "max_steps=80", "lr=0.03", "warmup_steps=5",
+        "log_every=10", "merge=true", "instruction_first=0", *WIDE,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    # slower than LoRA here: the tiny random LLM's text positions can be steered only through what they attend to
+    assert losses(run)[-1] < 0.4 * losses(run)[0], losses(run)
+    adapter = run / "adapter"
+    assert (adapter / WIDENING_FILE).is_file() and not (adapter / "adapter_config.json").exists()
+
+    speech = SpeechTokenizer.from_pretrained(speech_folder)
+    chat = SpeechChat(*load_llm(llm_folder, adapter=adapter), speech)
+    merged_chat = SpeechChat(*load_llm(run / "merged"), speech)  # merge=true: the same model as a plain folder
+    heard = chat.transcribe(DATA / "en_16k.wav")
+    assert heard == merged_chat.transcribe(DATA / "en_16k.wav") and heard != chat.transcribe(DATA / "en_8k.wav")
+
+    merged = LlamaForCausalLM.from_pretrained(run / "merged")  # plain transformers, no auralm
+    base = LlamaForCausalLM.from_pretrained(llm_folder)
+    assert merged.config.hidden_size == base.config.hidden_size + 16
+    first_sound = base.config.vocab_size
+    masks = trainable_masks(merged, widening_of(merged, 16, 32, first_sound))
+    for name, weight in merged.named_parameters():  # what text reads is the base LLM's, unmoved
+        old = base.state_dict()[name]
+        kept = weight[tuple(slice(0, n) for n in old.shape)]
+        if name in masks:
+            kept = kept[~masks[name][tuple(slice(0, n) for n in old.shape)]]
+            old = old[~masks[name][tuple(slice(0, n) for n in old.shape)]]
+        if not name.endswith("norm.weight"):  # norms: rescaled for the wider mean
+            assert torch.equal(kept, old), name
+    assert text_logit_drift(run, llm_folder, typed_pairs(tmp_path)) < 1e-4
+    saved = sum(t.numel() for t in load_file(adapter / WIDENING_WEIGHTS).values())
+    assert saved == sum(int(m.sum()) for m in masks.values())
+
+    # sft going on from the widened adapter (lr 0): the same model comes out, still widened
+    sft = [f"train={asr_chat_manifest(tmp_path)}", f"llm={llm_folder}", f"adapter={adapter}", "max_tokens=400",
+           "batch_size=2", "max_steps=1", "lr=0", "noise_ratio=0", f"tokenizer={speech_folder}"]  # fmt: skip
+    result = train("sft", *sft, f"output_dir={tmp_path / 'sft'}")
+    assert result.returncode == 0, result.stderr
+    continued = load_file(tmp_path / "sft" / "adapter" / WIDENING_WEIGHTS)
+    assert all(torch.equal(t, load_file(adapter / WIDENING_WEIGHTS)[k]) for k, t in continued.items())
+
+
+def test_settings_a_widened_run_cannot_honour_are_refused(tmp_path, speech_folder, llm_folder):
+    common = [f"train={asr_manifest(tmp_path)}", f"tokenizer={speech_folder}", f"llm={llm_folder}",
+              f"output_dir={tmp_path / 'run'}", "max_tokens=400", "batch_size=2", "max_steps=1", *WIDE]  # fmt: skip
+    for setting, says in (("weight_decay=0.1", "weight_decay must be 0"), ("full=true", "full is for the other"),
+                          ("lora_quiet=0.25", "lora_quiet is for the other")):  # fmt: skip
+        result = train("pretrain", *common, setting)
+        assert result.returncode == 2 and says in result.stderr, result.stderr
