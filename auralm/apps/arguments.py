@@ -199,7 +199,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="Hugging Face folder or .gguf file; smollm2 = the packaged SmolLM2-135M-Instruct, plain "
         "(default, with no model flag at all: the shipped speech model, SmolLM2 + its speech adapter)",
     )
-    parser.add_argument("--adapter", help="a LoRA adapter folder to apply to the LLM")
+    parser.add_argument("--adapter", help="a speech adapter folder (LoRA or widened) to apply to the LLM")
     add_speech_tokenizer(parser)
     add_device(parser)
     parser.add_argument(

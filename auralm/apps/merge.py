@@ -16,7 +16,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="Hugging Face folder or .gguf file; smollm2 = the packaged SmolLM2-135M-Instruct "
         "(default, with neither --llm nor --adapter: the shipped speech model, SmolLM2 + its speech adapter)",
     )
-    parser.add_argument("--adapter", help="a LoRA adapter folder (as `auralm train pretrain|sft` writes) to merge in")
+    parser.add_argument("--adapter", help="a speech adapter folder (as `auralm train pretrain|sft` writes) to merge in")
     parser.add_argument("--out", type=Path, required=True, help="the folder to write; it must not exist, or be empty")
     parser.add_argument(
         "--dtype",

@@ -232,7 +232,7 @@ def test_a_lora_adapter_loads_on_top(tmp_path):
         model, _ = load_llm(tmp_path / "base", adapter=tmp_path / "adapter")
         torch.testing.assert_close(model(ids).logits, expected, atol=1e-5, rtol=1e-5)
         assert not torch.allclose(base(ids).logits, expected)
-    with pytest.raises(CheckpointError, match="not a LoRA adapter folder"):
+    with pytest.raises(CheckpointError, match="not an adapter folder"):
         load_llm(tmp_path / "base", adapter=tmp_path)
 
 
