@@ -14,6 +14,9 @@
 #                                                        # manifest: transcription, spoken questions (each reply
 #                                                        # led by what was heard: heard_first), noise
 #   MINUTES=60 bash benchmarks/retrain_cpu.sh distill ADAPTER # distillation with noise on train-4k from ADAPTER
+#   MINUTES=60 bash benchmarks/retrain_cpu.sh ab wide|wide-heads|lora   # widen_dims (without and with a new
+#                                                        # key/value head) against LoRA, all from scratch: 120 steps
+#                                                        # on the first 4,434 training clips (RESULTS.md, 2026-12-06)
 #   bash benchmarks/retrain_cpu.sh eval RUN              # RUN/adapter on the first 60 validation clips
 #
 # MINUTES bounds one call (default: no bound); the same call again goes on where it stopped. Recipe keys after the
@@ -23,7 +26,7 @@ cd "$(dirname "$0")/.."
 
 AURALM=.venv/bin/auralm
 DATA=data/speech-v2
-CANDIDATE=runs/candidate/speech-tokenizer
+CANDIDATE=${CANDIDATE:-runs/candidate/speech-tokenizer}  # the shipped tokenizer is its float16 copy
 LIMIT=()
 [[ -n ${MINUTES:-} ]] && LIMIT=(--max-minutes "$MINUTES")
 
@@ -72,6 +75,19 @@ distill)
         max_tokens=512 lr=1e-4 warmup_steps=10 max_steps=240 text_ratio=0.5 noise_ratio=0.15 reply_tokens=48 \
         save_every=25 save_every_minutes=5 log_every=5 --threads 2 --resume "${LIMIT[@]}" "${@:3}"
     ;;
+ab)
+    KIND=${2:?ab needs wide, wide-heads or lora}
+    case $KIND in
+    wide) SETTINGS=(widen_dims=72 widen_neurons=128 lr=2e-3) ;;
+    wide-heads) SETTINGS=(widen_dims=72 widen_neurons=128 widen_heads=1 lr=2e-3) ;;
+    lora) SETTINGS=(lr=5e-4) ;;
+    *) echo "ab: wide, wide-heads or lora, not $KIND" >&2 && exit 2 ;;
+    esac
+    head -n 4434 "$DATA/train.jsonl" >"$DATA/train-4434.jsonl"  # all of `data synth --examples 5000`'s train split
+    "$AURALM" train pretrain --config pretrain tokenizer="$CANDIDATE" train="$DATA/train-4434.jsonl" \
+        code_cache=runs/codes-v2 output_dir="runs/ab-$KIND" batch_size=8 max_tokens=512 warmup_steps=20 max_steps=120 \
+        save_every=25 save_every_minutes=5 log_every=5 --threads 2 --resume "${LIMIT[@]}" "${SETTINGS[@]}" "${@:3}"
+    ;;
 eval)
     RUN=${2:?eval needs the run folder, e.g. runs/pretrain-v2}
     "$AURALM" eval "$DATA/val.jsonl" --limit 60 --llm smollm2 --adapter "$RUN/adapter" --checkpoint "$CANDIDATE" \
@@ -79,7 +95,7 @@ eval)
     ;;
 *)
     echo "usage: [MINUTES=N] bash benchmarks/retrain_cpu.sh data|tokenizer|pretrain|pretrain-more|sft ADAPTER|\
-distill ADAPTER|eval RUN [key=value …]" >&2
+distill ADAPTER|ab wide|wide-heads|lora|eval RUN [key=value …]" >&2
     exit 2
     ;;
 esac

@@ -31,7 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from auralm.evaluation import TEXT_QUESTIONS, read_clips, text_reply
 from auralm.lm import SpeechChat, load_llm
-from auralm.lm.widening import trainable_masks, widen, widening_of
+from auralm.lm.widening import Widening, trainable_masks, widen
 from auralm.tokenizer import corpus_word_error_rate, normalize_text
 from auralm.training.quiet_lora import lora_layers
 
@@ -142,12 +142,12 @@ def project(args: argparse.Namespace) -> None:
 
 
 @torch.no_grad()
-def randomized(model: LlamaForCausalLM, dims: int, neurons: int, sound_rows: int) -> LlamaForCausalLM:
+def randomized(model: LlamaForCausalLM, dims: int, neurons: int, heads: int, sound_rows: int) -> LlamaForCausalLM:
     """`model` widened (lm/widening.py) with every entry that would train set at random, as no training would
     leave them; the last `sound_rows` embeddings stand in for sound tokens."""
     first_sound = model.config.vocab_size - sound_rows
-    wide = widen(model, dims, neurons, first_sound)
-    masks = trainable_masks(wide, widening_of(wide, dims, neurons, first_sound))
+    wide = widen(model, dims, neurons, first_sound, heads)
+    masks = trainable_masks(wide, Widening.of(model.config, dims, neurons, heads, first_sound))
     for name, parameter in wide.named_parameters():
         if name in masks:
             parameter[masks[name]] = torch.randn(int(masks[name].sum())) * 0.02
@@ -159,7 +159,7 @@ def widened_text(args: argparse.Namespace) -> None:
     base, tokenizer = load_llm(None)
     base_answers = [text_reply(base, tokenizer, q) for q in TEXT_QUESTIONS]
     with tempfile.TemporaryDirectory() as folder:
-        randomized(base, args.dims, args.neurons, STAND_IN_SOUND_ROWS).save_pretrained(folder)
+        randomized(base, args.dims, args.neurons, args.heads, STAND_IN_SOUND_ROWS).save_pretrained(folder)
         wide = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     gaps = []
     for question in TEXT_QUESTIONS:
@@ -169,7 +169,7 @@ def widened_text(args: argparse.Namespace) -> None:
             gap = base(ids["input_ids"]).logits - wide(ids["input_ids"]).logits
             gaps.append(gap[..., :-STAND_IN_SOUND_ROWS].abs().max().item())
     same = text_unchanged(wide, tokenizer, base_answers)
-    print(f"widened by {args.dims} dims and {args.neurons} neurons, loaded with plain transformers: {same} of "
+    print(f"widened by {args.dims} dims, {args.neurons} neurons and {args.heads} heads, loaded with plain transformers: {same} of "
           f"{len(TEXT_QUESTIONS)} text answers identical, largest logit gap {max(gaps):.1e}")  # fmt: skip
 
 
@@ -185,6 +185,7 @@ def main() -> None:
     widening = commands.add_parser("widen", help="a wider LLM whose new weights text cannot reach")
     widening.add_argument("--dims", type=int, default=72, help="keep the hidden size a multiple of the heads")
     widening.add_argument("--neurons", type=int, default=128)
+    widening.add_argument("--heads", type=int, default=1, help="new key/value heads, each with 3 query heads")
     widening.set_defaults(run=widened_text)
     args = parser.parse_args()
     torch.set_num_threads(2)

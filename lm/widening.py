@@ -1,29 +1,30 @@
 """A speech adapter text cannot reach: the LLM widened for sound, so merged it answers text exactly as before.
 
 A LoRA adapter changes weights every token runs through, so once merged it changes text answers (RESULTS.md:
-19 of 20). Widening adds `dims` hidden dims and `neurons` MLP neurons to a Llama-family LLM and trains only
-weights that text tokens never touch:
-- text tokens' embeddings are 0 in the new dims and nothing a text position computes writes them (o_proj's and
-  the old neurons' rows for the new dims stay 0), so the new dims stay 0 at every text position;
-- q/k/v gain input columns for the new dims: at text positions they multiply 0;
-- the new neurons' gate reads only the new dims: SiLU(0) · up = 0 at text positions;
-- RMSNorm's mean runs over d + dims: the old γ × √(d / (d + dims)) and ε × d / (d + dims) give text positions
-  the values they had.
-Sound tokens carry a signal in the new dims, so at sound positions the new columns and neurons read and write
-everything; text after a clip hears it through the sound positions' keys and values. The widened model is a
-plain LlamaForCausalLM (head_dim kept): `auralm merge` writes it as any Hugging Face model.
+19 of 20). Widening grows a Llama-family LLM by `dims` hidden dims, `neurons` MLP neurons and `heads` key/value
+heads (each with its group of query heads), and trains only weights that text never reaches:
+- text tokens' embeddings are 0 in the new dims and nothing a text position computes writes them (o_proj's old
+  heads and the old neurons have 0 rows there), so the new dims stay 0 wherever no sound came before;
+- q/k/v gain input columns for the new dims: at such positions they multiply 0;
+- the new neurons' gate reads only the new dims: SiLU(0) · up = 0 there;
+- the new heads' keys and values read only the new dims: with no sound in the context every value is 0, so they
+  add nothing; after a clip they carry it to every later position, and their output (o_proj's new columns) may
+  write any dim, so a reply is steered by the clip directly, not only through what the old heads read;
+- RMSNorm's mean runs over d + dims: the old γ × √(d / (d + dims)) and ε × d / (d + dims) give the old values.
+The widened model is a plain LlamaForCausalLM (head_dim kept; d + dims must divide by the new head count):
+`auralm merge` writes it as any Hugging Face model.
 
-What trains (`new_part`): the sound tokens' embedding rows, every dim; the new q/k/v columns; the new neurons
-(gate: the new dims' columns; up and down whole); the norms' new entries. An adapter folder holds only those
-(WIDENING_WEIGHTS, with WIDENING_FILE naming the sizes): about 9 M parameters for SmolLM2-135M at 72 dims and
-128 neurons. New weights start so that the widened model is the LLM with sound tokens exactly: q/k/v columns and
-down's new columns 0, the gate, up and the sound rows' new dims random.
+What trains (`new_parts`): the sound tokens' embedding rows, every dim; the new q/k/v columns; the new heads (their
+q rows, their k/v rows' new columns, o_proj's columns for them); the new neurons (gate: the new dims' columns; up and
+down whole); the norms' new entries. An adapter folder holds only those (WIDENING_WEIGHTS, keyed `name@i` for the
+i-th part of weight `name`), with WIDENING_FILE giving the sizes. What writes starts at 0 (`_random_start`).
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -32,31 +33,87 @@ from transformers import LlamaForCausalLM, PreTrainedModel
 
 from auralm.checkpoints import CheckpointError
 
-WIDENING_FILE = "widening.json"  # in an adapter folder: {"dims", "neurons", "hidden_size", "intermediate_size", …}
-WIDENING_WEIGHTS = "widening.safetensors"  # the new parts of the widened weights, keyed as the model's own
-_ATTENTION_INPUTS = ("q_proj.weight", "k_proj.weight", "v_proj.weight")
+WIDENING_FILE = "widening.json"  # in an adapter folder: a Widening's fields
+WIDENING_WEIGHTS = "widening.safetensors"  # the new parts of the widened weights, keyed `name@i`
 
 
-def widen(model: PreTrainedModel, dims: int, neurons: int, first_sound: int, seed: int = 0) -> LlamaForCausalLM:
+@dataclass(frozen=True)
+class Widening:
+    """How an LLM was widened: what it adds, and the base sizes that say where the new entries are."""
+
+    dims: int
+    neurons: int
+    heads: int  # new key/value heads, each with the base's number of query heads per key/value head
+    hidden_size: int
+    intermediate_size: int
+    attention_heads: int
+    key_value_heads: int
+    head_dim: int
+    first_sound: int  # the first sound token's id: this row on of the embeddings train
+
+    @classmethod
+    def of(cls, config, dims: int, neurons: int, heads: int, first_sound: int) -> Widening:
+        """The widening of a base LLM with this `config`."""
+        attention_heads, key_value_heads = config.num_attention_heads, config.num_key_value_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // attention_heads
+        return cls(dims, neurons, heads, config.hidden_size, config.intermediate_size, attention_heads,
+                   key_value_heads, head_dim, first_sound)  # fmt: skip
+
+    @property
+    def new_query_heads(self) -> int:
+        return self.heads * self.attention_heads // self.key_value_heads
+
+    def new_parts(self, key: str) -> list[tuple[slice, ...]]:
+        """The entries of widened weight `key` that train (and are saved): a list of disjoint index tuples."""
+        width, inner = slice(self.hidden_size, None), slice(self.intermediate_size, None)
+        old, every = slice(0, self.hidden_size), slice(None)
+        queries = self.attention_heads * self.head_dim
+        if key.endswith("embed_tokens.weight") or key == "lm_head.weight":
+            return [(slice(self.first_sound, None), every)]
+        if key.endswith("q_proj.weight"):  # every row reads the new dims; the new heads' rows read the old too
+            return [(every, width), (slice(queries, None), old)]
+        if key.endswith(("k_proj.weight", "v_proj.weight")):  # keys and values: the new dims only
+            return [(every, width)]
+        if key.endswith("o_proj.weight"):
+            return [(every, slice(queries, None))] if self.heads else []
+        if key.endswith("gate_proj.weight"):
+            return [(inner, width)]
+        if key.endswith("up_proj.weight"):
+            return [(inner, every)]
+        if key.endswith("down_proj.weight"):
+            return [(every, inner)]
+        if key.endswith("norm.weight"):
+            return [(width,)]
+        return []
+
+
+def widen(
+    model: PreTrainedModel, dims: int, neurons: int, first_sound: int, heads: int = 0, seed: int = 0
+) -> LlamaForCausalLM:
     """`model` (a LlamaForCausalLM with its sound tokens, ids first_sound …, already added) grown by `dims`
-    hidden dims and `neurons` MLP neurons, still computing the same logits for every text-only input."""
+    hidden dims, `neurons` MLP neurons and `heads` key/value heads, still computing the same logits for every input
+    without sound tokens."""
     config = model.config
     if config.model_type != "llama" or config.attention_bias or getattr(config, "mlp_bias", False):
         raise CheckpointError(
             f"widening needs a Llama model without biases (this one: {config.model_type}); train LoRA instead"
         )
-    width, heads = config.hidden_size, config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or width // heads
-    if dims <= 0 or neurons <= 0:
-        raise CheckpointError(f"widening by {dims} dims and {neurons} neurons: both must be positive")
-    shrink = width / (width + dims)
+    widening = Widening.of(config, dims, neurons, heads, first_sound)
+    heads_after = config.num_attention_heads + widening.new_query_heads
+    if dims <= 0 or neurons <= 0 or heads < 0 or (config.hidden_size + dims) % heads_after:
+        raise CheckpointError(
+            f"widening by {dims} dims, {neurons} neurons and {heads} heads: dims and neurons must be positive and "
+            f"the hidden size {config.hidden_size} + dims must divide by the {heads_after} query heads"
+        )
+    shrink = config.hidden_size / (config.hidden_size + dims)
     grown = type(config).from_dict({
-        **config.to_dict(), "hidden_size": width + dims, "intermediate_size": config.intermediate_size + neurons,
-        "head_dim": head_dim, "rms_norm_eps": config.rms_norm_eps * shrink,
+        **config.to_dict(), "hidden_size": config.hidden_size + dims,
+        "intermediate_size": config.intermediate_size + neurons, "num_attention_heads": heads_after,
+        "num_key_value_heads": config.num_key_value_heads + heads, "head_dim": widening.head_dim,
+        "rms_norm_eps": config.rms_norm_eps * shrink,
     })  # fmt: skip
     wide = LlamaForCausalLM(grown).to(model.dtype)
     old = model.state_dict()
-    generator = torch.Generator().manual_seed(seed)
     done = set()  # a tied output head is the input embedding: set once
     with torch.no_grad():
         for key, weight in wide.state_dict().items():
@@ -65,87 +122,87 @@ def widen(model: PreTrainedModel, dims: int, neurons: int, first_sound: int, see
             done.add(weight.data_ptr())
             weight.zero_()
             if key.endswith("norm.weight"):
-                weight[:width], weight[width:] = old[key] * math.sqrt(shrink), 1
-                continue
-            weight[tuple(slice(0, n) for n in old[key].shape)] = old[key]
-            part = new_part(key, width, config.intermediate_size, first_sound)
-            if part is not None and key.endswith(("gate_proj.weight", "up_proj.weight", "embed_tokens.weight")):
-                std = old[key].std() if "embed" in key else 1 / math.sqrt(weight.shape[1])
-                weight[part] = torch.randn(weight[part].shape, generator=generator) * std
-            if key.endswith("embed_tokens.weight"):
-                weight[first_sound:, :width] = old[key][first_sound:]
+                weight[: config.hidden_size], weight[config.hidden_size :] = old[key] * math.sqrt(shrink), 1
+            else:
+                weight[tuple(slice(0, n) for n in old[key].shape)] = old[key]
+        _random_start(wide, widening, torch.Generator().manual_seed(seed))
     return wide.eval()
 
 
-def new_part(key: str, width: int, inner: int, first_sound: int) -> tuple[slice, ...] | None:
-    """The entries of widened weight `key` that train (and are saved), as an index; None: none of them.
+def _random_start(model: LlamaForCausalLM, widening: Widening, generator: torch.Generator) -> None:
+    """Draw the new entries that read: the sound rows' new dims, the new heads' queries (old dims) and keys and
+    values (new dims), the new neurons' gate and up. What writes (o_proj's and down's new columns) and the old
+    heads' new q/k/v columns start at 0."""
+    w = widening
+    width, inner = w.hidden_size, w.intermediate_size
+    queries, keys = w.attention_heads * w.head_dim, w.key_value_heads * w.head_dim
+    starts = {
+        "embed_tokens.weight": (slice(w.first_sound, None), slice(width, None)),
+        "q_proj.weight": (slice(queries, None), slice(0, width)),
+        "k_proj.weight": (slice(keys, None), slice(width, None)),
+        "v_proj.weight": (slice(keys, None), slice(width, None)),
+        "gate_proj.weight": (slice(inner, None), slice(width, None)),
+        "up_proj.weight": (slice(inner, None), slice(None)),
+    }
+    for name, parameter in model.named_parameters():
+        for ending, index in starts.items():
+            if name.endswith(ending):
+                text = parameter[: w.first_sound, :width]
+                std = text.std() if ending.startswith("embed") else 1 / math.sqrt(parameter.shape[1])
+                parameter[index] = torch.randn(parameter[index].shape, generator=generator) * std
 
-    width, inner: the LLM's hidden and MLP sizes before widening; first_sound: the first sound token's id."""
-    rest = slice(None)
-    if key.endswith("embed_tokens.weight") or key == "lm_head.weight":
-        return slice(first_sound, None), rest
-    if key.endswith(_ATTENTION_INPUTS):
-        return rest, slice(width, None)
-    if key.endswith("gate_proj.weight"):
-        return slice(inner, None), slice(width, None)
-    if key.endswith("up_proj.weight"):
-        return slice(inner, None), rest
-    if key.endswith("down_proj.weight"):
-        return rest, slice(inner, None)
-    if key.endswith("norm.weight"):
-        return (slice(width, None),)
-    return None
 
-
-def trainable_masks(model: LlamaForCausalLM, widening: dict) -> dict[str, torch.Tensor]:
+def trainable_masks(model: LlamaForCausalLM, widening: Widening) -> dict[str, torch.Tensor]:
     """{parameter name: bool mask of its entries that train}, for every parameter with any; the rest train not."""
     masks = {}
     for name, parameter in model.named_parameters():
-        part = new_part(name, widening["hidden_size"], widening["intermediate_size"], widening["first_sound"])
-        if part is not None:
+        parts = widening.new_parts(name)
+        if parts:
             mask = torch.zeros_like(parameter, dtype=torch.bool)
-            mask[part] = True
+            for part in parts:
+                mask[part] = True
             masks[name] = mask
     return masks
 
 
-def widening_of(model: LlamaForCausalLM, dims: int, neurons: int, first_sound: int) -> dict:
-    """The sizes a widened model records in WIDENING_FILE (model: the widened one)."""
-    config = model.config
-    return {
-        "dims": dims, "neurons": neurons, "hidden_size": config.hidden_size - dims,
-        "intermediate_size": config.intermediate_size - neurons, "first_sound": first_sound,
-    }  # fmt: skip
-
-
-def save_widening(state: dict[str, torch.Tensor], widening: dict, folder: Path) -> None:
+def save_widening(state: dict[str, torch.Tensor], widening: Widening, folder: Path) -> None:
     """Write the new parts of a widened model's `state` (its state dict) and its sizes into `folder`."""
     parts, seen = {}, set()
     for key, weight in state.items():
-        part = new_part(key, widening["hidden_size"], widening["intermediate_size"], widening["first_sound"])
-        if part is not None and weight.data_ptr() not in seen:  # a tied output head once, as the embedding
-            seen.add(weight.data_ptr())
-            parts[key] = weight[part].clone()
+        if weight.data_ptr() in seen:  # a tied output head once, as the embedding
+            continue
+        seen.add(weight.data_ptr())
+        for i, part in enumerate(widening.new_parts(key)):
+            parts[f"{key}@{i}"] = weight[part].clone()
     folder.mkdir(parents=True, exist_ok=True)
     save_file(parts, folder / WIDENING_WEIGHTS)
-    (folder / WIDENING_FILE).write_text(json.dumps(widening, indent=2) + "\n")
+    (folder / WIDENING_FILE).write_text(json.dumps(asdict(widening), indent=2) + "\n")
+
+
+def read_widening(folder: Path) -> Widening:
+    """The Widening an adapter folder records."""
+    try:
+        return Widening(**json.loads((folder / WIDENING_FILE).read_text()))
+    except (OSError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{folder / WIDENING_FILE}: not a widening auralm wrote ({e})") from e
 
 
 def load_widening(model: PreTrainedModel, folder: Path) -> LlamaForCausalLM:
     """`model` (with the adapter's vocabulary) widened as `folder` records, its new parts set from the folder."""
-    widening = json.loads((folder / WIDENING_FILE).read_text())
-    base = model.config
-    if (base.hidden_size, base.intermediate_size) != (widening["hidden_size"], widening["intermediate_size"]):
+    widening = read_widening(folder)
+    base = Widening.of(model.config, widening.dims, widening.neurons, widening.heads, widening.first_sound)
+    if base != widening:
         raise CheckpointError(
-            f"{folder}: widens an LLM of hidden size {widening['hidden_size']}, not this one "
-            f"({base.hidden_size}); load it with the LLM it was trained on"
+            f"{folder}: widens an LLM of hidden size {widening.hidden_size} and {widening.attention_heads} heads, not "
+            f"this one ({base.hidden_size}, {base.attention_heads}); load it with the LLM it was trained on"
         )
-    wide = widen(model, widening["dims"], widening["neurons"], widening["first_sound"])
-    parts = load_file(folder / WIDENING_WEIGHTS)
+    wide = widen(model, widening.dims, widening.neurons, widening.first_sound, widening.heads)
     state = wide.state_dict()
     with torch.no_grad():
-        for key, values in parts.items():
-            if key not in state:
-                raise CheckpointError(f"{folder}: {key} is not a weight of this LLM")
-            state[key][new_part(key, base.hidden_size, base.intermediate_size, widening["first_sound"])] = values
+        for name, values in load_file(folder / WIDENING_WEIGHTS).items():
+            key, _, index = name.rpartition("@")
+            parts = widening.new_parts(key) if key in state else []
+            if not index.isdigit() or int(index) >= len(parts):
+                raise CheckpointError(f"{folder}: {name} is not a part of this LLM's widened weights")
+            state[key][parts[int(index)]] = values
     return wide

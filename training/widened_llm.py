@@ -15,14 +15,14 @@ import torch
 from transformers import PreTrainedModel
 
 from auralm.checkpoints import CheckpointError
-from auralm.lm.widening import WIDENING_FILE, load_widening, trainable_masks, widen, widening_of
+from auralm.lm.widening import WIDENING_FILE, Widening, load_widening, read_widening, trainable_masks, widen
 from auralm.training.config import ConfigError
 
 
 class MaskedGradients:
     """The widened model's trainable entries, and `apply()` to zero every other entry's gradient."""
 
-    def __init__(self, model: torch.nn.Module, widening: dict):
+    def __init__(self, model: torch.nn.Module, widening: Widening):
         masks = trainable_masks(model, widening)
         self.pairs = [(p, masks[name]) for name, p in model.named_parameters() if name in masks]
         for name, parameter in model.named_parameters():
@@ -41,9 +41,9 @@ class MaskedGradients:
 
 def widened_llm(
     llm: PreTrainedModel, first_sound: int, config, world_size: int
-) -> tuple[PreTrainedModel, dict, MaskedGradients]:
-    """(the widened LLM, its sizes for WIDENING_FILE, its gradient masks) for an LLM recipe's `config`: widened
-    anew by widen_dims / widen_neurons, or, with adapter= a widened adapter folder, as that one left it."""
+) -> tuple[PreTrainedModel, Widening, MaskedGradients]:
+    """(the widened LLM, its Widening, its gradient masks) for an LLM recipe's `config`: widened anew by
+    widen_dims / widen_neurons / widen_heads, or, with adapter= a widened adapter folder, as that one left it."""
     for setting in ("full", "lora_quiet"):
         if getattr(config, setting):
             raise ConfigError(f"widen_dims: {setting} is for the other kinds of training; leave it unset")
@@ -53,14 +53,13 @@ def widened_llm(
         raise ConfigError("widen_dims: weight_decay must be 0 (decay would move the entries that must stay)")
     try:
         if config.adapter:
+            widening = read_widening(Path(config.adapter))
             model = load_widening(llm, Path(config.adapter))
         else:
-            model = widen(llm, config.widen_dims, config.widen_neurons, first_sound, seed=config.seed)
+            widening = Widening.of(llm.config, config.widen_dims, config.widen_neurons, config.widen_heads, first_sound)
+            model = widen(llm, config.widen_dims, config.widen_neurons, first_sound, config.widen_heads, config.seed)
     except CheckpointError as e:
         raise ConfigError(f"widen_dims: {e}") from e
-    base = llm.config
-    widening = widening_of(model, model.config.hidden_size - base.hidden_size,
-                           model.config.intermediate_size - base.intermediate_size, first_sound)  # fmt: skip
     return model, widening, MaskedGradients(model, widening)
 
 

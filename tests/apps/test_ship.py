@@ -15,7 +15,7 @@ from auralm.checkpoints import CheckpointError
 from auralm.checkpoints.registry import SHIPPED_ADAPTER, SHIPPED_TOKENIZER
 from auralm.lm.loading import SOUND_TOKENS_FILE
 from auralm.lm.vocabulary import HASH_KEY
-from auralm.lm.widening import WIDENING_WEIGHTS, load_widening, save_widening, widen, widening_of
+from auralm.lm.widening import WIDENING_WEIGHTS, Widening, load_widening, save_widening, widen
 from auralm.tokenizer import SpeechTokenizer, load_audio
 from tests.conftest import DATA
 
@@ -84,7 +84,7 @@ def test_a_widened_adapter_ships_in_float16_and_loads_as_it_was(tmp_path, traine
                                        num_attention_heads=2, num_key_value_heads=1))  # fmt: skip
     wide = widen(llm, 8, 16, first_sound=60)
     source = tmp_path / "wide"
-    save_widening(wide.state_dict(), widening_of(wide, 8, 16, 60), source)
+    save_widening(wide.state_dict(), Widening.of(llm.config, 8, 16, 0, 60), source)
     (source / SOUND_TOKENS_FILE).write_text(json.dumps({HASH_KEY: shipped.tokenizer_hash}))
     folder = ship_adapter(source, into=into)
     assert not (folder / "adapter_config.json").exists()

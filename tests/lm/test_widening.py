@@ -8,30 +8,31 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
 from auralm.checkpoints import CheckpointError
-from auralm.lm.widening import WIDENING_WEIGHTS, load_widening, save_widening, trainable_masks, widen, widening_of
+from auralm.lm.widening import WIDENING_WEIGHTS, Widening, load_widening, save_widening, trainable_masks, widen
 from tests.lm.conftest import tiny_llama
 
 FIRST_SOUND = 12  # the tiny Llama's last 3 of 15 rows stand in for sound tokens
-DIMS, NEURONS = 8, 16
+DIMS, NEURONS = 16, 16  # 32 + 16 divides by 4 heads, and by 6 with a new key/value head (2 query heads each)
 
 
-def set_trainable_entries(model: LlamaForCausalLM, seed: int) -> dict:
-    """Every entry that trains set at random, large; returns the widening's sizes."""
-    widening = widening_of(model, DIMS, NEURONS, FIRST_SOUND)
+def widened(base: LlamaForCausalLM, heads: int = 1) -> tuple[LlamaForCausalLM, Widening]:
+    return widen(base, DIMS, NEURONS, FIRST_SOUND, heads), Widening.of(base.config, DIMS, NEURONS, heads, FIRST_SOUND)
+
+
+def set_entries(model: LlamaForCausalLM, widening: Widening, seed: int, only: str = "") -> None:
+    """Every entry that trains (of weights whose name holds `only`) set at random, large."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            mask = trainable_masks(model, widening).get(name)
-            if mask is not None:
-                parameter[mask] = torch.randn(int(mask.sum()), generator=generator)
-    return widening
+        for name, mask in trainable_masks(model, widening).items():
+            if only in name:
+                model.get_parameter(name)[mask] = torch.randn(int(mask.sum()), generator=generator)
 
 
-@pytest.mark.parametrize("tied", [True, False])
-def test_text_gets_the_base_logits_whatever_the_new_weights_hold(tied):
+@pytest.mark.parametrize(("tied", "heads"), [(True, 1), (False, 1), (True, 0)])
+def test_text_gets_the_base_logits_whatever_the_new_weights_hold(tied, heads):
     base = tiny_llama(tied, initializer_range=1.0)
-    wide = widen(base, DIMS, NEURONS, FIRST_SOUND)
-    set_trainable_entries(wide, seed=1)
+    wide, widening = widened(base, heads)
+    set_entries(wide, widening, seed=1)
     text = torch.randint(0, FIRST_SOUND, (3, 20), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = base(text).logits[..., :FIRST_SOUND]
@@ -41,25 +42,45 @@ def test_text_gets_the_base_logits_whatever_the_new_weights_hold(tied):
         assert (wide(spoken).logits[:, 8:, :FIRST_SOUND] - base(spoken).logits[:, 8:, :FIRST_SOUND]).abs().max() > 0.1
 
 
+def test_the_new_heads_alone_carry_a_clip_to_the_text_after_it():
+    base = tiny_llama(tied=True, initializer_range=1.0)
+    wide, widening = widened(base)
+    set_entries(wide, widening, seed=3, only="o_proj")  # the new heads' output: what they write
+    text = torch.randint(0, FIRST_SOUND, (2, 12), generator=torch.Generator().manual_seed(0))
+    spoken = text.clone()
+    spoken[:, 2:5] = FIRST_SOUND
+    with torch.no_grad():
+        assert torch.allclose(wide(text).logits[..., :FIRST_SOUND], base(text).logits[..., :FIRST_SOUND], atol=1e-4)
+        before = wide(spoken).logits
+        set_entries(wide, widening, seed=4, only="o_proj")
+        assert (wide(spoken).logits[:, 5:] - before[:, 5:]).abs().max() > 0.1
+
+
 def test_what_trains_leaves_text_weights_alone():
-    wide = widen(tiny_llama(tied=True), DIMS, NEURONS, FIRST_SOUND)
-    masks = trainable_masks(wide, widening_of(wide, DIMS, NEURONS, FIRST_SOUND))
-    width, inner = 32, 64
-    assert not masks["model.embed_tokens.weight"][:FIRST_SOUND].any()  # text rows
-    assert masks["model.embed_tokens.weight"][FIRST_SOUND:].all()  # sound rows, every dim
-    layer = "model.layers.0."
-    assert not masks[layer + "self_attn.q_proj.weight"][:, :width].any()
-    assert masks[layer + "self_attn.k_proj.weight"][:, width:].all()
-    assert layer + "self_attn.o_proj.weight" not in masks  # nothing a text position computes writes the new dims
-    assert not masks[layer + "mlp.gate_proj.weight"][inner:, :width].any()  # the gate reads the new dims only
-    assert not masks[layer + "mlp.down_proj.weight"][:, :inner].any()
-    assert masks[layer + "mlp.down_proj.weight"][:, inner:].all()
+    wide, widening = widened(tiny_llama(tied=True))
+    masks = trainable_masks(wide, widening)
+    width, inner, queries, keys = 32, 64, 4 * 8, 2 * 8  # head_dim 8
+    embed = masks["model.embed_tokens.weight"]
+    assert not embed[:FIRST_SOUND].any() and embed[FIRST_SOUND:].all()  # text rows; sound rows, every dim
+    attention, mlp = "model.layers.0.self_attn.", "model.layers.0.mlp."
+    assert not masks[attention + "q_proj.weight"][:queries, :width].any()  # the old heads read the old dims as before
+    assert masks[attention + "q_proj.weight"][queries:].all()  # the new heads' queries read everything
+    assert (
+        masks[attention + "k_proj.weight"][:, width:].all() and not masks[attention + "v_proj.weight"][:, :width].any()
+    )
+    assert (
+        masks[attention + "o_proj.weight"][:, queries:].all()
+        and not masks[attention + "o_proj.weight"][:, :queries].any()
+    )
+    assert wide.get_parameter(attention + "k_proj.weight").shape[0] == keys + 8  # one more key/value head
+    assert not masks[mlp + "gate_proj.weight"][inner:, :width].any()  # the gate reads the new dims only
+    assert not masks[mlp + "down_proj.weight"][:, :inner].any() and masks[mlp + "down_proj.weight"][:, inner:].all()
 
 
 def test_an_adapter_folder_holds_only_the_new_entries_and_rebuilds_the_model(tmp_path):
     base = tiny_llama(tied=True)
-    wide = widen(base, DIMS, NEURONS, FIRST_SOUND)
-    widening = set_trainable_entries(wide, seed=2)
+    wide, widening = widened(base)
+    set_entries(wide, widening, seed=2)
     save_widening(wide.state_dict(), widening, tmp_path)
     saved = sum(t.numel() for t in load_file(tmp_path / WIDENING_WEIGHTS).values())
     assert saved == sum(int(m.sum()) for m in trainable_masks(wide, widening).values())
@@ -73,9 +94,11 @@ def test_an_adapter_folder_holds_only_the_new_entries_and_rebuilds_the_model(tmp
     with torch.no_grad():
         assert torch.allclose(plain(ids).logits, wide(ids).logits, atol=1e-6)
 
-    with pytest.raises(CheckpointError, match="hidden size"):
-        wider = LlamaForCausalLM(LlamaConfig(**{**base.config.to_dict(), "hidden_size": 64}))
+    wider = LlamaForCausalLM(LlamaConfig(**{**base.config.to_dict(), "hidden_size": 64}))
+    with pytest.raises(CheckpointError, match="hidden size 32"):
         load_widening(wider, tmp_path)
+    with pytest.raises(CheckpointError, match="divide by the 6 query heads"):  # 32 + 8 does not
+        widen(base, 8, NEURONS, FIRST_SOUND, heads=1)
 
 
 def test_models_it_cannot_widen_exactly_are_refused():

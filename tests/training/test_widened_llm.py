@@ -1,5 +1,5 @@
-"""widen_dims=: an LLM recipe trains the LLM widened for sound instead of LoRA (tiny Llama, real recipe CLI). Its
-loss falls and its adapter hears through SpeechChat as the merged folder does; only the new entries move; the adapter
+"""widen_dims=: an LLM recipe trains the LLM widened for sound instead of LoRA (tiny Llama, real recipe CLI). It
+overfits, and its adapter and the merged folder transcribe through SpeechChat; only the new entries move; the adapter
 folder holds just those; merged, it is a plain Llama that gives typed text the base LLM's logits; sft goes on from
 its adapter; settings it cannot honour are refused."""
 
@@ -8,14 +8,14 @@ from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
 from auralm.lm import SpeechChat, load_llm
-from auralm.lm.widening import WIDENING_FILE, WIDENING_WEIGHTS, trainable_masks, widening_of
+from auralm.lm.widening import WIDENING_FILE, WIDENING_WEIGHTS, Widening, trainable_masks
 from auralm.tokenizer import SpeechTokenizer
-from tests.conftest import DATA
+from tests.conftest import DATA, TEXTS
 from tests.training.conftest import asr_manifest
 from tests.training.test_llm_recipes import asr_chat_manifest, losses, train
 from tests.training.test_quiet_lora import text_logit_drift, typed_pairs
 
-WIDE = ("widen_dims=16", "widen_neurons=32")
+WIDE = ("widen_dims=20", "widen_neurons=32", "widen_heads=1")  # 64 + 20 divides by 4 + 2 query heads
 
 
 def test_a_widened_run_learns_to_transcribe_and_merged_keeps_text_exactly(tmp_path, speech_folder, llm_folder):
@@ -26,22 +26,21 @@ def test_a_widened_run_learns_to_transcribe_and_merged_keeps_text_exactly(tmp_pa
         "log_every=10", "merge=true", "instruction_first=0", *WIDE,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    # slower than LoRA here: the tiny random LLM's text positions can be steered only through what they attend to
-    assert losses(run)[-1] < 0.4 * losses(run)[0], losses(run)
+    assert losses(run)[-1] < 0.1, losses(run)  # without the new head: 3.8 (text after a clip steered by old heads only)
     adapter = run / "adapter"
     assert (adapter / WIDENING_FILE).is_file() and not (adapter / "adapter_config.json").exists()
 
     speech = SpeechTokenizer.from_pretrained(speech_folder)
     chat = SpeechChat(*load_llm(llm_folder, adapter=adapter), speech)
     merged_chat = SpeechChat(*load_llm(run / "merged"), speech)  # merge=true: the same model as a plain folder
-    heard = chat.transcribe(DATA / "en_16k.wav")
-    assert heard == merged_chat.transcribe(DATA / "en_16k.wav") and heard != chat.transcribe(DATA / "en_8k.wav")
+    for name in ("en_16k.wav", "en_8k.wav"):
+        assert chat.transcribe(DATA / name) == merged_chat.transcribe(DATA / name) == TEXTS[name]
 
     merged = LlamaForCausalLM.from_pretrained(run / "merged")  # plain transformers, no auralm
     base = LlamaForCausalLM.from_pretrained(llm_folder)
-    assert merged.config.hidden_size == base.config.hidden_size + 16
+    assert merged.config.hidden_size == base.config.hidden_size + 20
     first_sound = base.config.vocab_size
-    masks = trainable_masks(merged, widening_of(merged, 16, 32, first_sound))
+    masks = trainable_masks(merged, Widening.of(base.config, 20, 32, 1, first_sound))
     for name, weight in merged.named_parameters():  # what text reads is the base LLM's, unmoved
         old = base.state_dict()[name]
         kept = weight[tuple(slice(0, n) for n in old.shape)]
