@@ -78,7 +78,7 @@ distill)
 ab)
     KIND=${2:?ab needs wide, wide-heads or lora}
     case $KIND in
-    wide) SETTINGS=(widen_dims=72 widen_neurons=128 lr=2e-3) ;;
+    wide) SETTINGS=(widen_dims=72 widen_neurons=128 widen_heads=0 lr=2e-3) ;;
     wide-heads) SETTINGS=(widen_dims=72 widen_neurons=128 widen_heads=1 lr=2e-3) ;;
     lora) SETTINGS=(lr=5e-4) ;;
     *) echo "ab: wide, wide-heads or lora, not $KIND" >&2 && exit 2 ;;

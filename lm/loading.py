@@ -43,9 +43,9 @@ def load_llm(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """(model, tokenizer) from None / "smollm2" (the default), a Hugging Face folder, or a .gguf file.
 
-    adapter: a LoRA adapter folder (peft's adapter_config.json + weights), merged into the model, or a widened
-    one (lm/widening.py), which makes the model wider. One that
-    `auralm train pretrain|sft` wrote also holds the tokenizer with the sound tokens: the model grows to it first.
+    adapter: a LoRA adapter folder (peft's adapter_config.json + weights), merged into the model, or a widened one
+    (lm/widening.py), which makes the model wider. One that `auralm train pretrain|sft` wrote also holds the
+    tokenizer with the sound tokens: the model grows to it first.
     keep_base: also keep the weights the adapter changed, for `base_weights` (a copy of them in memory).
     """
     path = default_gguf() if source in (None, DEFAULT_LLM) else Path(source)

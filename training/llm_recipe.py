@@ -4,9 +4,10 @@ learns from); everything else is here, read top to bottom.
 
 The LLM (`load_llm(llm)`) gets the speech tokenizer's sound tokens (`add_sound_tokens`, which pins its hash).
 Trained: the sound tokens' embedding rows, input and output (peft's trainable tokens: only those rows are
-parameters, so the text rows stay bit-identical), plus LoRA on `lora_targets`; or, with full=true, every
-weight. The loss is the cross-entropy of the assistant's tokens, summed and divided by the target tokens of
-the whole global batch, so the result does not depend on how the batch is split over ranks and micro-batches.
+parameters, so the text rows stay bit-identical), plus LoRA on `lora_targets`; or, with widen_dims, new weights
+of the LLM widened for sound, which text never reaches (widened_llm.py); or, with full=true, every weight. The
+loss is the cross-entropy of the assistant's tokens, summed and divided by the target tokens of the whole global
+batch, so the result does not depend on how the batch is split over ranks and micro-batches.
 Under torchrun the LLM is sharded with FSDP2 (`fully_shard`, each decoder layer and the root), on CUDA (nccl)
 and on CPU (gloo) alike.
 
@@ -96,7 +97,7 @@ class LLMTrainingConfig(RunConfig):
     widen_dims: int = 0  # > 0: no LoRA; the LLM widened by this many hidden dims that only sound tokens use, so
     # merged it answers text as before, exactly (lm/widening.py; adapter= may name a widened adapter to go on from)
     widen_neurons: int = 128  # with widen_dims: MLP neurons only sound positions switch on
-    widen_heads: int = 0  # with widen_dims: key/value heads (with their query heads) whose keys and values are sound's
+    widen_heads: int = 1  # with widen_dims: key/value heads (with their query heads) whose keys and values are sound's
     merge: bool = False  # also write output_dir/merged/ (the adapter merged into the LLM) at the end
     adapter: str | None = None  # an earlier run's adapter to go on training (sft after pretrain), LoRA settings and all
     allow_mismatch: bool = False  # adapter= may be trained on another tokenizer's codes (the one tokenizer= was

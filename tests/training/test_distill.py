@@ -66,7 +66,7 @@ def test_the_student_learns_the_teachers_answers_and_typed_text_stays(config):
 
 
 def test_a_widened_student_is_its_own_teacher_and_typed_text_stays_exactly(config):
-    recipe = distill.recipe(dataclasses.replace(config, widen_dims=16, widen_neurons=32, lr=0.03))
+    recipe = distill.recipe(dataclasses.replace(config, widen_dims=20, widen_neurons=32, lr=0.03))
     recipe.setup()
     try:
         spoken, typed = list(range(8)), list(range(8, 12))
