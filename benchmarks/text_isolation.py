@@ -146,8 +146,9 @@ def randomized(model: LlamaForCausalLM, dims: int, neurons: int, heads: int, sou
     """`model` widened (lm/widening.py) with every entry that would train set at random, as no training would
     leave them; the last `sound_rows` embeddings stand in for sound tokens."""
     first_sound = model.config.vocab_size - sound_rows
-    wide = widen(model, dims, neurons, first_sound, heads)
-    masks = trainable_masks(wide, Widening.of(model.config, dims, neurons, heads, first_sound))
+    widening = Widening.of(model.config, dims, neurons, heads, first_sound)
+    wide = widen(model, widening)
+    masks = trainable_masks(wide, widening)
     for name, parameter in wide.named_parameters():
         if name in masks:
             parameter[masks[name]] = torch.randn(int(masks[name].sum())) * 0.02

@@ -87,18 +87,16 @@ class Widening:
         return []
 
 
-def widen(
-    model: PreTrainedModel, dims: int, neurons: int, first_sound: int, heads: int = 0, seed: int = 0
-) -> LlamaForCausalLM:
-    """`model` (a LlamaForCausalLM with its sound tokens, ids first_sound …, already added) grown by `dims`
-    hidden dims, `neurons` MLP neurons and `heads` key/value heads, still computing the same logits for every input
-    without sound tokens."""
+def widen(model: PreTrainedModel, widening: Widening, seed: int = 0) -> LlamaForCausalLM:
+    """`model` (a LlamaForCausalLM with its sound tokens, ids widening.first_sound …, already added) grown as
+    `widening` says (`Widening.of(model.config, …)`), still computing the same logits for every input without sound
+    tokens."""
     config = model.config
     if config.model_type != "llama" or config.attention_bias or getattr(config, "mlp_bias", False):
         raise CheckpointError(
             f"widening needs a Llama model without biases (this one: {config.model_type}); train LoRA instead"
         )
-    widening = Widening.of(config, dims, neurons, heads, first_sound)
+    dims, neurons, heads = widening.dims, widening.neurons, widening.heads
     heads_after = config.num_attention_heads + widening.new_query_heads
     if dims <= 0 or neurons <= 0 or heads < 0 or (config.hidden_size + dims) % heads_after:
         raise CheckpointError(
@@ -147,8 +145,10 @@ def _random_start(model: LlamaForCausalLM, widening: Widening, generator: torch.
     for name, parameter in model.named_parameters():
         for ending, index in starts.items():
             if name.endswith(ending):
-                text = parameter[: w.first_sound, :width]
-                std = text.std() if ending.startswith("embed") else 1 / math.sqrt(parameter.shape[1])
+                if ending.startswith("embed"):  # the sound rows' new dims: as large as text rows' entries
+                    std = parameter[: w.first_sound, :width].std()
+                else:
+                    std = 1 / math.sqrt(parameter.shape[1])
                 parameter[index] = torch.randn(parameter[index].shape, generator=generator) * std
 
 
@@ -196,7 +196,7 @@ def load_widening(model: PreTrainedModel, folder: Path) -> LlamaForCausalLM:
             f"{folder}: widens an LLM of hidden size {widening.hidden_size} and {widening.attention_heads} heads, not "
             f"this one ({base.hidden_size}, {base.attention_heads}); load it with the LLM it was trained on"
         )
-    wide = widen(model, widening.dims, widening.neurons, widening.first_sound, widening.heads)
+    wide = widen(model, widening)
     state = wide.state_dict()
     with torch.no_grad():
         for name, values in load_file(folder / WIDENING_WEIGHTS).items():

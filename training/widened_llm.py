@@ -57,7 +57,7 @@ def widened_llm(
             model = load_widening(llm, Path(config.adapter))
         else:
             widening = Widening.of(llm.config, config.widen_dims, config.widen_neurons, config.widen_heads, first_sound)
-            model = widen(llm, config.widen_dims, config.widen_neurons, first_sound, config.widen_heads, config.seed)
+            model = widen(llm, widening, config.seed)
     except CheckpointError as e:
         raise ConfigError(f"widen_dims: {e}") from e
     return model, widening, MaskedGradients(model, widening)

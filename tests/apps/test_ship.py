@@ -82,9 +82,10 @@ def test_a_widened_adapter_ships_in_float16_and_loads_as_it_was(tmp_path, traine
     shipped = SpeechTokenizer.from_pretrained(ship_tokenizer(trained_tokenizer, into=into))
     llm = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                        num_attention_heads=2, num_key_value_heads=1))  # fmt: skip
-    wide = widen(llm, 8, 16, first_sound=60)
+    widening = Widening.of(llm.config, 8, 16, 0, first_sound=60)
+    wide = widen(llm, widening)
     source = tmp_path / "wide"
-    save_widening(wide.state_dict(), Widening.of(llm.config, 8, 16, 0, 60), source)
+    save_widening(wide.state_dict(), widening, source)
     (source / SOUND_TOKENS_FILE).write_text(json.dumps({HASH_KEY: shipped.tokenizer_hash}))
     folder = ship_adapter(source, into=into)
     assert not (folder / "adapter_config.json").exists()

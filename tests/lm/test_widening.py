@@ -16,7 +16,8 @@ DIMS, NEURONS = 16, 16  # 32 + 16 divides by 4 heads, and by 6 with a new key/va
 
 
 def widened(base: LlamaForCausalLM, heads: int = 1) -> tuple[LlamaForCausalLM, Widening]:
-    return widen(base, DIMS, NEURONS, FIRST_SOUND, heads), Widening.of(base.config, DIMS, NEURONS, heads, FIRST_SOUND)
+    widening = Widening.of(base.config, DIMS, NEURONS, heads, FIRST_SOUND)
+    return widen(base, widening), widening
 
 
 def set_entries(model: LlamaForCausalLM, widening: Widening, seed: int, only: str = "") -> None:
@@ -98,15 +99,15 @@ def test_an_adapter_folder_holds_only_the_new_entries_and_rebuilds_the_model(tmp
     with pytest.raises(CheckpointError, match="hidden size 32"):
         load_widening(wider, tmp_path)
     with pytest.raises(CheckpointError, match="divide by the 6 query heads"):  # 32 + 8 does not
-        widen(base, 8, NEURONS, FIRST_SOUND, heads=1)
+        widen(base, Widening.of(base.config, 8, NEURONS, 1, FIRST_SOUND))
 
 
 def test_models_it_cannot_widen_exactly_are_refused():
     with_bias = LlamaForCausalLM(LlamaConfig(vocab_size=15, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                              num_attention_heads=4, attention_bias=True))  # fmt: skip
     with pytest.raises(CheckpointError, match="without biases"):
-        widen(with_bias, DIMS, NEURONS, FIRST_SOUND)
+        widen(with_bias, Widening.of(with_bias.config, DIMS, NEURONS, 0, FIRST_SOUND))
     mistral = MistralForCausalLM(MistralConfig(vocab_size=15, hidden_size=32, intermediate_size=64,
                                                num_hidden_layers=1, num_attention_heads=4))  # fmt: skip
     with pytest.raises(CheckpointError, match="Llama"):
-        widen(mistral, DIMS, NEURONS, FIRST_SOUND)
+        widen(mistral, Widening.of(mistral.config, DIMS, NEURONS, 0, FIRST_SOUND))
