@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -69,7 +68,16 @@ from auralm.training.chat_dataset import (
 from auralm.training.checkpointing import capture_rng, restore_rng
 from auralm.training.config import ConfigError, RunConfig, config_dict
 from auralm.training.features import FeatureCache
-from auralm.training.loop import MetricsLog, Stopper, end_run, next_batch, shows_progress, start_run, warmup_cosine
+from auralm.training.loop import (
+    LogWindow,
+    MetricsLog,
+    Stopper,
+    end_run,
+    next_batch,
+    shows_progress,
+    start_run,
+    warmup_cosine,
+)
 from auralm.training.packing import best_fit_decreasing
 from auralm.training.quiet_lora import confine, quiet_directions, reply_pairs
 from auralm.training.sampler import BucketBatchSampler
@@ -300,8 +308,7 @@ class LLMRecipe:
     def train(self) -> None:
         c = self.config
         stopper = Stopper(c.max_minutes, c.save_every_minutes)
-        totals = {"loss": 0.0, "target_tokens": 0.0, "tokens": 0.0}
-        started = time.monotonic()
+        window = LogWindow()
         data = iter(self.loader)
         bar = tqdm(total=c.max_steps, initial=self.step, desc=f"train {self.name}", disable=not self.progress)
         try:
@@ -333,22 +340,19 @@ class LLMRecipe:
                 self.sampler.advance()
                 self.step += 1
                 bar.update()
-                for name, value in (("loss", loss), ("target_tokens", float(targets)), ("tokens", float(tokens))):
-                    totals[name] += value
+                window.add({"loss": loss, "target_tokens": float(targets), "tokens": float(tokens)})
                 if self.step % c.log_every == 0 or self.step == c.max_steps:
-                    steps = self.step % c.log_every or c.log_every
-                    seconds = time.monotonic() - started
+                    speed = window.per_second("tokens")
+                    means = window.means()
                     row = {
-                        "loss": totals["loss"] / steps,
-                        "target_tokens": totals["target_tokens"] / steps,
-                        "tokens_per_second": totals["tokens"] / seconds,
+                        "loss": means["loss"],
+                        "target_tokens": means["target_tokens"],
+                        "tokens_per_second": speed,
                         "grad_norm": float(grad_norm),
                         "lr": self.scheduler.get_last_lr()[0],
                     }
                     self.metrics.write(self.step, row)
-                    bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_second']:.0f}")
-                    totals = dict.fromkeys(totals, 0.0)
-                    started = time.monotonic()
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{speed:.0f}")
                 if self.step % c.save_every == 0 or stopper.save_due():
                     self.save_checkpoint()
                     stopper.saved()

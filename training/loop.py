@@ -115,6 +115,32 @@ class MetricsLog:
             self.board.close()
 
 
+class LogWindow:
+    """Per-step values averaged over the steps since the last `means()`: a log window, including the short one a
+    resumed run starts with (its steps only, not log_every of them)."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.steps = 0
+        self.started = time.monotonic()
+
+    def per_second(self, name: str) -> float:
+        """The window's total of `name` over its wall-clock seconds so far."""
+        return self.sums.get(name, 0.0) / max(time.monotonic() - self.started, 1e-9)
+
+    def add(self, values: dict[str, float]) -> None:
+        """One step's values."""
+        for name, value in values.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        self.steps += 1
+
+    def means(self) -> dict[str, float]:
+        """The window's means; the next window starts empty."""
+        means = {name: total / max(self.steps, 1) for name, total in self.sums.items()}
+        self.sums, self.steps, self.started = {}, 0, time.monotonic()
+        return means
+
+
 def shows_progress(config: RunConfig, world: World) -> bool:
     """Whether this process shows progress bars: the main rank, when the config asks."""
     return config.progress and world.is_main

@@ -35,6 +35,7 @@ from auralm.training.checkpointing import capture_rng, restore_rng
 from auralm.training.config import ConfigError, RunConfig, config_dict
 from auralm.training.features import CachedWindow, FeatureCache
 from auralm.training.loop import (
+    LogWindow,
     MetricsLog,
     Stopper,
     end_run,
@@ -193,7 +194,7 @@ class TokenizerRecipe:
         c = self.config
         stopper = Stopper(c.max_minutes, c.save_every_minutes)
         usage = torch.zeros(self.tokenizer.config.vocab_size)
-        totals: dict[str, float] = {}
+        log_window = LogWindow()
         data = iter(self.loader)
         bar = tqdm(
             total=c.max_steps, initial=self.step, desc="train tokenizer", disable=not shows_progress(c, self.world)
@@ -205,6 +206,7 @@ class TokenizerRecipe:
                 for _ in range(c.micro_batches):
                     batch, data = next_batch(data, self.loader)
                     batches.append(batch)
+                step_values: dict[str, float] = {}
                 local_tokens = sum(int((b.targets != IGNORE).sum()) for b in batches)
                 tokens = self.world.sum(torch.tensor(float(local_tokens), device=self.world.device))
                 for micro, batch in enumerate(batches):
@@ -221,7 +223,7 @@ class TokenizerRecipe:
                     }
                     parts["total"] = parts["ce"] + c.kl_weight * parts["kl"] + parts["commitment"]
                     for name, value in parts.items():
-                        totals[name] = totals.get(name, 0.0) + float(value)
+                        step_values[name] = step_values.get(name, 0.0) + float(value)
                     usage += torch.bincount(losses.codes.cpu(), minlength=len(usage))
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.bottleneck.parameters(), c.grad_clip)
                 self.optimizer.step()
@@ -229,15 +231,16 @@ class TokenizerRecipe:
                 self.sampler.advance()
                 self.step += 1
                 bar.update()
+                log_window.add(step_values)
                 if self.step % c.log_every == 0 or self.step == c.max_steps:
-                    row = {k: v / (self.step % c.log_every or c.log_every) for k, v in totals.items()}
+                    row = log_window.means()
                     row |= codebook_usage(usage) | {
                         "grad_norm": float(grad_norm),
                         "lr": self.scheduler.get_last_lr()[0],
                     }
                     self.metrics.write(self.step, row)
                     bar.set_postfix(loss=f"{row['total']:.3f}", used=f"{row['codes_used']:.0%}")
-                    totals, usage = {}, torch.zeros_like(usage)
+                    usage = torch.zeros_like(usage)
                 if c.val and (self.step % c.eval_every == 0 or self.step == c.max_steps):
                     self.validate()
                 if self.step % c.save_every == 0 or stopper.save_due():

@@ -47,7 +47,9 @@ def test_a_widened_run_learns_to_transcribe_and_merged_keeps_text_exactly(tmp_pa
         if name in masks:
             kept = kept[~masks[name][tuple(slice(0, n) for n in old.shape)]]
             old = old[~masks[name][tuple(slice(0, n) for n in old.shape)]]
-        if not name.endswith("norm.weight"):  # norms: rescaled for the wider mean
+        if name.endswith("norm.weight"):  # rescaled for the wider mean; the new entries stay 1
+            assert torch.equal(weight[old.shape[0] :], torch.ones(20)), name
+        else:
             assert torch.equal(kept, old), name
     assert text_logit_drift(run, llm_folder, typed_pairs(tmp_path)) < 1e-4
     saved = sum(t.numel() for t in load_file(adapter / WIDENING_WEIGHTS).values())
