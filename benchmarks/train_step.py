@@ -1,9 +1,12 @@
 """One LLM training step as `auralm train pretrain` runs it (LoRA + the sound rows, forward and backward): the
 recipe's loss, whose output head sees only the learned positions, against the same loss taken from every
-position's logits, on the same batches in the same run.
+position's logits, on the same batches in the same run. With --widen-dims, the LLM widened for sound as the recipe
+trains it (each widened layer split into a frozen weight and its trainable parts) against the same widened LLM
+forming whole weights' gradients (what a gradient mask over whole weights costs).
 
     python benchmarks/train_step.py                        # SmolLM2-135M + the shipped tokenizer, 8 rows × 512
     python benchmarks/train_step.py --device cuda --batch-size 32 --max-tokens 1024
+    python benchmarks/train_step.py --widen-dims 72 --widen-neurons 64 --widen-heads 0
 
 Rows are random sound tokens with `--learned` of their positions (the end of each row) learned, as a packed
 pretrain row holds about 9 % transcript tokens; the weights need not be trained for timing.
@@ -21,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from auralm.devices import device_name
+from auralm.lm.widening import widen
 from auralm.training.chat_dataset import IGNORE, TokenBatch
 from auralm.training.pretrain import PretrainConfig, recipe
 
@@ -55,10 +59,33 @@ def seconds_per_step(trainer, loss_of, batches: list[TokenBatch]) -> float:
                 torch.cuda.synchronize()
             started = time.perf_counter()
         loss_of(trainer, batch).backward()
-        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.model.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - started) / len(batches)
+
+
+def head_timings(trainer, batches: list[TokenBatch]) -> dict[str, float]:
+    """{label: seconds per step}: every position's logits, then the recipe's (the learned positions' only)."""
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.loss_sum(batches[0]), every_position_loss(trainer, batches[0]),
+                                   rtol=2e-3, atol=1e-2)  # fmt: skip
+    return {
+        "every position's logits": seconds_per_step(trainer, every_position_loss, batches),
+        "the learned positions' logits (the recipe)": seconds_per_step(trainer, type(trainer).loss_sum, batches),
+    }
+
+
+def widened_timings(trainer, batches: list[TokenBatch]) -> dict[str, float]:
+    """{label: seconds per step}: the widened LLM forming whole weights' gradients, then split (the recipe)."""
+    split = trainer.model
+    trainer.model = widen(trainer.llm, trainer.widening).requires_grad_(True).train()  # its parts as drawn anew
+    whole = seconds_per_step(trainer, type(trainer).loss_sum, batches)
+    trainer.model = split
+    return {
+        "whole widened weights' gradients": whole,
+        "the parts' gradients only (the recipe)": seconds_per_step(trainer, type(trainer).loss_sum, batches),
+    }
 
 
 def main() -> None:
@@ -70,6 +97,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tokenizer", default=str(ROOT / "checkpoints" / "shipped" / "speech-tokenizer"))
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--widen-dims", type=int, default=0, help="> 0: time the widened LLM, not LoRA")
+    parser.add_argument("--widen-neurons", type=int, default=128)
+    parser.add_argument("--widen-heads", type=int, default=1)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
@@ -79,21 +109,14 @@ def main() -> None:
         config = PretrainConfig(
             train=str(manifest), tokenizer=args.tokenizer, output_dir=str(Path(folder) / "run"), device=args.device,
             threads=args.threads, batch_size=1, max_tokens=args.max_tokens, progress=False,
+            widen_dims=args.widen_dims, widen_neurons=args.widen_neurons, widen_heads=args.widen_heads,
         )  # fmt: skip
         trainer = recipe(config)
         trainer.setup()
         try:
             batches = [random_batch(trainer, args.batch_size, args.max_tokens, args.learned)
                        for _ in range(args.repeats)]  # fmt: skip
-            with torch.no_grad():
-                torch.testing.assert_close(trainer.loss_sum(batches[0]), every_position_loss(trainer, batches[0]),
-                                           rtol=2e-3, atol=1e-2)  # fmt: skip
-            timed = {
-                "every position's logits": seconds_per_step(trainer, every_position_loss, batches),
-                "the learned positions' logits (the recipe)": seconds_per_step(
-                    trainer, type(trainer).loss_sum, batches
-                ),
-            }
+            timed = widened_timings(trainer, batches) if args.widen_dims else head_timings(trainer, batches)
         finally:
             trainer.cleanup()
     tokens = args.batch_size * args.max_tokens
@@ -102,7 +125,7 @@ def main() -> None:
     for label, seconds in timed.items():
         print(f"  {label:45s} {seconds:7.3f} s/step  {tokens / seconds:9.0f} tokens/s")
     reference, ours = timed.values()
-    print(f"  ratio (recipe vs every position): {reference / ours:.2f}x")
+    print(f"  ratio (the recipe's vs the other): {reference / ours:.2f}x")
 
 
 if __name__ == "__main__":

@@ -164,17 +164,23 @@ def trainable_masks(model: LlamaForCausalLM, widening: Widening) -> dict[str, to
     return masks
 
 
-def save_widening(state: dict[str, torch.Tensor], widening: Widening, folder: Path) -> None:
-    """Write the new parts of a widened model's `state` (its state dict) and its sizes into `folder`."""
+def cut_parts(state: dict[str, torch.Tensor], widening: Widening) -> dict[str, torch.Tensor]:
+    """The new parts of a widened model's `state` (its state dict), keyed `name@i` as an adapter folder keeps them;
+    a tied output head's once, as the embedding's."""
     parts, seen = {}, set()
     for key, weight in state.items():
-        if weight.data_ptr() in seen:  # a tied output head once, as the embedding
+        if weight.data_ptr() in seen:
             continue
         seen.add(weight.data_ptr())
         for i, part in enumerate(widening.new_parts(key)):
             parts[f"{key}@{i}"] = weight[part].clone()
+    return parts
+
+
+def save_widening(parts: dict[str, torch.Tensor], widening: Widening, folder: Path) -> None:
+    """Write a widening's new `parts` (keyed `name@i`, as `cut_parts` gives them) and its sizes into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
-    save_file(parts, folder / WIDENING_WEIGHTS)
+    save_file({key: part.contiguous() for key, part in parts.items()}, folder / WIDENING_WEIGHTS)
     (folder / WIDENING_FILE).write_text(json.dumps(asdict(widening), indent=2) + "\n")
 
 

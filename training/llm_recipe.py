@@ -81,7 +81,7 @@ from auralm.training.loop import (
 from auralm.training.packing import best_fit_decreasing
 from auralm.training.quiet_lora import confine, quiet_directions, reply_pairs
 from auralm.training.sampler import BucketBatchSampler
-from auralm.training.widened_llm import is_widened, widened_llm
+from auralm.training.widened_llm import is_widened, widened_llm, widened_parts
 
 LLAMA_LINEAR_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -170,7 +170,7 @@ class LLMRecipe:
         self.model = self._trainable(llm)
         self.quiet = self._quiet_directions(conversations) if c.lora_quiet else None
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
-        trainable = self.masked.trainable if self.masked else sum(p.numel() for p in self.parameters)
+        trainable = sum(p.numel() for p in self.parameters)
         self.optimizer = torch.optim.AdamW(self.parameters, lr=c.lr, betas=(0.9, 0.95), weight_decay=c.weight_decay)
         self.scheduler = warmup_cosine(self.optimizer, c.warmup_steps, c.max_steps)
         self.metrics = MetricsLog(self.run_dir, enabled=self.world.is_main)
@@ -224,12 +224,12 @@ class LLMRecipe:
     def _trainable(self, llm: PreTrainedModel) -> torch.nn.Module:
         """The LLM with what trains marked (and wrapped by peft), on the device, sharded over ranks."""
         c = self.config
-        self.widening, self.masked = None, None
+        self.widening = None
         if c.adapter and not c.full:
             self._check_adapter(Path(c.adapter))
         if c.widen_dims or is_widened(c.adapter):
             first_sound = len(self.tokenizer) - len(sound_vocabulary(self.speech.config.vocab_size))
-            model, self.widening, self.masked = widened_llm(llm, first_sound, c, self.world.size)
+            model, self.widening = widened_llm(llm, first_sound, c)
         elif c.full:
             model = llm.requires_grad_(True)
         elif c.adapter:
@@ -328,8 +328,6 @@ class LLMRecipe:
                     # FSDP2 averages gradients over ranks: × world size makes the loss per global target token
                     (loss_sum * self.world.size / targets).backward()
                     loss += float(self.world.sum(loss_sum.detach()) / targets)
-                if self.masked:
-                    self.masked.apply()
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.parameters, c.grad_clip)
                 if isinstance(grad_norm, DTensor):
                     grad_norm = grad_norm.full_tensor()
@@ -467,7 +465,7 @@ class LLMRecipe:
             self.model.save_pretrained(partial, state_dict=model_state)
         else:
             if self.widening:
-                save_widening(model_state, self.widening, partial)
+                save_widening(widened_parts(self.model, model_state), self.widening, partial)
             else:  # the sound rows travel as trainable tokens; no whole embedding matrices
                 self.model.save_pretrained(partial, state_dict=model_state, save_embedding_layers=False)
             sound = {HASH_KEY: self.speech.tokenizer_hash, CODES_KEY: self.speech.config.vocab_size}

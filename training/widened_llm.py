@@ -1,10 +1,12 @@
 """The LLM recipes' other kind of adapter: the LLM widened for sound (`widen_dims=`; lm/widening.py), whose
 new weights text cannot reach, so that merged it answers text exactly as the base LLM does.
 
-Only some entries of a widened weight train (a q_proj's new columns, not its old ones): each such parameter
-requires grad whole and `MaskedGradients` zeroes the rest of its gradient before clipping and the optimizer step.
-With no weight decay, Adam then never moves them (zero gradient, zero moments, zero update). The masks are plain
-tensors the size of their parameters, so a widened run is one process; FSDP2's shards would need sharded masks.
+Only some entries of a widened weight train (a q_proj's new columns, not its old ones). For training, each such
+layer is split (`split_widened`): its weight frozen with those entries 0, and each trainable part a parameter of its
+own, added in by a product of its own (`PartedLinear`, `PartedEmbedding`). Backward then forms the gradients of the
+parts only, not of whole weights (a third of a linear layer's training work), the optimizer holds only the parts,
+and weight decay pulls only on them. The parts are named `<layer>.parts.<i>`, the i-th of `Widening.new_parts(
+"<layer>.weight")`; `widened_parts` gives them keyed as an adapter folder keeps them.
 """
 
 from __future__ import annotations
@@ -12,45 +14,88 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 from transformers import PreTrainedModel
 
 from auralm.checkpoints import CheckpointError
-from auralm.lm.widening import WIDENING_FILE, Widening, load_widening, read_widening, trainable_masks, widen
+from auralm.lm.widening import WIDENING_FILE, Widening, load_widening, read_widening, widen
 from auralm.training.config import ConfigError
 
 
-class MaskedGradients:
-    """The widened model's trainable entries, and `apply()` to zero every other entry's gradient."""
+class Parted(nn.Module):
+    """A weight whose `parts` (index tuples) train as `parts` parameters; the rest is `weight`, frozen, 0 there."""
 
-    def __init__(self, model: torch.nn.Module, widening: Widening):
-        masks = trainable_masks(model, widening)
-        self.pairs = [(p, masks[name]) for name, p in model.named_parameters() if name in masks]
-        for name, parameter in model.named_parameters():
-            parameter.requires_grad_(name in masks)
-
-    def apply(self) -> None:
-        for parameter, mask in self.pairs:
-            if parameter.grad is not None:
-                parameter.grad.mul_(mask)
-
-    @property
-    def trainable(self) -> int:
-        """How many entries train."""
-        return sum(int(mask.sum()) for _, mask in self.pairs)
+    def __init__(self, weight: torch.Tensor, parts: list[tuple[slice, ...]], shared: Parted | None = None):
+        super().__init__()
+        self.slices = parts
+        if shared is not None:  # a tied output head: the embedding's frozen weight and parts, not copies
+            self.weight, self.parts = shared.weight, shared.parts
+            return
+        frozen = weight.detach().clone()
+        for part in parts:
+            frozen[part] = 0
+        self.weight = nn.Parameter(frozen, requires_grad=False)
+        self.parts = nn.ParameterList(nn.Parameter(weight.detach()[part].clone()) for part in parts)
 
 
-def widened_llm(
-    llm: PreTrainedModel, first_sound: int, config, world_size: int
-) -> tuple[PreTrainedModel, Widening, MaskedGradients]:
-    """(the widened LLM, its Widening, its gradient masks) for an LLM recipe's `config`: widened anew by
+class PartedLinear(Parted):
+    """A bias-free Linear: y = x Wᵀ, plus each part's product written into its rows.
+    x: (..., in) → y: (..., out)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight)
+        for (rows, columns), part in zip(self.slices, self.parts, strict=True):
+            y[..., rows] += F.linear(x[..., columns], part)
+        return y
+
+
+class PartedEmbedding(Parted):
+    """An Embedding whose rows from `first` on (the sound tokens', every dim) are its one part.
+    ids: (...) → (..., d)."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        first = self.slices[0][0].start
+        sound = (ids >= first).unsqueeze(-1)
+        return F.embedding(ids, self.weight) + F.embedding((ids - first).clamp(min=0), self.parts[0]) * sound
+
+
+def split_widened(model: PreTrainedModel, widening: Widening) -> PreTrainedModel:
+    """`model` (widened) with every layer that has trainable parts split into frozen weight and parts, in place;
+    every other weight frozen. A tied output head shares the embedding's."""
+    model.requires_grad_(False)
+    embedding = model.get_input_embeddings()
+    tied = model.get_output_embeddings() is not None and model.get_output_embeddings().weight is embedding.weight
+    for name, module in list(model.named_modules()):
+        parts = widening.new_parts(f"{name}.weight")
+        if not parts or not isinstance(module, (nn.Linear, nn.Embedding)):
+            continue
+        if isinstance(module, nn.Embedding):
+            embedding = PartedEmbedding(module.weight, parts)
+            replacement = embedding
+        else:
+            shared = embedding if tied and module is model.get_output_embeddings() else None
+            replacement = PartedLinear(module.weight, parts, shared)
+        parent, _, attribute = name.rpartition(".")
+        setattr(model.get_submodule(parent), attribute, replacement)
+    return model
+
+
+def widened_parts(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The parts in a split `model`'s `state` ({`<layer>.parts.<i>`: tensor}) keyed as an adapter folder keeps
+    them (`<layer>.weight@<i>`); a tied head's once, under the embedding's name."""
+    names = {name for name, parameter in model.named_parameters() if parameter.requires_grad}  # shared ones once
+    return {
+        key.replace(".parts.", ".weight@"): tensor for key, tensor in state.items() if key in names and ".parts." in key
+    }
+
+
+def widened_llm(llm: PreTrainedModel, first_sound: int, config) -> tuple[PreTrainedModel, Widening]:
+    """(the widened LLM, split for training, and its Widening) for an LLM recipe's `config`: widened anew by
     widen_dims / widen_neurons / widen_heads, or, with adapter= a widened adapter folder, as that one left it."""
     for setting in ("full", "lora_quiet"):
         if getattr(config, setting):
             raise ConfigError(f"widen_dims: {setting} is for the other kinds of training; leave it unset")
-    if world_size > 1:
-        raise ConfigError("widen_dims: a widened run is one process (its gradient masks are not sharded)")
-    if config.weight_decay:
-        raise ConfigError("widen_dims: weight_decay must be 0 (decay would move the entries that must stay)")
     try:
         if config.adapter:
             widening = read_widening(Path(config.adapter))
@@ -60,7 +105,7 @@ def widened_llm(
             model = widen(llm, widening, config.seed)
     except CheckpointError as e:
         raise ConfigError(f"widen_dims: {e}") from e
-    return model, widening, MaskedGradients(model, widening)
+    return split_widened(model, widening), widening
 
 
 def is_widened(adapter: str | None) -> bool:

@@ -15,7 +15,7 @@ from auralm.checkpoints import CheckpointError
 from auralm.checkpoints.registry import SHIPPED_ADAPTER, SHIPPED_TOKENIZER
 from auralm.lm.loading import SOUND_TOKENS_FILE
 from auralm.lm.vocabulary import HASH_KEY
-from auralm.lm.widening import WIDENING_WEIGHTS, Widening, load_widening, save_widening, widen
+from auralm.lm.widening import WIDENING_WEIGHTS, Widening, cut_parts, load_widening, save_widening, widen
 from auralm.tokenizer import SpeechTokenizer, load_audio
 from tests.conftest import DATA
 
@@ -85,7 +85,7 @@ def test_a_widened_adapter_ships_in_float16_and_loads_as_it_was(tmp_path, traine
     widening = Widening.of(llm.config, 8, 16, 0, first_sound=60)
     wide = widen(llm, widening)
     source = tmp_path / "wide"
-    save_widening(wide.state_dict(), widening, source)
+    save_widening(cut_parts(wide.state_dict(), widening), widening, source)
     (source / SOUND_TOKENS_FILE).write_text(json.dumps({HASH_KEY: shipped.tokenizer_hash}))
     folder = ship_adapter(source, into=into)
     assert not (folder / "adapter_config.json").exists()

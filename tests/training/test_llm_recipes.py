@@ -499,10 +499,17 @@ def test_a_second_run_on_a_folder_in_training_stops_at_once(tmp_path, speech_fol
     assert Checkpoints(tmp_path / "run" / "checkpoints").latest()["step"] == 2
 
 
-def test_two_processes_match_one_with_the_same_global_batch(tmp_path, speech_folder, llm_folder, chat_manifest):
+@pytest.mark.parametrize(
+    ("kind", "weights"),
+    [((), "adapter_model.safetensors"), (("widen_dims=20", "widen_neurons=32"), "widening.safetensors")],
+    ids=["lora", "widened"],
+)
+def test_two_processes_match_one_with_the_same_global_batch(
+    tmp_path, speech_folder, llm_folder, chat_manifest, kind, weights
+):
     # one process accumulating 2 micro-batches sees exactly the slices 2 processes see
     # on CPU (gloo) wherever the test runs: one GPU cannot hold two ranks
-    settings = (speech_folder, llm_folder, chat_manifest, "max_steps=4", "batch_size=4", "device=cpu")
+    settings = (speech_folder, llm_folder, chat_manifest, "max_steps=4", "batch_size=4", "device=cpu", *kind)
     one = train("sft", *sft_run(tmp_path, "one", *settings, "micro_batches=2"))
     assert one.returncode == 0, one.stderr
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "auralm"]
@@ -519,8 +526,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, speech_fol
             rtol=1e-4,
             atol=1e-5,
         )
-    ours = load_file(tmp_path / "two" / "adapter" / "adapter_model.safetensors")
-    theirs = load_file(tmp_path / "one" / "adapter" / "adapter_model.safetensors")
+    ours = load_file(tmp_path / "two" / "adapter" / weights)
+    theirs = load_file(tmp_path / "one" / "adapter" / weights)
     assert ours.keys() == theirs.keys()
     for key in ours:  # Adam divides by √v: a gradient near zero turns the ranks' summation order into ~1e-5 moves
         torch.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-4)
