@@ -17,6 +17,10 @@
 #   MINUTES=60 bash benchmarks/retrain_cpu.sh ab wide|wide-heads|lora   # widen_dims (without and with a new
 #                                                        # key/value head) against LoRA, all from scratch: 120 steps
 #                                                        # on the first 4,434 training clips (RESULTS.md, 2026-12-06)
+#   MINUTES=60 bash benchmarks/retrain_cpu.sh wide   # the widened LLM sized to the package (72 dims, 64 neurons,
+#                                                        # no new head: 5.0 M parameters, 10 MB in float16) pretrained
+#                                                        # from scratch on the 17,588 training clips of
+#                                                        # `data synth --examples 20000` (21.7 h), over sessions
 #   bash benchmarks/retrain_cpu.sh eval RUN              # RUN/adapter on the first 60 validation clips
 #
 # MINUTES bounds one call (default: no bound); the same call again goes on where it stopped. Recipe keys after the
@@ -88,6 +92,13 @@ ab)
         code_cache=runs/codes-v2 output_dir="runs/ab-$KIND" batch_size=8 max_tokens=512 warmup_steps=20 max_steps=120 \
         save_every=25 save_every_minutes=5 log_every=5 --threads 2 --resume "${LIMIT[@]}" "${SETTINGS[@]}" "${@:3}"
     ;;
+wide)
+    head -n 17588 "$DATA/train.jsonl" >"$DATA/train-17588.jsonl"  # all of `data synth --examples 20000`'s train split
+    "$AURALM" train pretrain --config pretrain tokenizer="$CANDIDATE" train="$DATA/train-17588.jsonl" \
+        code_cache=runs/codes-v2 output_dir=runs/wide-v1 widen_dims=72 widen_neurons=64 widen_heads=0 lr=2e-3 \
+        batch_size=8 max_tokens=512 warmup_steps=20 max_steps=1500 save_every=25 save_every_minutes=5 log_every=5 \
+        --threads 2 --resume "${LIMIT[@]}" "${@:2}"
+    ;;
 eval)
     RUN=${2:?eval needs the run folder, e.g. runs/pretrain-v2}
     "$AURALM" eval "$DATA/val.jsonl" --limit 60 --llm smollm2 --adapter "$RUN/adapter" --checkpoint "$CANDIDATE" \
@@ -95,7 +106,7 @@ eval)
     ;;
 *)
     echo "usage: [MINUTES=N] bash benchmarks/retrain_cpu.sh data|tokenizer|pretrain|pretrain-more|sft ADAPTER|\
-distill ADAPTER|ab wide|wide-heads|lora|eval RUN [key=value …]" >&2
+distill ADAPTER|ab wide|wide-heads|lora|wide|eval RUN [key=value …]" >&2
     exit 2
     ;;
 esac
