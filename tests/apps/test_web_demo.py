@@ -49,10 +49,11 @@ def url(chat):
 
 @pytest.fixture(scope="module")
 def microphone(tmp_path_factory) -> Path:
-    """What Chromium's fake microphone says, over and over: the shipped question between silences."""
+    """What Chromium's fake microphone says, over and over: the shipped question between silences, the one after it
+    long enough for the reply to end first on a busy machine (the question heard again interrupts it)."""
     question = load_audio(QUESTION).numpy()
     path = tmp_path_factory.mktemp("microphone") / "question.wav"
-    soundfile.write(path, np.concatenate([np.zeros(16_000), question, np.zeros(64_000)]), 16_000, subtype="PCM_16")
+    soundfile.write(path, np.concatenate([np.zeros(16_000), question, np.zeros(320_000)]), 16_000, subtype="PCM_16")
     return path
 
 
