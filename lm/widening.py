@@ -17,8 +17,8 @@ The widened model is a plain LlamaForCausalLM (head_dim kept; d + dims must divi
 What trains (`new_parts`): the sound tokens' embedding rows, every dim; the new q/k/v columns; the new heads (their
 q rows, their k/v rows' new columns, o_proj's columns for them); the new neurons (gate: the new dims' columns; up and
 down whole). The norms' new entries stay 1: what reads a norm's output in the new dims (new columns, the sound rows)
-trains, and absorbs any scale they would learn. An adapter folder holds only those (WIDENING_WEIGHTS, keyed `name@i` for the
-i-th part of weight `name`), with WIDENING_FILE giving the sizes. What writes starts at 0 (`_random_start`).
+trains, and absorbs any scale they would learn. An adapter folder holds only those (WIDENING_WEIGHTS, keyed `name@i`
+for the i-th part of weight `name`), with WIDENING_FILE giving the sizes. What writes starts at 0 (`_random_start`).
 """
 
 from __future__ import annotations
