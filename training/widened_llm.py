@@ -5,8 +5,8 @@ Only some entries of a widened weight train (a q_proj's new columns, not its old
 layer is split (`split_widened`): its weight frozen with those entries 0, and each trainable part a parameter of its
 own, added in by a product of its own (`PartedLinear`, `PartedEmbedding`). Backward then forms the gradients of the
 parts only, not of whole weights, the optimizer holds only the parts (less memory; RESULTS.md, 2026-12-06), weight
-decay pulls only on them, and FSDP2 shards it as any model. The parts are named `<layer>.parts.<i>`, the i-th of `Widening.new_parts(
-"<layer>.weight")`; `widened_parts` gives them keyed as an adapter folder keeps them.
+decay pulls only on them, and FSDP2 shards it as any model. The parts are named `<layer>.parts.<i>`, the i-th of
+`Widening.new_parts("<layer>.weight")`; `widened_parts` gives them keyed as an adapter folder keeps them.
 """
 
 from __future__ import annotations
