@@ -86,9 +86,7 @@ def widened_parts(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str,
     """The parts in a split `model`'s `state` ({`<layer>.parts.<i>`: tensor}) keyed as an adapter folder keeps
     them (`<layer>.weight@<i>`); a tied head's once, under the embedding's name."""
     names = {name for name, parameter in model.named_parameters() if parameter.requires_grad}  # shared ones once
-    return {
-        key.replace(".parts.", ".weight@"): tensor for key, tensor in state.items() if key in names and ".parts." in key
-    }
+    return {key.replace(".parts.", ".weight@"): tensor for key, tensor in state.items() if key in names}
 
 
 def widened_llm(llm: PreTrainedModel, first_sound: int, config) -> tuple[PreTrainedModel, Widening]:
