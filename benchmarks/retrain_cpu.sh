@@ -14,13 +14,15 @@
 #                                                        # manifest: transcription, spoken questions (each reply
 #                                                        # led by what was heard: heard_first), noise
 #   MINUTES=60 bash benchmarks/retrain_cpu.sh distill ADAPTER # distillation with noise on train-4k from ADAPTER
-#   MINUTES=60 bash benchmarks/retrain_cpu.sh ab wide|wide-heads|lora   # widen_dims (without and with a new
-#                                                        # key/value head) against LoRA, all from scratch: 120 steps
-#                                                        # on the first 4,434 training clips (RESULTS.md, 2026-12-06)
-#   MINUTES=60 bash benchmarks/retrain_cpu.sh wide   # the widened LLM sized to the package (72 dims, 64 neurons,
-#                                                        # no new head: 5.0 M parameters, 10 MB in float16) pretrained
-#                                                        # from scratch on the 17,588 training clips of
-#                                                        # `data synth --examples 20000` (21.7 h), over sessions
+#   MINUTES=60 bash benchmarks/retrain_cpu.sh ab wide|wide-heads|wide-rank|lora   # widen_dims (without a new
+#                                                        # key/value head, with one, with one trained as rank-32
+#                                                        # products) against LoRA, all from scratch: 120 steps on the
+#                                                        # first 4,434 training clips (RESULTS.md, 2026-12-06)
+#   MINUTES=60 bash benchmarks/retrain_cpu.sh wide   # the widened LLM sized to the package (72 dims, 32 neurons,
+#                                                        # a new head trained as rank-32 products: 6.0 M parameters,
+#                                                        # 12 MB in float16) pretrained on the 17,588 training clips of
+#                                                        # `data synth --examples 20000` (21.7 h) from `ab wide-rank`'s
+#                                                        # adapter, over sessions
 #   bash benchmarks/retrain_cpu.sh eval RUN              # RUN/adapter on the first 60 validation clips
 #
 # MINUTES bounds one call (default: no bound); the same call again goes on where it stopped. Recipe keys after the
@@ -80,12 +82,13 @@ distill)
         save_every=25 save_every_minutes=5 log_every=5 --threads 2 --resume "${LIMIT[@]}" "${@:3}"
     ;;
 ab)
-    KIND=${2:?ab needs wide, wide-heads or lora}
+    KIND=${2:?ab needs wide, wide-heads, wide-rank or lora}
     case $KIND in
     wide) SETTINGS=(widen_dims=72 widen_neurons=128 widen_heads=0 lr=2e-3) ;;
     wide-heads) SETTINGS=(widen_dims=72 widen_neurons=128 widen_heads=1 lr=2e-3) ;;
+    wide-rank) SETTINGS=(widen_dims=72 widen_neurons=32 widen_heads=1 widen_head_rank=32 lr=2e-3) ;;  # package size
     lora) SETTINGS=(lr=5e-4) ;;
-    *) echo "ab: wide, wide-heads or lora, not $KIND" >&2 && exit 2 ;;
+    *) echo "ab: wide, wide-heads, wide-rank or lora, not $KIND" >&2 && exit 2 ;;
     esac
     head -n 4434 "$DATA/train.jsonl" >"$DATA/train-4434.jsonl"  # all of `data synth --examples 5000`'s train split
     "$AURALM" train pretrain --config pretrain tokenizer="$CANDIDATE" train="$DATA/train-4434.jsonl" \
@@ -94,10 +97,12 @@ ab)
     ;;
 wide)
     head -n 17588 "$DATA/train.jsonl" >"$DATA/train-17588.jsonl"  # all of `data synth --examples 20000`'s train split
+    # the widening is the adapter's (RESULTS.md, 2026-12-06: the first long run, wide-v1, had no new head and 64
+    # neurons: widen_dims=72 widen_neurons=64 widen_heads=0, from scratch, stopped at step 369)
     "$AURALM" train pretrain --config pretrain tokenizer="$CANDIDATE" train="$DATA/train-17588.jsonl" \
-        code_cache=runs/codes-v2 output_dir=runs/wide-v1 widen_dims=72 widen_neurons=64 widen_heads=0 lr=2e-3 \
-        batch_size=8 max_tokens=512 warmup_steps=20 max_steps=1500 save_every=25 save_every_minutes=5 log_every=5 \
-        --threads 2 --resume "${LIMIT[@]}" "${@:2}"
+        code_cache=runs/codes-v2 output_dir=runs/wide-v2 adapter=runs/ab-wide-rank/adapter lr=2e-3 batch_size=8 \
+        max_tokens=512 warmup_steps=20 max_steps=1500 save_every=25 save_every_minutes=5 log_every=5 --threads 2 \
+        --resume "${LIMIT[@]}" "${@:2}"
     ;;
 eval)
     RUN=${2:?eval needs the run folder, e.g. runs/pretrain-v2}
@@ -106,7 +111,7 @@ eval)
     ;;
 *)
     echo "usage: [MINUTES=N] bash benchmarks/retrain_cpu.sh data|tokenizer|pretrain|pretrain-more|sft ADAPTER|\
-distill ADAPTER|ab wide|wide-heads|lora|wide|eval RUN [key=value …]" >&2
+distill ADAPTER|ab wide|wide-heads|wide-rank|lora|wide|eval RUN [key=value …]" >&2
     exit 2
     ;;
 esac

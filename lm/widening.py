@@ -17,8 +17,11 @@ The widened model is a plain LlamaForCausalLM (head_dim kept; d + dims must divi
 What trains (`new_parts`): the sound tokens' embedding rows, every dim; the new q/k/v columns; the new heads (their
 q rows, their k/v rows' new columns, o_proj's columns for them); the new neurons (gate: the new dims' columns; up and
 down whole). The norms' new entries stay 1: what reads a norm's output in the new dims (new columns, the sound rows)
-trains, and absorbs any scale they would learn. An adapter folder holds only those (WIDENING_WEIGHTS, keyed `name@i`
-for the i-th part of weight `name`), with WIDENING_FILE giving the sizes. What writes starts at 0 (`_random_start`).
+trains, and absorbs any scale they would learn. With `head_rank` r > 0 the new heads' two large parts (their queries'
+old-dim columns, o_proj's columns for them) train as products of rank r (`new_products`), like LoRA's, so a new head
+costs a fraction of its full size. An adapter folder holds only those (WIDENING_WEIGHTS, keyed `name@i` for the i-th
+part of weight `name`, a product's two factors `name@product<i>.in` (r × columns) and `.out` (rows × r)), with
+WIDENING_FILE giving the sizes. What writes starts at 0 (`_random_start`).
 """
 
 from __future__ import annotations
@@ -51,39 +54,57 @@ class Widening:
     key_value_heads: int
     head_dim: int
     first_sound: int  # the first sound token's id: this row on of the embeddings train
+    head_rank: int = 0  # > 0: the new heads' queries of the old dims and their o_proj columns train as rank-r products
 
     @classmethod
-    def of(cls, config, dims: int, neurons: int, heads: int, first_sound: int) -> Widening:
+    def of(cls, config, dims: int, neurons: int, heads: int, first_sound: int, head_rank: int = 0) -> Widening:
         """The widening of a base LLM with this `config`."""
         attention_heads, key_value_heads = config.num_attention_heads, config.num_key_value_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // attention_heads
         return cls(dims, neurons, heads, config.hidden_size, config.intermediate_size, attention_heads,
-                   key_value_heads, head_dim, first_sound)  # fmt: skip
+                   key_value_heads, head_dim, first_sound, head_rank)  # fmt: skip
 
     @property
     def new_query_heads(self) -> int:
         return self.heads * self.attention_heads // self.key_value_heads
 
     def new_parts(self, key: str) -> list[tuple[slice, ...]]:
-        """The entries of widened weight `key` that train (and are saved): a list of disjoint index tuples."""
+        """The entries of widened weight `key` that train whole (and are saved): a list of disjoint index tuples."""
+        return [part for part, large in self._trained(key) if not (large and self.head_rank)]
+
+    def new_products(self, key: str) -> list[tuple[slice, ...]]:
+        """The entries of widened weight `key` that train as products of rank head_rank (none when it is 0)."""
+        return [part for part, large in self._trained(key) if large and self.head_rank]
+
+    def _trained(self, key: str) -> list[tuple[tuple[slice, ...], bool]]:
+        """(index tuple, whether it is a new head's large part) for each part of weight `key` that trains."""
         width, inner = slice(self.hidden_size, None), slice(self.intermediate_size, None)
         old, every = slice(0, self.hidden_size), slice(None)
         queries = self.attention_heads * self.head_dim
         if key.endswith("embed_tokens.weight") or key == "lm_head.weight":
-            return [(slice(self.first_sound, None), every)]
+            return [((slice(self.first_sound, None), every), False)]
         if key.endswith("q_proj.weight"):  # every row reads the new dims; the new heads' rows read the old too
-            return [(every, width), (slice(queries, None), old)]
+            return [((every, width), False), ((slice(queries, None), old), True)]
         if key.endswith(("k_proj.weight", "v_proj.weight")):  # keys and values: the new dims only
-            return [(every, width)]
+            return [((every, width), False)]
         if key.endswith("o_proj.weight"):
-            return [(every, slice(queries, None))] if self.heads else []
+            return [((every, slice(queries, None)), True)] if self.heads else []
         if key.endswith("gate_proj.weight"):
-            return [(inner, width)]
+            return [((inner, width), False)]
         if key.endswith("up_proj.weight"):
-            return [(inner, every)]
+            return [((inner, every), False)]
         if key.endswith("down_proj.weight"):
-            return [(every, inner)]
+            return [((every, inner), False)]
         return []
+
+
+def factor(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inward (rank × columns), outward (rows × rank)): outward @ inward is `matrix`'s nearest of rank `rank`,
+    `matrix` itself when its rank is no more."""
+    u, s, vh = torch.linalg.svd(matrix.float(), full_matrices=False)
+    root = s[:rank].sqrt()
+    inward, outward = root[:, None] * vh[:rank], u[:, :rank] * root
+    return inward.to(matrix.dtype).contiguous(), outward.to(matrix.dtype).contiguous()
 
 
 def widen(model: PreTrainedModel, widening: Widening, seed: int = 0) -> LlamaForCausalLM:
@@ -102,6 +123,8 @@ def widen(model: PreTrainedModel, widening: Widening, seed: int = 0) -> LlamaFor
             f"widening by {dims} dims, {neurons} neurons and {heads} heads: dims and neurons must be positive and "
             f"the hidden size {config.hidden_size} + dims must divide by the {heads_after} query heads"
         )
+    if not 0 <= widening.head_rank <= min(widening.new_query_heads * widening.head_dim, config.hidden_size):
+        raise CheckpointError(f"head rank {widening.head_rank}: 0 (whole) or at most the new heads' query width")
     shrink = config.hidden_size / (config.hidden_size + dims)
     grown = type(config).from_dict({
         **config.to_dict(), "hidden_size": config.hidden_size + dims,
@@ -127,9 +150,9 @@ def widen(model: PreTrainedModel, widening: Widening, seed: int = 0) -> LlamaFor
 
 
 def _random_start(model: LlamaForCausalLM, widening: Widening, generator: torch.Generator) -> None:
-    """Draw the new entries that read: the sound rows' new dims, the new heads' queries (old dims) and keys and
-    values (new dims), the new neurons' gate and up. What writes (o_proj's and down's new columns) and the old
-    heads' new q/k/v columns start at 0."""
+    """Draw the new entries that read: the sound rows' new dims, the new heads' queries (old dims; with head_rank, a
+    product of that rank) and keys and values (new dims), the new neurons' gate and up. What writes (o_proj's and
+    down's new columns) and the old heads' new q/k/v columns start at 0."""
     w = widening
     width, inner = w.hidden_size, w.intermediate_size
     queries, keys = w.attention_heads * w.head_dim, w.key_value_heads * w.head_dim
@@ -148,14 +171,20 @@ def _random_start(model: LlamaForCausalLM, widening: Widening, generator: torch.
                     std = parameter[: w.first_sound, :width].std()
                 else:
                     std = 1 / math.sqrt(parameter.shape[1])
-                parameter[index] = torch.randn(parameter[index].shape, generator=generator) * std
+                rows, columns = parameter[index].shape
+                if ending.startswith("q_proj") and w.head_rank:  # entries of the same spread, of rank head_rank
+                    outward = torch.randn(rows, w.head_rank, generator=generator) / math.sqrt(w.head_rank)
+                    parameter[index] = outward @ torch.randn(w.head_rank, columns, generator=generator) * std
+                else:
+                    parameter[index] = torch.randn(rows, columns, generator=generator) * std
 
 
 def trainable_masks(model: LlamaForCausalLM, widening: Widening) -> dict[str, torch.Tensor]:
-    """{parameter name: bool mask of its entries that train}, for every parameter with any; the rest train not."""
+    """{parameter name: bool mask of its entries that train (whole or as products)}, for every parameter with any;
+    the rest train not."""
     masks = {}
     for name, parameter in model.named_parameters():
-        parts = widening.new_parts(name)
+        parts = widening.new_parts(name) + widening.new_products(name)
         if parts:
             mask = torch.zeros_like(parameter, dtype=torch.bool)
             for part in parts:
@@ -165,8 +194,8 @@ def trainable_masks(model: LlamaForCausalLM, widening: Widening) -> dict[str, to
 
 
 def cut_parts(state: dict[str, torch.Tensor], widening: Widening) -> dict[str, torch.Tensor]:
-    """The new parts of a widened model's `state` (its state dict), keyed `name@i` as an adapter folder keeps them;
-    a tied output head's once, as the embedding's."""
+    """The new parts of a widened model's `state` (its state dict), keyed `name@i` as an adapter folder keeps them,
+    products as their two factors (`factor`); a tied output head's once, as the embedding's."""
     parts, seen = {}, set()
     for key, weight in state.items():
         if weight.data_ptr() in seen:
@@ -174,6 +203,8 @@ def cut_parts(state: dict[str, torch.Tensor], widening: Widening) -> dict[str, t
         seen.add(weight.data_ptr())
         for i, part in enumerate(widening.new_parts(key)):
             parts[f"{key}@{i}"] = weight[part].clone()
+        for i, product in enumerate(widening.new_products(key)):
+            parts[f"{key}@product{i}.in"], parts[f"{key}@product{i}.out"] = factor(weight[product], widening.head_rank)
     return parts
 
 
@@ -195,7 +226,9 @@ def read_widening(folder: Path) -> Widening:
 def load_widening(model: PreTrainedModel, folder: Path) -> LlamaForCausalLM:
     """`model` (with the adapter's vocabulary) widened as `folder` records, its new parts set from the folder."""
     widening = read_widening(folder)
-    base = Widening.of(model.config, widening.dims, widening.neurons, widening.heads, widening.first_sound)
+    base = Widening.of(
+        model.config, widening.dims, widening.neurons, widening.heads, widening.first_sound, widening.head_rank
+    )
     if base != widening:
         raise CheckpointError(
             f"{folder}: widens an LLM of hidden size {widening.hidden_size} and {widening.attention_heads} heads, not "
@@ -203,11 +236,26 @@ def load_widening(model: PreTrainedModel, folder: Path) -> LlamaForCausalLM:
         )
     wide = widen(model, widening)
     state = wide.state_dict()
+    saved = load_file(folder / WIDENING_WEIGHTS)
     with torch.no_grad():
-        for name, values in load_file(folder / WIDENING_WEIGHTS).items():
-            key, _, index = name.rpartition("@")
-            parts = widening.new_parts(key) if key in state else []
-            if not index.isdigit() or int(index) >= len(parts):
-                raise CheckpointError(f"{folder}: {name} is not a part of this LLM's widened weights")
-            state[key][parts[int(index)]] = values
+        for name, values in saved.items():
+            _set_saved(state, name, values, saved, widening, folder)
     return wide
+
+
+def _set_saved(state: dict, name: str, values: torch.Tensor, saved: dict, widening: Widening, folder: Path) -> None:
+    """Write the saved tensor `name` (a part, or a product's inward factor times its outward one) into `state`."""
+    key, _, index = name.rpartition("@")
+    if key in state and index.isdigit() and int(index) < len(widening.new_parts(key)):
+        state[key][widening.new_parts(key)[int(index)]] = values
+        return
+    product, _, side = index.partition(".")
+    i = product.removeprefix("product")
+    known = key in state and product.startswith("product") and i.isdigit() and side in ("in", "out")
+    if not known or int(i) >= len(widening.new_products(key)):
+        raise CheckpointError(f"{folder}: {name} is not a part of this LLM's widened weights")
+    other = f"{key}@{product}.{'out' if side == 'in' else 'in'}"
+    if other not in saved:
+        raise CheckpointError(f"{folder}: {name} has no {other} to multiply; save the adapter again")
+    if side == "in":
+        state[key][widening.new_products(key)[int(i)]] = saved[other].float() @ values.float()

@@ -106,6 +106,7 @@ class LLMTrainingConfig(RunConfig):
     # merged it answers text as before, exactly (lm/widening.py; adapter= may name a widened adapter to go on from)
     widen_neurons: int = 128  # with widen_dims: MLP neurons only sound positions switch on
     widen_heads: int = 1  # with widen_dims: key/value heads (with their query heads) whose keys and values are sound's
+    widen_head_rank: int = 0  # with widen_heads: > 0 trains the new heads' large parts as products of this rank
     merge: bool = False  # also write output_dir/merged/ (the adapter merged into the LLM) at the end
     adapter: str | None = None  # an earlier run's adapter to go on training (sft after pretrain), LoRA settings and all
     allow_mismatch: bool = False  # adapter= may be trained on another tokenizer's codes (the one tokenizer= was

@@ -12,6 +12,7 @@ from auralm.lm.widening import (
     WIDENING_WEIGHTS,
     Widening,
     cut_parts,
+    factor,
     load_widening,
     save_widening,
     trainable_masks,
@@ -23,24 +24,29 @@ FIRST_SOUND = 12  # the tiny Llama's last 3 of 15 rows stand in for sound tokens
 DIMS, NEURONS = 16, 16  # 32 + 16 divides by 4 heads, and by 6 with a new key/value head (2 query heads each)
 
 
-def widened(base: LlamaForCausalLM, heads: int = 1) -> tuple[LlamaForCausalLM, Widening]:
-    widening = Widening.of(base.config, DIMS, NEURONS, heads, FIRST_SOUND)
+def widened(base: LlamaForCausalLM, heads: int = 1, head_rank: int = 0) -> tuple[LlamaForCausalLM, Widening]:
+    widening = Widening.of(base.config, DIMS, NEURONS, heads, FIRST_SOUND, head_rank)
     return widen(base, widening), widening
 
 
 def set_entries(model: LlamaForCausalLM, widening: Widening, seed: int, only: str = "") -> None:
-    """Every entry that trains (of weights whose name holds `only`) set at random, large."""
+    """Every entry that trains (of weights whose name holds `only`) set at random, large; those trained as products
+    then cut to their rank."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, mask in trainable_masks(model, widening).items():
             if only in name:
-                model.get_parameter(name)[mask] = torch.randn(int(mask.sum()), generator=generator)
+                weight = model.get_parameter(name)
+                weight[mask] = torch.randn(int(mask.sum()), generator=generator)
+                for product in widening.new_products(name):
+                    inward, outward = factor(weight[product], widening.head_rank)
+                    weight[product] = outward @ inward
 
 
-@pytest.mark.parametrize(("tied", "heads"), [(True, 1), (False, 1), (True, 0)])
-def test_text_gets_the_base_logits_whatever_the_new_weights_hold(tied, heads):
+@pytest.mark.parametrize(("tied", "heads", "head_rank"), [(True, 1, 0), (False, 1, 0), (True, 0, 0), (True, 1, 2)])
+def test_text_gets_the_base_logits_whatever_the_new_weights_hold(tied, heads, head_rank):
     base = tiny_llama(tied, initializer_range=1.0)
-    wide, widening = widened(base, heads)
+    wide, widening = widened(base, heads, head_rank)
     set_entries(wide, widening, seed=1)
     text = torch.randint(0, FIRST_SOUND, (3, 20), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -108,6 +114,31 @@ def test_an_adapter_folder_holds_only_the_new_entries_and_rebuilds_the_model(tmp
         load_widening(wider, tmp_path)
     with pytest.raises(CheckpointError, match="divide by the 6 query heads"):  # 32 + 8 does not
         widen(base, Widening.of(base.config, 8, NEURONS, 1, FIRST_SOUND))
+
+
+def test_a_low_rank_head_is_kept_as_its_two_factors_and_rebuilds_the_model(tmp_path):
+    wide, widening = widened(tiny_llama(tied=True), head_rank=2)
+    set_entries(wide, widening, seed=5)
+    parts = cut_parts(wide.state_dict(), widening)
+    query, output = "model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.o_proj.weight"
+    assert parts[f"{query}@product0.in"].shape == (2, 32) and parts[f"{query}@product0.out"].shape == (16, 2)
+    assert parts[f"{output}@product0.in"].shape == (2, 16) and parts[f"{output}@product0.out"].shape == (48, 2)
+    assert f"{query}@1" not in parts and f"{output}@0" not in parts  # the large parts are not kept whole as well
+    whole = sum(int(m.sum()) for m in trainable_masks(wide, widening).values())
+    assert sum(t.numel() for t in parts.values()) < whole
+
+    save_widening(parts, widening, tmp_path)
+    again = load_widening(tiny_llama(tied=True), tmp_path)
+    ids = torch.tensor([[4, 5, FIRST_SOUND, FIRST_SOUND + 2, 6, 7]])
+    with torch.no_grad():
+        assert torch.allclose(again(ids).logits, wide(ids).logits, atol=1e-4)
+
+    del parts[f"{output}@product0.out"]
+    save_widening(parts, widening, tmp_path)
+    with pytest.raises(CheckpointError, match=r"has no .*o_proj\.weight@product0\.out to multiply"):
+        load_widening(tiny_llama(tied=True), tmp_path)
+    with pytest.raises(CheckpointError, match="head rank 17"):
+        widen(tiny_llama(tied=True), Widening.of(tiny_llama(tied=True).config, DIMS, NEURONS, 1, FIRST_SOUND, 17))
 
 
 def test_models_it_cannot_widen_exactly_are_refused():

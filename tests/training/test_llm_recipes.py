@@ -501,8 +501,11 @@ def test_a_second_run_on_a_folder_in_training_stops_at_once(tmp_path, speech_fol
 
 @pytest.mark.parametrize(
     ("kind", "weights"),
-    [((), "adapter_model.safetensors"), (("widen_dims=20", "widen_neurons=32"), "widening.safetensors")],
-    ids=["lora", "widened"],
+    [
+        ((), "adapter_model.safetensors"),
+        (("widen_dims=20", "widen_neurons=32", "widen_head_rank=4"), "widening.safetensors"),
+    ],
+    ids=["lora", "widened"],  # the widened one's new head trained as products: every kind of part is sharded
 )
 def test_two_processes_match_one_with_the_same_global_batch(
     tmp_path, speech_folder, llm_folder, chat_manifest, kind, weights

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
 from auralm.lm import SpeechChat, load_llm
-from auralm.lm.widening import WIDENING_FILE, WIDENING_WEIGHTS, Widening, trainable_masks
+from auralm.lm.widening import WIDENING_FILE, WIDENING_WEIGHTS, Widening, cut_parts, trainable_masks
 from auralm.tokenizer import SpeechTokenizer
 from auralm.training.widened_llm import split_widened, widened_parts
 from tests.conftest import DATA, TEXTS
@@ -24,9 +24,9 @@ from tests.training.test_quiet_lora import text_logit_drift, typed_pairs
 WIDE = ("widen_dims=20", "widen_neurons=32", "widen_heads=1")  # 64 + 20 divides by 4 + 2 query heads
 
 
-@pytest.mark.parametrize("tied", [True, False])
-def test_a_split_model_computes_as_the_widened_one_and_only_its_parts_get_gradients(tied):
-    wide, widening = widened(tiny_llama(tied, initializer_range=1.0))
+@pytest.mark.parametrize(("tied", "head_rank"), [(True, 0), (False, 0), (True, 2)])
+def test_a_split_model_computes_as_the_widened_one_and_only_its_parts_get_gradients(tied, head_rank):
+    wide, widening = widened(tiny_llama(tied, initializer_range=1.0), head_rank=head_rank)
     set_entries(wide, widening, seed=3)
     split = split_widened(copy.deepcopy(wide), widening)
     masks = trainable_masks(wide, widening)
@@ -38,12 +38,21 @@ def test_a_split_model_computes_as_the_widened_one_and_only_its_parts_get_gradie
     assert torch.allclose(logits, wide(ids).logits, atol=1e-4)
 
     trainable = {name: p for name, p in split.named_parameters() if p.requires_grad}
-    assert sum(p.numel() for p in trainable.values()) == sum(int(mask.sum()) for mask in masks.values())
     parts = widened_parts(split, {name: p.grad for name, p in trainable.items()})
     assert len(parts) == len(trainable)  # a tied head's parts are the embedding's, named once
+    assert parts.keys() == cut_parts(wide.state_dict(), widening).keys()  # as an adapter folder keeps them
+    if not head_rank:
+        assert sum(p.numel() for p in trainable.values()) == sum(int(mask.sum()) for mask in masks.values())
+    factors = widened_parts(split, {name: p.detach() for name, p in trainable.items()})
     for key, grad in parts.items():
         name, _, index = key.rpartition("@")
-        expected = wide.get_parameter(name).grad[widening.new_parts(name)[int(index)]]
+        if index.isdigit():
+            expected = wide.get_parameter(name).grad[widening.new_parts(name)[int(index)]]
+        else:  # a product's factor: the whole entries' gradient through the other factor
+            product, _, side = index.partition(".")
+            whole = wide.get_parameter(name).grad[widening.new_products(name)[int(product.removeprefix("product"))]]
+            inward, outward = factors[f"{name}@{product}.in"], factors[f"{name}@{product}.out"]
+            expected = outward.T @ whole if side == "in" else whole @ inward.T
         assert torch.allclose(grad, expected, rtol=1e-4, atol=1e-4), key
 
 
