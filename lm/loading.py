@@ -26,6 +26,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from auralm.checkpoints import CheckpointError
+from auralm.lm.vocabulary import CODES_KEY, add_sound_vocabulary
 from auralm.lm.widening import WIDENING_FILE, load_widening
 
 DEFAULT_LLM = "smollm2"
@@ -48,11 +49,7 @@ def load_llm(
     tokenizer with the sound tokens: the model grows to it first.
     keep_base: also keep the weights the adapter changed, for `base_weights` (a copy of them in memory).
     """
-    path = default_gguf() if source in (None, DEFAULT_LLM) else Path(source)
-    if path.is_file() and path.suffix == ".gguf":
-        path = _converted_gguf(path)
-    if not (path / "config.json").is_file():
-        raise CheckpointError(f"{path}: not a Hugging Face model folder (no config.json) or .gguf file")
+    path = llm_folder(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
@@ -64,6 +61,28 @@ def load_llm(
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return model.to(device).eval(), tokenizer
+
+
+def llm_folder(source: str | os.PathLike | None = None) -> Path:
+    """The Hugging Face folder `load_llm` reads for `source` (a .gguf file, the default's, converted once)."""
+    path = default_gguf() if source in (None, DEFAULT_LLM) else Path(source)
+    if path.is_file() and path.suffix == ".gguf":
+        path = _converted_gguf(path)
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path}: not a Hugging Face model folder (no config.json) or .gguf file")
+    return path
+
+
+def adapter_tokenizer(tokenizer: PreTrainedTokenizerBase, adapter: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer an adapter was trained with: its own copy, or, where it left that out (`auralm ship` does, to
+    save 3.6 MB), the base LLM's `tokenizer` with the sound tokens its SOUND_TOKENS_FILE counts (the training run
+    added them the same way); unchanged for an adapter without sound tokens."""
+    if (adapter / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(adapter)
+    codes = sound_tokens_config(adapter).get(CODES_KEY)
+    if codes:
+        add_sound_vocabulary(tokenizer, codes)
+    return tokenizer
 
 
 def _with_adapter(
@@ -78,8 +97,9 @@ def _with_adapter(
     widened = (adapter / WIDENING_FILE).is_file()
     if not widened and not (adapter / "adapter_config.json").is_file():
         raise CheckpointError(f"{adapter}: not an adapter folder (no adapter_config.json or {WIDENING_FILE})")
-    if (adapter / "tokenizer_config.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(adapter)
+    base_size = len(tokenizer)
+    tokenizer = adapter_tokenizer(tokenizer, adapter)
+    if len(tokenizer) != base_size:  # the sound tokens: the model grows to them
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     if widened:  # text reads the base weights already: nothing to keep
         return _with_sound_tokens_config(load_widening(model, adapter), adapter), tokenizer
@@ -99,9 +119,18 @@ def _with_adapter(
 
 def _with_sound_tokens_config(model: PreTrainedModel, adapter: Path) -> PreTrainedModel:
     """`model` with the speech tokenizer an adapter was trained on recorded in its config."""
-    if (adapter / SOUND_TOKENS_FILE).is_file():
-        model.config.update(json.loads((adapter / SOUND_TOKENS_FILE).read_text()))
+    model.config.update(sound_tokens_config(adapter))
     return model
+
+
+def sound_tokens_config(adapter: Path) -> dict:
+    """What an adapter's SOUND_TOKENS_FILE records ({} where it has none)."""
+    if not (adapter / SOUND_TOKENS_FILE).is_file():
+        return {}
+    try:
+        return json.loads((adapter / SOUND_TOKENS_FILE).read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{adapter / SOUND_TOKENS_FILE}: not JSON ({e}); copy the adapter folder again") from e
 
 
 def has_base_weights(model: torch.nn.Module) -> bool:

@@ -30,6 +30,12 @@ def sound_vocabulary(vocab_size: int) -> list[str]:
     return [SOUND_START, SOUND_END, *(sound_token(i) for i in range(vocab_size))]
 
 
+def add_sound_vocabulary(tokenizer: PreTrainedTokenizerBase, vocab_size: int) -> int:
+    """Add the sound tokens for `vocab_size` codes to `tokenizer` (after its own: ids in Ichigo's order); returns
+    how many it added."""
+    return tokenizer.add_tokens(sound_vocabulary(vocab_size), special_tokens=True)
+
+
 def add_sound_tokens(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, speech_tokenizer: SpeechTokenizer
 ) -> int:
@@ -49,7 +55,7 @@ def add_sound_tokens(
         )
     added = 0
     if not have:
-        added = tokenizer.add_tokens(vocabulary, special_tokens=True)
+        added = add_sound_vocabulary(tokenizer, vocab_size)
         _grow_embeddings(model, len(tokenizer))
     if added or getattr(model.config, HASH_KEY, None) is None:
         # a model that already records the tokenizer it was trained with keeps it: check_speech_tokenizer

@@ -8,16 +8,19 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors import safe_open
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from auralm.apps.shipping import ship_adapter, ship_tokenizer
+from auralm.apps.shipping import TOKENIZER_FILES, ship_adapter, ship_tokenizer
 from auralm.checkpoints import CheckpointError
 from auralm.checkpoints.registry import SHIPPED_ADAPTER, SHIPPED_TOKENIZER
+from auralm.lm import load_llm
 from auralm.lm.loading import SOUND_TOKENS_FILE
-from auralm.lm.vocabulary import HASH_KEY
+from auralm.lm.vocabulary import CODES_KEY, HASH_KEY, add_sound_tokens
 from auralm.lm.widening import WIDENING_WEIGHTS, Widening, cut_parts, load_widening, save_widening, widen
 from auralm.tokenizer import SpeechTokenizer, load_audio
+from auralm.tokenizer.token_format import sound_token
 from tests.conftest import DATA
+from tests.training.conftest import tiny_llm
 
 
 @pytest.fixture
@@ -94,3 +97,32 @@ def test_a_widened_adapter_ships_in_float16_and_loads_as_it_was(tmp_path, traine
     ids = torch.tensor([[1, 2, 60, 61, 3]])
     with torch.no_grad():
         torch.testing.assert_close(load_widening(llm, folder)(ids).logits, wide(ids).logits, rtol=1e-2, atol=1e-2)
+
+
+def test_a_shipped_adapter_leaves_out_the_tokenizer_that_loading_rebuilds(tmp_path, trained_tokenizer):
+    into = tmp_path / "shipped"
+    speech = SpeechTokenizer.from_pretrained(ship_tokenizer(trained_tokenizer, into=into))
+    base = tiny_llm(tmp_path / "llm", tied=True)
+    llm, tokenizer = load_llm(base)
+    first_sound = len(tokenizer)
+    add_sound_tokens(llm, tokenizer, speech)  # as a training run does
+    widening = Widening.of(llm.config, 16, 16, 0, first_sound)
+    wide = widen(llm, widening)
+    source = tmp_path / "wide"
+    save_widening(cut_parts(wide.state_dict(), widening), widening, source)
+    tokenizer.save_pretrained(source)
+    codes = speech.config.vocab_size
+    (source / SOUND_TOKENS_FILE).write_text(json.dumps({HASH_KEY: speech.tokenizer_hash, CODES_KEY: codes}))
+
+    folder = ship_adapter(source, into=into, llm=base)
+    assert not any((folder / name).exists() for name in TOKENIZER_FILES)
+    model, rebuilt = load_llm(base, adapter=folder)
+    assert rebuilt.get_vocab() == AutoTokenizer.from_pretrained(source).get_vocab()
+    ids = rebuilt(f"the {sound_token(0)}{sound_token(codes - 1)} cat", return_tensors="pt").input_ids
+    assert ids[0, 1] == first_sound + 2 and ids[0, 2] == first_sound + 1 + codes  # start, end, then the codes
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, wide(ids).logits, rtol=1e-2, atol=1e-2)
+
+    tokenizer.add_tokens(["<|extra|>"])  # a tokenizer loading would not rebuild so is kept
+    tokenizer.save_pretrained(source)
+    assert (ship_adapter(source, into=into, llm=base) / "tokenizer.json").is_file()

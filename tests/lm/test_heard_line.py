@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from auralm.checkpoints.registry import SHIPPED_ADAPTER, shipped_model
+from auralm.lm.loading import llm_folder
 from auralm.lm.replies import row_reply
 from auralm.lm.streaming import RowLimits, after_heard
 from auralm.tokenizer.token_format import HEARD_PREFIX, heard_reply, without_heard
@@ -44,7 +44,7 @@ def test_a_streamed_reply_is_the_whole_reply_without_its_heard_line_however_it_i
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return AutoTokenizer.from_pretrained(shipped_model(SHIPPED_ADAPTER))  # SmolLM2's, from the package
+    return AutoTokenizer.from_pretrained(llm_folder())  # SmolLM2's: the default LLM's
 
 
 def test_a_reply_and_its_stop_strings_count_from_after_the_heard_line(tokenizer):

@@ -7,7 +7,6 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from auralm.checkpoints.registry import SHIPPED_ADAPTER, shipped_model
 from auralm.lm import (
     SpeechChat,
     SpeechTokenizerMismatchError,
@@ -15,6 +14,7 @@ from auralm.lm import (
     check_speech_tokenizer,
     tokens_to_prompt,
 )
+from auralm.lm.loading import llm_folder
 from auralm.lm.replies import Reply
 from auralm.lm.streaming import TokenStreamer
 from auralm.tokenizer import load_audio
@@ -164,8 +164,8 @@ def test_a_stream_closed_early_ends_its_rows_and_no_other(chat):
 
 
 def test_the_stream_sends_each_token_once_its_characters_are_whole():
-    # SmolLM2's byte-level tokenizer (shipped beside the adapter) splits a parrot emoji into byte tokens
-    tokenizer = AutoTokenizer.from_pretrained(shipped_model(SHIPPED_ADAPTER))
+    # SmolLM2's byte-level tokenizer (the default LLM's) splits a parrot emoji into byte tokens
+    tokenizer = AutoTokenizer.from_pretrained(llm_folder())
     text = "RogRogRog🦜, then a word."
     ids = tokenizer.encode(text, add_special_tokens=False)
     streamer = TokenStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
