@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -37,6 +37,7 @@ from auralm.lm.messages import message_text
 from auralm.tokenizer import SpeechTokenizer, codes_to_string
 from auralm.training.audio_dataset import AudioTextDataset, SkippedExamples
 from auralm.training.features import FeatureCache
+from auralm.training.packing import best_fit_decreasing
 
 IGNORE = -100  # a target without a loss: prompts, the other turns, padding
 TOO_LONG = "too long"  # a conversation of more tokens than max_tokens
@@ -303,3 +304,38 @@ def collate_packs(items: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], 
         positions[row, :n] = row_positions
         positions[row, n:] = torch.arange(length - n)
     return TokenBatch(ids, targets, positions)
+
+
+def packed_conversations(
+    conversations: Sequence[Conversation | Distilled],
+    tokenizer: PreTrainedTokenizerBase,
+    max_tokens: int,
+    pack: bool,
+    skipped: SkippedExamples,
+) -> tuple[Dataset, Callable, int]:
+    """The conversations as token ids in rows of ≤ max_tokens (several to a row with `pack`), the collate function
+    for them, and how many were kept; distilled ones as student and teacher rows side by side. Longer
+    conversations are left out and added to `skipped`."""
+    distilled = [isinstance(item, Distilled) for item in conversations]
+    if any(distilled) and not all(distilled):
+        raise DataError("distilled and plain conversations cannot share a run")
+    students, teachers = [], []
+    for number, item in enumerate(conversations):
+        student, teacher = item if isinstance(item, Distilled) else (item, None)
+        tokens = chat_tokens(tokenizer, student)
+        taught = chat_tokens(tokenizer, teacher) if teacher is not None else None
+        if taught is not None and not np.array_equal(tokens.ids[tokens.learned], taught.ids[taught.learned]):
+            raise DataError(f"conversation {number}: the student's replies are not the teacher's")
+        if len(tokens.ids) <= max_tokens and (taught is None or len(taught.ids) <= max_tokens):
+            students.append(tokens)
+            teachers.append(taught)
+        else:
+            skipped.add([(f"conversation {number}", TOO_LONG)])
+    if not students:
+        raise DataError(f"no usable conversations ({skipped})")
+    lengths = [max(len(s.ids), len(t.ids) if t is not None else 0) for s, t in zip(students, teachers, strict=True)]
+    packs = best_fit_decreasing(lengths, max_tokens) if pack else [[i] for i in range(len(students))]
+    if any(distilled):
+        dataset = PairedPacks(PackedSequences(students, packs), PackedSequences(teachers, packs))
+        return dataset, collate_pairs, len(students)
+    return PackedSequences(students, packs), collate_packs, len(students)

@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import (
@@ -39,12 +37,11 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from torch.distributed.tensor import DTensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from auralm.checkpoints import CheckpointError
-from auralm.data import DataError
 from auralm.lm.loading import SOUND_TOKENS_FILE, load_llm
 from auralm.lm.merge import merge_speech_llm
 from auralm.lm.vocabulary import CODES_KEY, HASH_KEY, add_sound_tokens, sound_vocabulary
@@ -53,17 +50,12 @@ from auralm.tokenizer import SpeechTokenizer
 from auralm.training.audio_dataset import SkippedExamples
 from auralm.training.chat_dataset import (
     IGNORE,
-    TOO_LONG,
     CodeCache,
     Conversation,
     DistillBatch,
     Distilled,
-    PackedSequences,
-    PairedPacks,
     TokenBatch,
-    chat_tokens,
-    collate_packs,
-    collate_pairs,
+    packed_conversations,
 )
 from auralm.training.checkpointing import capture_rng, restore_rng
 from auralm.training.config import ConfigError, RunConfig, config_dict
@@ -78,9 +70,9 @@ from auralm.training.loop import (
     start_run,
     warmup_cosine,
 )
-from auralm.training.packing import best_fit_decreasing
 from auralm.training.quiet_lora import confine, quiet_directions, reply_pairs
 from auralm.training.sampler import BucketBatchSampler
+from auralm.training.validation import ValidationSet
 from auralm.training.widened_llm import is_widened, widened_llm, widened_parts
 
 LLAMA_LINEAR_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -94,6 +86,8 @@ class LLMTrainingConfig(RunConfig):
     llm: str = "smollm2"  # a Hugging Face folder or .gguf file; smollm2 = the packaged SmolLM2-135M-Instruct
     code_cache: str | None = None  # where the clips' sound codes are kept; default output_dir/codes
     frames_cache: str | None = None  # a tokenizer run's features/ folder: clips cached there skip the encoder
+    val: str | None = None  # held-out data of train='s kind: its loss per target token is logged as val_loss
+    val_every: int = 100  # steps between val_loss rows (and one at the end)
     # what trains
     full: bool = False  # every weight; otherwise LoRA + the sound tokens' rows
     lora_r: int = 16
@@ -155,7 +149,15 @@ class LLMRecipe:
 
         self.llm = llm  # as loaded, before anything trains: what a recipe may ask for replies to keep
         conversations, self.skipped = self.data.conversations(self)
-        dataset, collate, kept = self._dataset(conversations)
+        if c.full and conversations and isinstance(conversations[0], Distilled):
+            raise ConfigError("full=true: distillation's teacher is the LLM without the adapter; train LoRA")
+        dataset, collate, kept = packed_conversations(conversations, self.tokenizer, c.max_tokens, c.pack, self.skipped)
+        if len(dataset) < c.batch_size:
+            raise ConfigError(
+                f"{kept} conversations make {len(dataset)} rows of ≤ {c.max_tokens} tokens, fewer than one batch of "
+                f"{c.batch_size}: lower batch_size (or max_tokens)"
+            )
+        self.validation = ValidationSet.of(self) if c.val else None
         self.sampler = BucketBatchSampler(
             dataset.lengths, c.batch_size, seed=c.seed, rank=self.world.rank, world_size=self.world.size,
             micro_batches=c.micro_batches,
@@ -186,41 +188,6 @@ class LLMRecipe:
                 + (f"; resuming at step {self.step}" if self.step else ""),
                 flush=True,
             )
-
-    def _dataset(self, conversations: list[Conversation | Distilled]) -> tuple[Dataset, Callable, int]:
-        """The conversations as token ids packed into rows, the collate function for them, and how many were kept;
-        distilled ones as student and teacher rows side by side. Conversations over max_tokens are skipped."""
-        c = self.config
-        distilled = [isinstance(item, Distilled) for item in conversations]
-        if any(distilled) and not all(distilled):
-            raise ConfigError(f"recipe {self.name}: distilled and plain conversations cannot share a run")
-        if any(distilled) and c.full:
-            raise ConfigError("full=true: distillation's teacher is the LLM without the adapter; train LoRA")
-        students, teachers = [], []
-        for number, item in enumerate(conversations):
-            student, teacher = item if isinstance(item, Distilled) else (item, None)
-            tokens = chat_tokens(self.tokenizer, student)
-            taught = chat_tokens(self.tokenizer, teacher) if teacher is not None else None
-            if taught is not None and not np.array_equal(tokens.ids[tokens.learned], taught.ids[taught.learned]):
-                raise DataError(f"conversation {number}: the student's replies are not the teacher's")
-            if len(tokens.ids) <= c.max_tokens and (taught is None or len(taught.ids) <= c.max_tokens):
-                students.append(tokens)
-                teachers.append(taught)
-            else:
-                self.skipped.add([(f"conversation {number}", TOO_LONG)])
-        if not students:
-            raise DataError(f"no usable conversations ({self.skipped})")
-        lengths = [max(len(s.ids), len(t.ids) if t is not None else 0) for s, t in zip(students, teachers, strict=True)]
-        packs = best_fit_decreasing(lengths, c.max_tokens) if c.pack else [[i] for i in range(len(students))]
-        if len(packs) < c.batch_size:
-            raise ConfigError(
-                f"{len(students)} conversations make {len(packs)} rows of ≤ {c.max_tokens} tokens, fewer than one "
-                f"batch of {c.batch_size}: lower batch_size (or max_tokens)"
-            )
-        if any(distilled):
-            dataset = PairedPacks(PackedSequences(students, packs), PackedSequences(teachers, packs))
-            return dataset, collate_pairs, len(students)
-        return PackedSequences(students, packs), collate_packs, len(students)
 
     def _trainable(self, llm: PreTrainedModel) -> torch.nn.Module:
         """The LLM with what trains marked (and wrapped by peft), on the device, sharded over ranks."""
@@ -352,6 +319,8 @@ class LLMRecipe:
                     }
                     self.metrics.write(self.step, row)
                     bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{speed:.0f}")
+                if self.validation and (self.step % c.val_every == 0 or self.step == c.max_steps):
+                    self._validate()
                 if self.step % c.save_every == 0 or stopper.save_due():
                     self.save_checkpoint()
                     stopper.saved()
@@ -365,6 +334,14 @@ class LLMRecipe:
             print(f"stopped by {stopper.signal} at step {self.step}; --resume goes on from here", flush=True)
         elif self.step < c.max_steps:
             print(f"stopped after {c.max_minutes} minutes at step {self.step}; --resume goes on from here", flush=True)
+
+    def _validate(self) -> None:
+        """Log the loss per target token on the validation set (dropout off)."""
+        self.model.eval()
+        try:
+            self.metrics.write(self.step, {"val_loss": self.validation.loss(self.loss_sum)})
+        finally:
+            self.model.train()
 
     def loss_sum(self, batch: TokenBatch | DistillBatch) -> torch.Tensor:
         """One micro-batch's loss summed over its target tokens (the step divides by the global count):

@@ -16,6 +16,7 @@ from auralm.training import distill
 from auralm.training.chat_dataset import DistillBatch, PackedSequences, collate_pairs
 from auralm.training.config import ConfigError
 from auralm.training.replies import BaseReplies
+from auralm.training.validation import ValidationSet
 from tests.training.conftest import AURALM, asr_manifest
 
 
@@ -56,6 +57,9 @@ def test_the_student_learns_the_teachers_answers_and_typed_text_stays(config):
         assert pairs_loss(recipe, typed) < 1e-6  # the adapter starts as the identity: on text, student = teacher
         before = pairs_loss(recipe, spoken)
         assert before > 0.05
+        # val= scores rows as the step does: here the training rows, 5 to a batch, are their one-batch loss
+        validation = ValidationSet(recipe.loader.dataset, collate_pairs, 5, recipe.tokenizer.pad_token_id)
+        assert validation.loss(recipe.loss_sum) == pytest.approx(pairs_loss(recipe, spoken + typed), rel=1e-4)
         recipe.train()
         after = pairs_loss(recipe, spoken)
         assert after < 0.5 * before, (before, after)
@@ -185,8 +189,11 @@ def test_the_command_line_runs_it(tmp_path, config):
 
     settings = [f"{key}={value}" for key, value in (("train", config.train), ("tokenizer", config.tokenizer),
                 ("llm", config.llm), ("output_dir", tmp_path / "cli"), ("max_steps", 2), ("batch_size", 2),
-                ("reply_tokens", 2), ("max_tokens", 400), ("progress", "false"))]  # fmt: skip
+                ("reply_tokens", 2), ("max_tokens", 400), ("progress", "false"), ("val", config.train))]  # fmt: skip
     result = subprocess.run([*AURALM, "train", "distill", *settings, "--threads", "1"], capture_output=True,
                             text=True, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "cli" / "adapter" / "adapter_model.safetensors").is_file()
+    rows = [json.loads(line) for line in (tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows if "val_loss" in row] == [2]  # at the end (val_every 100)
+    assert 0 < rows[-1]["val_loss"] < 20

@@ -84,7 +84,8 @@ def train(recipe: str, *settings: str, extra_args: tuple[str, ...] = (), **kwarg
 
 
 def losses(run_dir: Path, name: str = "loss") -> list[float]:
-    return [json.loads(line)[name] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [row[name] for row in rows if name in row]
 
 
 def test_pretrain_overfits_and_its_adapter_transcribes_through_speech_chat(
@@ -94,14 +95,20 @@ def test_pretrain_overfits_and_its_adapter_transcribes_through_speech_chat(
     tiny_whisper_file,
 ):
     run = tmp_path / "run"
-    # bf16 autocast and packed rows: the defaults
+    # bf16 autocast and packed rows: the defaults; validation on the clips it learns, so its loss must fall as far
     result = train(
         "pretrain", f"train={asr_manifest(tmp_path)}", f"tokenizer={speech_folder}", f"llm={llm_folder}",
         f"output_dir={run}", "max_tokens=400", "batch_size=2", "max_steps=60", "lr=0.01", "warmup_steps=5",
         "log_every=5", "lora_r=16", "merge=true", "instruction_first=0",  # one order: each clip learned as asked
+        f"val={asr_manifest(tmp_path)}", "val_every=5",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert losses(run)[-1] < 0.1, losses(run)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    validated = [row["step"] for row in rows if "val_loss" in row]
+    assert validated == list(range(5, 61, 5))  # every val_every steps (and at the end)
+    val = losses(run, "val_loss")
+    assert val[0] > 1 and val[-1] < 0.1, val
 
     model, tokenizer = load_llm(llm_folder, adapter=run / "adapter")
     speech = SpeechTokenizer.from_pretrained(speech_folder)
