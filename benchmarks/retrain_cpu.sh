@@ -97,12 +97,13 @@ ab)
     ;;
 wide)
     head -n 17588 "$DATA/train.jsonl" >"$DATA/train-17588.jsonl"  # all of `data synth --examples 20000`'s train split
+    head -n 48 "$DATA/val.jsonl" >"$DATA/val-48.jsonl"  # val_loss every 50 steps (~10 s each)
     # the widening is the adapter's (RESULTS.md, 2026-12-06: the first long run, wide-v1, had no new head and 64
     # neurons: widen_dims=72 widen_neurons=64 widen_heads=0, from scratch, stopped at step 369)
     "$AURALM" train pretrain --config pretrain tokenizer="$CANDIDATE" train="$DATA/train-17588.jsonl" \
         code_cache=runs/codes-v2 output_dir=runs/wide-v2 adapter=runs/ab-wide-rank/adapter lr=2e-3 batch_size=8 \
-        max_tokens=512 warmup_steps=20 max_steps=1500 save_every=25 save_every_minutes=5 log_every=5 --threads 2 \
-        --resume "${LIMIT[@]}" "${@:2}"
+        max_tokens=512 warmup_steps=20 max_steps=1500 save_every=25 save_every_minutes=5 log_every=5 \
+        val="$DATA/val-48.jsonl" val_every=50 --threads 2 --resume "${LIMIT[@]}" "${@:2}"
     ;;
 eval)
     RUN=${2:?eval needs the run folder, e.g. runs/pretrain-v2}

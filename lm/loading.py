@@ -46,7 +46,8 @@ def load_llm(
 
     adapter: a LoRA adapter folder (peft's adapter_config.json + weights), merged into the model, or a widened one
     (lm/widening.py), which makes the model wider. One that `auralm train pretrain|sft` wrote also holds the
-    tokenizer with the sound tokens: the model grows to it first.
+    tokenizer with the sound tokens (a shipped one only counts them: `adapter_tokenizer`): the model grows to it
+    first.
     keep_base: also keep the weights the adapter changed, for `base_weights` (a copy of them in memory).
     """
     path = llm_folder(source)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -48,8 +49,15 @@ class PartedLinear(Parted):
     (the entries at `products`, trained as `products_out` @ `products_in`, from `factor` of their values).
     x: (..., in) → y: (..., out)."""
 
-    def __init__(self, weight: torch.Tensor, parts: list[tuple[slice, ...]], shared: Parted | None = None,
-                 products: list[tuple[slice, ...]] = (), rank: int = 0, generator: torch.Generator | None = None):  # fmt: skip
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        parts: list[tuple[slice, ...]],
+        shared: Parted | None = None,
+        products: Sequence[tuple[slice, ...]] = (),
+        rank: int = 0,
+        generator: torch.Generator | None = None,
+    ):
         super().__init__(weight, parts, shared)
         self.product_slices = products
         self.products_in, self.products_out = nn.ParameterList(), nn.ParameterList()
@@ -106,8 +114,9 @@ def split_widened(model: PreTrainedModel, widening: Widening, seed: int = 0) -> 
 
 
 def widened_parts(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The parts in a split `model`'s `state` ({`<layer>.parts.<i>`: tensor}) keyed as an adapter folder keeps
-    them (`<layer>.weight@<i>`); a tied head's once, under the embedding's name."""
+    """The parts (and products' factors) in a split `model`'s `state` ({`<layer>.parts.<i>`: tensor}) keyed as an
+    adapter folder keeps them (`<layer>.weight@<i>`, `<layer>.weight@product<i>.in`); a tied head's once, under the
+    embedding's name."""
     names = {name for name, parameter in model.named_parameters() if parameter.requires_grad}  # shared ones once
     return {_adapter_key(key): tensor for key, tensor in state.items() if key in names}
 
