@@ -80,6 +80,12 @@ def adapter_tokenizer(tokenizer: PreTrainedTokenizerBase, adapter: Path) -> PreT
     added them the same way); unchanged for an adapter without sound tokens."""
     if (adapter / "tokenizer_config.json").is_file():
         return AutoTokenizer.from_pretrained(adapter)
+    return rebuilt_tokenizer(tokenizer, adapter)
+
+
+def rebuilt_tokenizer(tokenizer: PreTrainedTokenizerBase, adapter: Path) -> PreTrainedTokenizerBase:
+    """The base LLM's `tokenizer` (in place) with the sound tokens `adapter`'s SOUND_TOKENS_FILE counts, added as the
+    training run added them; unchanged for an adapter without them."""
     codes = sound_tokens_config(adapter).get(CODES_KEY)
     if codes:
         add_sound_vocabulary(tokenizer, codes)

@@ -24,8 +24,8 @@ from transformers import AutoTokenizer
 
 from auralm.checkpoints import CheckpointError
 from auralm.checkpoints.registry import SHIPPED_ADAPTER, SHIPPED_DIR, SHIPPED_TOKENIZER
-from auralm.lm.loading import DEFAULT_LLM, SOUND_TOKENS_FILE, llm_folder, sound_tokens_config
-from auralm.lm.vocabulary import CODES_KEY, HASH_KEY, add_sound_vocabulary
+from auralm.lm.loading import DEFAULT_LLM, SOUND_TOKENS_FILE, llm_folder, rebuilt_tokenizer, sound_tokens_config
+from auralm.lm.vocabulary import CODES_KEY, HASH_KEY
 from auralm.lm.widening import WIDENING_FILE, WIDENING_WEIGHTS
 from auralm.tokenizer import SpeechTokenizer
 from auralm.tokenizer.token_format import sound_token
@@ -85,8 +85,7 @@ def _tokenizer_rebuilds(adapter: Path, llm: str | Path) -> bool:
     if not codes or not (adapter / "tokenizer_config.json").is_file():
         return False
     own = AutoTokenizer.from_pretrained(adapter)
-    rebuilt = AutoTokenizer.from_pretrained(llm_folder(llm))
-    add_sound_vocabulary(rebuilt, codes)
+    rebuilt = rebuilt_tokenizer(AutoTokenizer.from_pretrained(llm_folder(llm)), adapter)
     probe = f"<|im_start|>user\nSay 12 words, twice!{sound_token(0)}{sound_token(codes - 1)}<|im_end|>"
     return (
         own.get_vocab() == rebuilt.get_vocab()
