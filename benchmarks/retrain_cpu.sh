@@ -23,6 +23,8 @@
 #                                                        # 12 MB in float16) pretrained on the 17,588 training clips of
 #                                                        # `data synth --examples 20000` (21.7 h) from `ab wide-rank`'s
 #                                                        # adapter, over sessions
+#   MINUTES=60 bash benchmarks/retrain_cpu.sh sft-wide   # sft of the widened LLM from wide's adapter (heard_first,
+#                                                        # lr 5e-4 cosine over 360 steps)
 #   bash benchmarks/retrain_cpu.sh eval RUN              # RUN/adapter on the first 60 validation clips
 #
 # MINUTES bounds one call (default: no bound); the same call again goes on where it stopped. Recipe keys after the
@@ -105,6 +107,16 @@ wide)
         max_tokens=512 warmup_steps=20 max_steps=1500 save_every=25 save_every_minutes=5 log_every=5 \
         val="$DATA/val-48.jsonl" val_every=50 --threads 2 --resume "${LIMIT[@]}" "${@:2}"
     ;;
+sft-wide)
+    # sft from wide-v2's adapter (its step 943 for RESULTS.md's 2026-12-06 run), val_loss every 60 steps on
+    # the validation conversations of val-48's clips (whose codes the wide stage cached)
+    sed 's/.*"audio": "\([^"]*\)".*/"path": "\1"/' "$DATA/val-48.jsonl" | grep -F -f - "$DATA/chat_val.jsonl" \
+        >"$DATA/chat_val-48.jsonl"
+    "$AURALM" train sft --config sft tokenizer="$CANDIDATE" train="$DATA/chat_train.jsonl" code_cache=runs/codes-v2 \
+        output_dir=runs/sft-wide adapter=runs/wide-v2/adapter heard_first=true batch_size=8 max_tokens=512 lr=5e-4 \
+        warmup_steps=20 max_steps=360 text_ratio=0 val="$DATA/chat_val-48.jsonl" val_every=60 save_every=25 \
+        save_every_minutes=5 log_every=5 --threads 2 --resume "${LIMIT[@]}" "${@:2}"
+    ;;
 eval)
     RUN=${2:?eval needs the run folder, e.g. runs/pretrain-v2}
     "$AURALM" eval "$DATA/val.jsonl" --limit 60 --llm smollm2 --adapter "$RUN/adapter" --checkpoint "$CANDIDATE" \
@@ -112,7 +124,7 @@ eval)
     ;;
 *)
     echo "usage: [MINUTES=N] bash benchmarks/retrain_cpu.sh data|tokenizer|pretrain|pretrain-more|sft ADAPTER|\
-distill ADAPTER|ab wide|wide-heads|wide-rank|lora|wide|eval RUN [key=value …]" >&2
+distill ADAPTER|ab wide|wide-heads|wide-rank|lora|wide|sft-wide|eval RUN [key=value …]" >&2
     exit 2
     ;;
 esac

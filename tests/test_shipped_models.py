@@ -39,8 +39,12 @@ def test_the_pair_is_pinned_stored_in_float16_and_within_budget(chat):
     default = SpeechTokenizer.from_pretrained("default")  # checks the hash its config records
     assert recorded == default.tokenizer_hash == chat.speech_tokenizer.tokenizer_hash
     assert getattr(chat.model.config, HASH_KEY) == recorded
-    for folder, weights in ((SHIPPED_TOKENIZER, "model.safetensors"), (SHIPPED_ADAPTER, "adapter_model.safetensors")):
-        with safe_open(shipped_model(folder) / weights, "pt") as f:
+    weights = [
+        w for folder in (SHIPPED_TOKENIZER, SHIPPED_ADAPTER) for w in shipped_model(folder).glob("*.safetensors")
+    ]
+    assert len(weights) == 2  # the tokenizer's, and the adapter's (LoRA or widened)
+    for path in weights:
+        with safe_open(path, "pt") as f:
             assert {f.get_slice(k).get_dtype() for k in f.keys()} <= {"F16", "BOOL", "I64"}
     assert shipped_megabytes() <= SHIPPED_BUDGET_MB
 
