@@ -108,14 +108,12 @@ wide)
         val="$DATA/val-48.jsonl" val_every=50 --threads 2 --resume "${LIMIT[@]}" "${@:2}"
     ;;
 sft-wide)
-    # sft from wide-v2's adapter (its step 943 for RESULTS.md's 2026-12-06 run), val_loss every 60 steps on
-    # the validation conversations of val-48's clips (whose codes the wide stage cached)
+    # the sft stage from wide-v2's adapter (its step 943 for RESULTS.md's 2026-12-06 run) at a widened LLM's lr,
+    # val_loss every 60 steps on the validation conversations of val-48's clips (whose codes the wide stage cached)
     sed 's/.*"audio": "\([^"]*\)".*/"path": "\1"/' "$DATA/val-48.jsonl" | grep -F -f - "$DATA/chat_val.jsonl" \
         >"$DATA/chat_val-48.jsonl"
-    "$AURALM" train sft --config sft tokenizer="$CANDIDATE" train="$DATA/chat_train.jsonl" code_cache=runs/codes-v2 \
-        output_dir=runs/sft-wide adapter=runs/wide-v2/adapter heard_first=true batch_size=8 max_tokens=512 lr=5e-4 \
-        warmup_steps=20 max_steps=360 text_ratio=0 val="$DATA/chat_val-48.jsonl" val_every=60 save_every=25 \
-        save_every_minutes=5 log_every=5 --threads 2 --resume "${LIMIT[@]}" "${@:2}"
+    exec bash benchmarks/retrain_cpu.sh sft runs/wide-v2/adapter code_cache=runs/codes-v2 output_dir=runs/sft-wide lr=5e-4 max_steps=360 \
+        val="$DATA/chat_val-48.jsonl" val_every=60 "${@:2}"
     ;;
 eval)
     RUN=${2:?eval needs the run folder, e.g. runs/pretrain-v2}
