@@ -23,6 +23,8 @@
 #                                                        # 12 MB in float16) pretrained on the 17,588 training clips of
 #                                                        # `data synth --examples 20000` (21.7 h) from `ab wide-rank`'s
 #                                                        # adapter, over sessions
+#   MINUTES=60 bash benchmarks/retrain_cpu.sh wide-more  # then one epoch over the 7,950 training clips synthesised
+#                                                        # after those (lines 17,589-25,538: 9.9 h it has not heard)
 #   MINUTES=60 bash benchmarks/retrain_cpu.sh sft-wide   # sft of the widened LLM from wide's adapter (heard_first,
 #                                                        # lr 5e-4 cosine over 360 steps)
 #   bash benchmarks/retrain_cpu.sh eval RUN              # RUN/adapter on the first 60 validation clips
@@ -107,6 +109,15 @@ wide)
         max_tokens=512 warmup_steps=20 max_steps=1500 save_every=25 save_every_minutes=5 log_every=5 \
         val="$DATA/val-48.jsonl" val_every=50 --threads 2 --resume "${LIMIT[@]}" "${@:2}"
     ;;
+wide-more)
+    # wide-v2 at step 1,080 had gone 1.5 times over its clips (val_loss 0.27 above its training loss): the rest of its
+    # cosine goes over clips it has not heard instead, from wide-v2's adapter and a fresh optimizer
+    sed -n '17589,25538p' "$DATA/train.jsonl" >"$DATA/train-17589-25538.jsonl"
+    "$AURALM" train pretrain --config pretrain tokenizer="$CANDIDATE" train="$DATA/train-17589-25538.jsonl" \
+        code_cache=runs/codes-v2 output_dir=runs/wide-v3 adapter=runs/wide-v2/adapter lr=5e-4 batch_size=8 \
+        max_tokens=512 warmup_steps=10 max_steps=330 save_every=25 save_every_minutes=5 log_every=5 \
+        val="$DATA/val-48.jsonl" val_every=50 --threads 2 --resume "${LIMIT[@]}" "${@:2}"
+    ;;
 sft-wide)
     # the sft stage from wide-v2's adapter (its step 943 for RESULTS.md's 2026-12-06 run) at a widened LLM's lr,
     # val_loss every 60 steps on the validation conversations of val-48's clips (whose codes the wide stage cached)
@@ -122,7 +133,7 @@ eval)
     ;;
 *)
     echo "usage: [MINUTES=N] bash benchmarks/retrain_cpu.sh data|tokenizer|pretrain|pretrain-more|sft ADAPTER|\
-distill ADAPTER|ab wide|wide-heads|wide-rank|lora|wide|sft-wide|eval RUN [key=value …]" >&2
+distill ADAPTER|ab wide|wide-heads|wide-rank|lora|wide|wide-more|sft-wide|eval RUN [key=value …]" >&2
     exit 2
     ;;
 esac
