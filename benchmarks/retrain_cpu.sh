@@ -24,7 +24,9 @@
 #                                                        # `data synth --examples 20000` (21.7 h) from `ab wide-rank`'s
 #                                                        # adapter, over sessions
 #   MINUTES=60 bash benchmarks/retrain_cpu.sh wide-more  # then one epoch over the 7,950 training clips synthesised
-#                                                        # after those (lines 17,589-25,538: 9.9 h it has not heard)
+#                                                        # after those (lines 17,589-25,538: 9.9 h it has not heard);
+#                                                        # FROM=runs/wide-v3 TO=runs/wide-v4 LINES=25539,30616 … goes
+#                                                        # on over the next ones (max_steps=: their rows / 8)
 #   MINUTES=60 bash benchmarks/retrain_cpu.sh sft-wide   # sft of the widened LLM from wide's adapter (heard_first,
 #                                                        # lr 5e-4 cosine over 360 steps)
 #   bash benchmarks/retrain_cpu.sh eval RUN              # RUN/adapter on the first 60 validation clips
@@ -112,9 +114,10 @@ wide)
 wide-more)
     # wide-v2 at step 1,080 had gone 1.5 times over its clips (val_loss 0.27 above its training loss): the rest of its
     # cosine goes over clips it has not heard instead, from wide-v2's adapter and a fresh optimizer
-    sed -n '17589,25538p' "$DATA/train.jsonl" >"$DATA/train-17589-25538.jsonl"
-    "$AURALM" train pretrain --config pretrain tokenizer="$CANDIDATE" train="$DATA/train-17589-25538.jsonl" \
-        code_cache=runs/codes-v2 output_dir=runs/wide-v3 adapter=runs/wide-v2/adapter lr=5e-4 batch_size=8 \
+    FROM=${FROM:-runs/wide-v2} TO=${TO:-runs/wide-v3} LINES=${LINES:-17589,25538}
+    sed -n "${LINES}p" "$DATA/train.jsonl" >"$DATA/train-${LINES/,/-}.jsonl"
+    "$AURALM" train pretrain --config pretrain tokenizer="$CANDIDATE" train="$DATA/train-${LINES/,/-}.jsonl" \
+        code_cache=runs/codes-v2 output_dir="$TO" adapter="$FROM/adapter" lr=5e-4 batch_size=8 \
         max_tokens=512 warmup_steps=10 max_steps=330 save_every=25 save_every_minutes=5 log_every=5 \
         val="$DATA/val-48.jsonl" val_every=50 --threads 2 --resume "${LIMIT[@]}" "${@:2}"
     ;;
