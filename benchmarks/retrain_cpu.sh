@@ -116,10 +116,8 @@ wide-more)
     # cosine goes over clips it has not heard instead, from wide-v2's adapter and a fresh optimizer
     FROM=${FROM:-runs/wide-v2} TO=${TO:-runs/wide-v3} LINES=${LINES:-17589,25538}
     sed -n "${LINES}p" "$DATA/train.jsonl" >"$DATA/train-${LINES/,/-}.jsonl"
-    "$AURALM" train pretrain --config pretrain tokenizer="$CANDIDATE" train="$DATA/train-${LINES/,/-}.jsonl" \
-        code_cache=runs/codes-v2 output_dir="$TO" adapter="$FROM/adapter" lr=5e-4 batch_size=8 \
-        max_tokens=512 warmup_steps=10 max_steps=330 save_every=25 save_every_minutes=5 log_every=5 \
-        val="$DATA/val-48.jsonl" val_every=50 --threads 2 --resume "${LIMIT[@]}" "${@:2}"
+    exec bash benchmarks/retrain_cpu.sh wide train="$DATA/train-${LINES/,/-}.jsonl" output_dir="$TO" adapter="$FROM/adapter" \
+        lr=5e-4 warmup_steps=10 max_steps=330 "${@:2}"
     ;;
 sft-wide)
     # the sft stage from wide-v2's adapter (its step 943 for RESULTS.md's 2026-12-06 run) at a widened LLM's lr,
