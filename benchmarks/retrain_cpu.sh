@@ -29,6 +29,10 @@
 #                                                        # on over the next ones (max_steps=: their rows / 8)
 #   MINUTES=60 bash benchmarks/retrain_cpu.sh sft-wide   # sft of the widened LLM from wide's adapter (heard_first,
 #                                                        # lr 5e-4 cosine over 360 steps)
+#   MINUTES=60 bash benchmarks/retrain_cpu.sh sft-hear   # sft of wide-v4 with the base LLM's own replies to the
+#                                                        # spoken questions typed, on the first 8,000 conversations
+#   MINUTES=60 bash benchmarks/retrain_cpu.sh sft-noise  # wide-v4 taught to refuse noise only (transcription
+#                                                        # requests and noise, lr 2e-4, 120 steps)
 #   bash benchmarks/retrain_cpu.sh eval RUN              # RUN/adapter on the first 60 validation clips
 #
 # MINUTES bounds one call (default: no bound); the same call again goes on where it stopped. Recipe keys after the
@@ -127,6 +131,22 @@ sft-wide)
     exec bash benchmarks/retrain_cpu.sh sft runs/wide-v2/adapter code_cache=runs/codes-v2 output_dir=runs/sft-wide lr=5e-4 max_steps=360 \
         val="$DATA/chat_val-48.jsonl" val_every=60 "${@:2}"
     ;;
+sft-hear)
+    # sft of the widened LLM that teaches only what pretraining lacks (RESULTS.md, 2026-12-07): noise → refusal, and
+    # spoken questions answered as the base LLM answers them typed (spoken_replies=base; ~0.65 s a reply here, so
+    # the conversations of the first clips only: LINES lines of chat_train), each led by its heard line
+    LINES=${LINES:-8000}
+    head -n "$LINES" "$DATA/chat_train.jsonl" >"$DATA/chat_train-$LINES.jsonl"
+    exec bash benchmarks/retrain_cpu.sh sft-wide train="$DATA/chat_train-$LINES.jsonl" adapter=runs/wide-v4/adapter \
+        output_dir=runs/sft-hear spoken_replies=base max_steps=200 val_every=50 "${@:2}"
+    ;;
+sft-noise)
+    # what sft-hear costs the transcription, left out (RESULTS.md, 2026-12-07): wide-v4 taught only to refuse noise,
+    # beside the transcription requests of chat_train that pretraining already gives, at sft-v3's lr
+    grep -F '"Transcribe the speech."' "$DATA/chat_train.jsonl" >"$DATA/chat_train-transcribe.jsonl"
+    exec bash benchmarks/retrain_cpu.sh sft-wide train="$DATA/chat_train-transcribe.jsonl" adapter=runs/wide-v4/adapter \
+        output_dir=runs/sft-noise noise_ratio=0.15 lr=2e-4 max_steps=120 val_every=40 "${@:2}"
+    ;;
 eval)
     RUN=${2:?eval needs the run folder, e.g. runs/pretrain-v2}
     "$AURALM" eval "$DATA/val.jsonl" --limit 60 --llm smollm2 --adapter "$RUN/adapter" --checkpoint "$CANDIDATE" \
@@ -134,7 +154,7 @@ eval)
     ;;
 *)
     echo "usage: [MINUTES=N] bash benchmarks/retrain_cpu.sh data|tokenizer|pretrain|pretrain-more|sft ADAPTER|\
-distill ADAPTER|ab wide|wide-heads|wide-rank|lora|wide|wide-more|sft-wide|eval RUN [key=value …]" >&2
+distill ADAPTER|ab wide|wide-heads|wide-rank|lora|wide|wide-more|sft-wide|sft-hear|sft-noise|eval RUN [key=value …]" >&2
     exit 2
     ;;
 esac

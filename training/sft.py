@@ -15,7 +15,10 @@ audio; a user turn of one clip and one text part is put in either order (the tex
 them, drawn per turn), so a request means the same before the clip as after it. The manifest's text-only
 conversations keep the LLM's text ability (`text_ratio` of them per spoken one, all by default); with
 `text_replies=base` their replies are the LLM's own before training (self-distillation), so they keep its text
-answers as they were instead of teaching new ones. With `heard_first`, a reply to a clip begins with a line
+answers as they were instead of teaching new ones; with `spoken_replies=base` a reply to a transcribed clip that
+says more than its transcript (an answer to a spoken question) is the LLM's own reply to the conversation typed, each
+clip as its transcript, so the answer is one it already gives and the clip only has to be heard (cross-modal
+self-distillation, as `distill` does with a KL loss). With `heard_first`, a reply to a clip begins with a line
 saying what the clip says (`heard_reply`), the transcript the manifest's own transcription request of that clip
 gives: the LLM reads the words as text before it answers them (SpeechGPT's chain of modality), and SpeechChat
 strips that line. Generated "noise" conversations (`noise_ratio` per spoken one) teach it to say `refusal` when a
@@ -47,7 +50,7 @@ from auralm.training.noise_clips import noise_clips
 from auralm.training.replies import BaseReplies
 
 ROLES = ("system", "user", "assistant")
-TEXT_REPLIES = ("manifest", "base")  # where text-only conversations' replies come from
+REPLIES = ("manifest", "base")  # where replies come from: the manifest, or the LLM itself before training
 
 
 @dataclass
@@ -56,7 +59,8 @@ class SFTConfig(LLMTrainingConfig):
     train: str = ""  # a JSONL manifest of conversations (see the module docstring)
     text_ratio: float | None = None  # text-only conversations per spoken one, drawn from the manifest's; null: all
     text_replies: str = "manifest"  # "base": text-only conversations answered by the LLM itself before training
-    text_reply_tokens: int = 96  # the longest such reply
+    spoken_replies: str = "manifest"  # "base": replies to clips answered by the LLM itself, the clips typed
+    text_reply_tokens: int = 96  # the longest reply the LLM is asked for (either "base")
     noise_ratio: float = 0.05  # generated noise conversations per spoken one
     refusal: str = REFUSAL  # the assistant's reply to a clip without speech
     heard_first: bool = False  # replies to clips begin with what the clip says (the module docstring)
@@ -136,27 +140,53 @@ def _clip_and_texts(message: dict[str, Any]) -> tuple[str | None, list[str]]:
     return (clips[0] if len(clips) == 1 else None), [p for p in message["content"] if isinstance(p, str)]
 
 
-def with_heard_lines(manifest: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The conversations of `read_conversations` with each reply to a one-clip user turn led by the line saying
-    what the clip says (`heard_reply`), where the manifest asks to transcribe that clip (a user turn of it and
-    TRANSCRIBE_PROMPT, answered by its transcript); a reply that is the transcript itself stays as it is."""
+def clip_transcripts(manifest: list[dict[str, Any]]) -> dict[str, str]:
+    """What each clip the manifest asks to transcribe says: {clip path: the reply to a user turn of it and
+    TRANSCRIBE_PROMPT}."""
     transcripts = {}
     for conversation in manifest:
         for asked, reply in pairwise(conversation["messages"]):
             clip, texts = _clip_and_texts(asked)
             if asked["role"] == "user" and reply["role"] == "assistant" and clip and texts == [TRANSCRIBE_PROMPT]:
                 transcripts[clip] = message_text(reply["content"])
+    return transcripts
+
+
+def _answers_clip(asked: dict[str, Any], reply: dict[str, Any], transcripts: dict[str, str]) -> bool:
+    """Whether `reply` answers a one-clip user turn whose clip is transcribed, with more than the transcript."""
+    clip, _ = _clip_and_texts(asked)
+    return (
+        (asked["role"], reply["role"]) == ("user", "assistant")
+        and clip in transcripts
+        and (message_text(reply["content"]) != transcripts[clip])
+    )
+
+
+def with_heard_lines(manifest: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversations of `read_conversations` with each reply to a one-clip user turn led by the line saying
+    what the clip says (`heard_reply`), where the manifest asks to transcribe that clip (a user turn of it and
+    TRANSCRIBE_PROMPT, answered by its transcript); a reply that is the transcript itself stays as it is."""
+    transcripts = clip_transcripts(manifest)
     changed = []
     for conversation in manifest:
         messages = [dict(m) for m in conversation["messages"]]
         for asked, reply in pairwise(messages):
-            clip, _ = _clip_and_texts(asked)
-            if (asked["role"], reply["role"]) != ("user", "assistant") or clip not in transcripts:
-                continue
-            if (said := message_text(reply["content"])) != transcripts[clip]:
-                reply["content"] = [heard_reply(transcripts[clip], said)]
+            if _answers_clip(asked, reply, transcripts):
+                clip, _ = _clip_and_texts(asked)
+                reply["content"] = [heard_reply(transcripts[clip], message_text(reply["content"]))]
         changed.append({**conversation, "messages": messages})
     return changed
+
+
+def typed(messages: list[dict[str, Any]], transcripts: dict[str, str]) -> list[dict[str, Any]] | None:
+    """The messages as if typed: each clip replaced by its transcript (None where a clip has none)."""
+    out = []
+    for message in messages:
+        parts = [transcripts.get(p["audio"]) if isinstance(p, dict) else p for p in message["content"]]
+        if None in parts:
+            return None
+        out.append({"role": message["role"], "content": parts})
+    return out
 
 
 class ChatManifest:
@@ -165,13 +195,16 @@ class ChatManifest:
     def __init__(self, config: SFTConfig):
         if not config.train:
             raise ConfigError("no training data: set train= (a JSONL manifest of conversations)")
-        if config.text_replies not in TEXT_REPLIES:
-            raise ConfigError(f"text_replies={config.text_replies}: use one of {', '.join(TEXT_REPLIES)}")
+        for key in ("text_replies", "spoken_replies"):
+            if getattr(config, key) not in REPLIES:
+                raise ConfigError(f"{key}={getattr(config, key)}: use one of {', '.join(REPLIES)}")
         self.config = config
 
     def conversations(self, recipe: LLMRecipe) -> tuple[list[Conversation], SkippedExamples]:
         c = self.config
         manifest = read_conversations(c.train)
+        if c.spoken_replies == "base":
+            manifest = self._spoken_base_replies(recipe, manifest)
         if c.heard_first:
             manifest = with_heard_lines(manifest)
         spoken_count = sum(1 for conversation in manifest if _audio_paths(conversation))
@@ -207,7 +240,8 @@ class ChatManifest:
             chosen = rng.choice(len(text_only), size=round(c.text_ratio * len(spoken)), replace=False)
             text_only = [text_only[i] for i in sorted(chosen)]
         if c.text_replies == "base":
-            text_only = self._base_replies(recipe, text_only)
+            turns = [[i for i, m in enumerate(conversation) if m["role"] == "assistant"] for conversation in text_only]
+            text_only = self._base_replies(recipe, text_only, turns, "text_replies.json")
         user_parts = [p for conversation in spoken for m in conversation if m["role"] == "user" for p in m["content"]]
         requests = sorted({p for p in user_parts if isinstance(p, str)})  # what noise clips come with, half the time
         noise = [
@@ -221,19 +255,41 @@ class ChatManifest:
             )
         return spoken + text_only + noise, skipped
 
-    def _base_replies(self, recipe: LLMRecipe, conversations: list[Conversation]) -> list[Conversation]:
-        """The text-only conversations with every assistant turn replaced by the LLM's own greedy reply before
-        training (self-distillation): they then teach it to keep its text behaviour, not to change it. Kept in
-        output_dir/text_replies.json, so a resumed run asks for none again."""
-        ask = BaseReplies(recipe, recipe.run_dir / "text_replies.json", self.config.text_reply_tokens)
+    def _spoken_base_replies(self, recipe: LLMRecipe, manifest: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The manifest with each reply to a transcribed clip that says more than its transcript (a spoken question,
+        an instruction) replaced by the LLM's own reply before training to the conversation typed, each clip as its
+        transcript (cross-modal self-distillation in sft): a widened LLM, whose text weights cannot learn the
+        manifest's answers, then learns only to hear. Kept in output_dir/spoken_replies.json."""
+        transcripts = clip_transcripts(manifest)
+        chosen, as_typed, turns = [], [], []
+        for n, conversation in enumerate(manifest):
+            messages = conversation["messages"]
+            at = [i for i in range(1, len(messages)) if _answers_clip(messages[i - 1], messages[i], transcripts)]
+            if at and (typed_messages := typed(messages, transcripts)) is not None:
+                chosen.append(n)
+                as_typed.append(typed_messages)
+                turns.append(at)
+        replied = self._base_replies(recipe, as_typed, turns, "spoken_replies.json")
+        manifest = list(manifest)
+        for n, conversation, at in zip(chosen, replied, turns, strict=True):
+            messages = [dict(m) for m in manifest[n]["messages"]]
+            for i in at:
+                messages[i]["content"] = [conversation[i]["content"]]
+            manifest[n] = {**manifest[n], "messages": messages}
+        return manifest
+
+    def _base_replies(
+        self, recipe: LLMRecipe, conversations: list[Conversation], turns: list[list[int]], file_name: str
+    ) -> list[Conversation]:
+        """Conversations of text parts with the assistant turns at `turns` (indices, per conversation) replaced by
+        the LLM's own greedy reply before training to the conversation before them (every conversation's first
+        such turn, then every second one, …). Kept in output_dir/file_name, so a resumed run asks for none again."""
+        ask = BaseReplies(recipe, recipe.run_dir / file_name, self.config.text_reply_tokens)
         conversations = [[dict(m) for m in conversation] for conversation in conversations]
-        turns = max((sum(m["role"] == "assistant" for m in c) for c in conversations), default=0)
-        for turn in range(turns):  # every conversation's first reply, then every second one, …
-            asked = []
-            for conversation in conversations:
-                at = [i for i, m in enumerate(conversation) if m["role"] == "assistant"][turn:][:1]
-                if at:
-                    asked.append((conversation, at[0]))
+        for k in range(max(map(len, turns), default=0)):
+            asked = [
+                (conversation, at[k]) for conversation, at in zip(conversations, turns, strict=True) if k < len(at)
+            ]
             prompts = [_text_prompt(conversation[:at]) for conversation, at in asked]
             for (conversation, at), reply in zip(asked, ask(prompts), strict=True):
                 conversation[at]["content"] = reply

@@ -388,6 +388,48 @@ def test_sft_text_replies_from_the_base_llm_keep_its_own_answers(tmp_path, speec
         sft_module.recipe(dataclasses.replace(config, text_replies="teacher"))
 
 
+def test_sft_spoken_replies_from_the_base_llm_answer_the_clips_typed(
+    tmp_path, monkeypatch, speech_folder, llm_folder, chat_manifest
+):
+    """spoken_replies=base: each reply to a clip that says more than the clip's transcript is the LLM's own greedy
+    reply before training to the conversation so far typed, each clip as its transcript (then led by the heard
+    line); a transcription reply, and a clip the manifest never transcribes, keep the manifest's."""
+    config = SFTConfig(
+        train=str(chat_manifest), tokenizer=str(speech_folder), llm=str(llm_folder), output_dir=str(tmp_path / "run"),
+        noise_ratio=0.0, batch_size=2, bf16=False, progress=False, spoken_replies="base", heard_first=True,
+        text_reply_tokens=4,
+    )  # fmt: skip
+    asked: dict[str, str] = {}
+    generate = BaseReplies.generate
+
+    def noted(self, prompts):
+        replies = generate(self, prompts)
+        asked.update(zip((json.dumps(prompt) for prompt in prompts), replies, strict=True))
+        return replies
+
+    monkeypatch.setattr(BaseReplies, "generate", noted)
+    recipe = sft_module.recipe(config)
+    recipe.setup()
+    try:
+        conversations, _ = recipe.data.conversations(recipe)
+    finally:
+        recipe.cleanup()
+
+    expected, prompts = [], set()
+    for name in CLIPS:
+        said = TEXTS[name]
+        first_prompt = [{"role": "system", "content": "hello"}, {"role": "user", "content": said}]
+        first = asked[json.dumps(first_prompt)]
+        second_prompt = [*first_prompt, {"role": "assistant", "content": first},
+                         {"role": "user", "content": f"what is the dog ?\n{said}"}]  # fmt: skip
+        second = asked[json.dumps(second_prompt)]
+        expected += [[said], [heard_reply(said, first), heard_reply(said, second)]]
+        prompts |= {json.dumps(first_prompt), json.dumps(second_prompt)}
+    replies = [["".join(m["content"]) for m in c if m["role"] == "assistant"] for c in conversations]
+    assert replies == [*expected, ["hello ."]]  # the missing clip's line is left out, the text-only one as it was
+    assert set(asked) == prompts  # nothing else asked: not the transcription requests, not the text-only turn
+
+
 def test_base_replies_asked_before_a_kill_are_kept(tmp_path, monkeypatch, speech_folder, llm_folder):
     questions = ["hello", "what is the dog ?", "the cat ."]
     manifest = tmp_path / "text.jsonl"
