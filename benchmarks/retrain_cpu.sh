@@ -133,7 +133,7 @@ sft-wide)
     ;;
 sft-hear)
     # sft of the widened LLM that teaches only what pretraining lacks (RESULTS.md, 2026-12-07): noise → refusal, and
-    # spoken questions answered as the base LLM answers them typed (spoken_replies=base; ~0.65 s a reply here, so
+    # spoken questions answered as the base LLM answers them typed (spoken_replies=base; ~0.7 s a reply here, so
     # the conversations of the first clips only: LINES lines of chat_train), each led by its heard line
     LINES=${LINES:-8000}
     head -n "$LINES" "$DATA/chat_train.jsonl" >"$DATA/chat_train-$LINES.jsonl"
