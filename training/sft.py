@@ -155,11 +155,8 @@ def clip_transcripts(manifest: list[dict[str, Any]]) -> dict[str, str]:
 def _answers_clip(asked: dict[str, Any], reply: dict[str, Any], transcripts: dict[str, str]) -> bool:
     """Whether `reply` answers a one-clip user turn whose clip is transcribed, with more than the transcript."""
     clip, _ = _clip_and_texts(asked)
-    return (
-        (asked["role"], reply["role"]) == ("user", "assistant")
-        and clip in transcripts
-        and (message_text(reply["content"]) != transcripts[clip])
-    )
+    pair = (asked["role"], reply["role"]) == ("user", "assistant")
+    return pair and clip in transcripts and message_text(reply["content"]) != transcripts[clip]
 
 
 def with_heard_lines(manifest: list[dict[str, Any]]) -> list[dict[str, Any]]:
