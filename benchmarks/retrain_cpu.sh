@@ -33,6 +33,8 @@
 #                                                        # spoken questions typed, on the first 8,000 conversations
 #   MINUTES=60 bash benchmarks/retrain_cpu.sh sft-noise  # wide-v4 taught to refuse noise only (transcription
 #                                                        # requests and noise, lr 2e-4, 120 steps)
+#   MINUTES=60 bash benchmarks/retrain_cpu.sh sft-qa     # sft-noise-2 taught spoken questions again (heard_first,
+#                                                        # manifest replies, as many transcription requests)
 #   bash benchmarks/retrain_cpu.sh eval RUN              # RUN/adapter on the first 60 validation clips
 #
 # MINUTES bounds one call (default: no bound); the same call again goes on where it stopped. Recipe keys after the
@@ -147,6 +149,16 @@ sft-noise)
     exec bash benchmarks/retrain_cpu.sh sft-wide train="$DATA/chat_train-transcribe.jsonl" adapter=runs/wide-v4/adapter \
         output_dir=runs/sft-noise noise_ratio=0.15 lr=2e-4 max_steps=120 val_every=40 "${@:2}"
     ;;
+sft-qa)
+    # sft-noise-2 taught to answer spoken questions again (RESULTS.md, 2026-12-07): every spoken question and
+    # instruction of chat_train (manifest replies, each led by its heard line) beside as many transcription requests
+    grep -v -F '"Transcribe the speech."' "$DATA/chat_train.jsonl" | grep -F '"audio"' >"$DATA/chat_train-spoken.jsonl"
+    grep -m "$(wc -l <"$DATA/chat_train-spoken.jsonl")" -F '"Transcribe the speech."' "$DATA/chat_train.jsonl" \
+        >>"$DATA/chat_train-spoken.jsonl"
+    exec bash benchmarks/retrain_cpu.sh sft-wide train="$DATA/chat_train-spoken.jsonl" \
+        adapter=runs/sft-noise-2/adapter output_dir=runs/sft-qa noise_ratio=0.15 lr=2e-4 max_steps=120 val_every=40 \
+        "${@:2}"
+    ;;
 eval)
     RUN=${2:?eval needs the run folder, e.g. runs/pretrain-v2}
     "$AURALM" eval "$DATA/val.jsonl" --limit 60 --llm smollm2 --adapter "$RUN/adapter" --checkpoint "$CANDIDATE" \
@@ -154,7 +166,7 @@ eval)
     ;;
 *)
     echo "usage: [MINUTES=N] bash benchmarks/retrain_cpu.sh data|tokenizer|pretrain|pretrain-more|sft ADAPTER|\
-distill ADAPTER|ab wide|wide-heads|wide-rank|lora|wide|wide-more|sft-wide|sft-hear|sft-noise|eval RUN [key=value …]" >&2
+distill ADAPTER|ab wide|wide-heads|wide-rank|lora|wide|wide-more|sft-wide|sft-hear|sft-noise|sft-qa|eval RUN [key=value …]" >&2
     exit 2
     ;;
 esac
