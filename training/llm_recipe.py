@@ -59,6 +59,7 @@ from auralm.training.chat_dataset import (
 )
 from auralm.training.checkpointing import capture_rng, restore_rng
 from auralm.training.config import ConfigError, RunConfig, config_dict
+from auralm.training.ctc import LetterCTC
 from auralm.training.features import FeatureCache
 from auralm.training.loop import (
     LogWindow,
@@ -112,6 +113,8 @@ class LLMTrainingConfig(RunConfig):
     lr: float = 2e-4
     kl_temperature: float = 2.0  # distilled conversations: both distributions softened by this (Ultravox's 2)
     reply_ce_weight: float = 1.0  # distilled conversations: + this × cross-entropy on the reply's own tokens
+    ctc_weight: float = 0.0  # pretrain: + this × a CTC loss of the transcript's letters read off the clip's sound
+    # positions (ctc.py; one process); the logged loss includes it, val_loss does not
 
 
 class ConversationSource(Protocol):
@@ -171,6 +174,7 @@ class LLMRecipe:
         )
 
         self.model = self._trainable(llm)
+        self.letter_ctc = self._letter_ctc() if c.ctc_weight else None
         self.quiet = self._quiet_directions(conversations) if c.lora_quiet else None
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         trainable = sum(p.numel() for p in self.parameters)
@@ -232,6 +236,16 @@ class LLMRecipe:
                     fully_shard(module, mesh=mesh)
             fully_shard(model, mesh=mesh)
         return model
+
+    def _letter_ctc(self) -> LetterCTC:
+        """ctc_weight's head, a submodule of the model so it trains, saves and resumes with it (not in the adapter)."""
+        if self.name != "pretrain" or self.world.size > 1:
+            raise ConfigError("ctc_weight: for pretrain in one process (its replies are the clips' transcripts)")
+        n_codes = self.speech.config.vocab_size
+        first_code = len(self.tokenizer) - n_codes  # the codes are the vocabulary's last ids (sound_vocabulary)
+        d_model = self.model.get_output_embeddings().weight.shape[1]
+        self.model.letter_ctc = LetterCTC(d_model, first_code, n_codes, self.tokenizer).to(self.world.device)
+        return self.model.letter_ctc
 
     def _quiet_directions(self, conversations: list[Conversation | Distilled]) -> dict[str, torch.Tensor]:
         """lora_quiet: each LoRA layer's quiet input directions, measured on typed pairs of the data's replies, and
@@ -361,7 +375,10 @@ class LLMRecipe:
             if not self.config.reply_ce_weight:
                 return kl
             return kl + self.config.reply_ce_weight * self._cross_entropy(logits, batch.student)
-        return self._cross_entropy(self._target_logits(batch), batch)
+        loss = self._cross_entropy(self._target_logits(batch), batch)
+        if self.letter_ctc is not None and self.model.training:
+            loss = loss + self.config.ctc_weight * self.letter_ctc.loss_sum(self._hidden, batch)
+        return loss
 
     def _cross_entropy(self, logits: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
         """The summed cross-entropy of (N, vocab) logits at the batch's target positions."""
@@ -377,13 +394,18 @@ class LLMRecipe:
         ids, targets, positions = batch.ids.to(device), batch.targets.to(device), batch.positions.to(device)
         learned = targets != IGNORE  # (B, L)
         head = self.model.get_output_embeddings()
-        only_learned = head.register_forward_pre_hook(lambda _head, args: (args[0][learned], *args[1:]))
+
+        def only_learned(_head: torch.nn.Module, args: tuple) -> tuple:
+            self._hidden = args[0]  # (B, L, d), for letter CTC
+            return (args[0][learned], *args[1:])
+
+        hook = head.register_forward_pre_hook(only_learned)
         try:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
                 # no attention mask and no cache: transformers then reads the packing from the position ids
                 logits = self.model(input_ids=ids, position_ids=positions, use_cache=False).logits  # (N, vocab)
         finally:
-            only_learned.remove()
+            hook.remove()
         return logits.float()
 
     # ---- checkpoints -----------------------------------------------------------------------
@@ -437,6 +459,7 @@ class LLMRecipe:
     def _save_model(self, model_state: dict[str, torch.Tensor]) -> None:
         """output_dir/adapter/ (LoRA) or output_dir/merged/ (full), replaced whole: written beside, then renamed."""
         folder = self.run_dir / ("merged" if self.config.full else "adapter")
+        model_state = {k: v for k, v in model_state.items() if not k.startswith("letter_ctc.")}  # training's only
         partial = folder.with_name(f".{folder.name}.partial")
         shutil.rmtree(partial, ignore_errors=True)
         if self.config.full:

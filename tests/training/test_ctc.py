@@ -1,0 +1,88 @@
+"""pretrain's letter CTC (`ctc_weight`, training/ctc.py): each packed conversation's sound positions read its own
+transcript's letters, as torch's CTC loss on that clip alone; a widened run with it learns to transcribe, keeps
+the head out of its adapter and resumes with it; recipes whose replies are not transcripts refuse it."""
+
+import json
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from auralm.lm import SpeechChat, load_llm
+from auralm.lm.widening import WIDENING_WEIGHTS
+from auralm.tokenizer import SpeechTokenizer
+from auralm.training import pretrain
+from auralm.training.chat_dataset import PackedSequences, collate_packs
+from auralm.training.checkpointing import Checkpoints
+from auralm.training.ctc import LETTERS, letter_ids
+from tests.conftest import DATA, TEXTS
+from tests.training.conftest import asr_manifest
+from tests.training.test_llm_recipes import asr_chat_manifest, losses, train
+from tests.training.test_widened_llm import WIDE
+
+
+def test_letters_are_lower_case_letters_digits_apostrophes_and_single_spaces():
+    assert "".join(LETTERS[i - 1] for i in letter_ids("Don't stop -- count 1, 2…")) == "don't stop count 1 2"
+    assert letter_ids("¿?") == []
+
+
+def test_each_packed_conversation_reads_its_own_transcript_off_its_own_codes(tmp_path, speech_folder, llm_folder):
+    config = pretrain.PretrainConfig(
+        train=str(asr_manifest(tmp_path)), tokenizer=str(speech_folder), llm=str(llm_folder),
+        output_dir=str(tmp_path / "run"), ctc_weight=0.5, max_tokens=600, batch_size=2, bf16=False, progress=False,
+    )  # fmt: skip
+    recipe = pretrain.recipe(config)
+    recipe.setup()
+    try:
+        ctc, sequences = recipe.letter_ctc, recipe.loader.dataset.sequences
+        packed = next(pack for pack in recipe.loader.dataset.packs if len(pack) >= 2)
+        together = collate_packs(list(PackedSequences(sequences, [packed])), pad_id=0)
+        alone = collate_packs(list(PackedSequences(sequences, [[i] for i in packed])), pad_id=0)
+        generator = torch.Generator().manual_seed(0)
+        d = ctc.head.in_features
+        by_id, by_position = (torch.randn(n, d, generator=generator) for n in (len(recipe.tokenizer), 600))
+
+        def hidden(batch):  # the same state for the same token at the same place in its conversation
+            return by_id[batch.ids] + by_position[batch.positions]
+
+        with torch.no_grad():
+            packed_loss, alone_loss = ctc.loss_sum(hidden(together), together), ctc.loss_sum(hidden(alone), alone)
+            texts = [line["text"] for line in map(json.loads, (tmp_path / "asr.jsonl").read_text().splitlines())]
+            expected = 0.0
+            for i in packed:  # torch's CTC on the clip's code positions alone, its manifest transcript's letters
+                ids = torch.from_numpy(sequences[i].ids)
+                codes = ((ids >= ctc.first_code) & (ids < ctc.first_code + ctc.n_codes)).nonzero().flatten()
+                log_probs = F.log_softmax(ctc.head(by_id[ids[codes]] + by_position[codes]), dim=-1)
+                letters = torch.tensor(letter_ids(texts[i]))
+                expected += F.ctc_loss(log_probs, letters, [len(codes)], [len(letters)], reduction="sum")
+        torch.testing.assert_close(packed_loss, alone_loss)
+        torch.testing.assert_close(packed_loss, expected)
+        assert recipe.loss_sum(together) > recipe._cross_entropy(recipe._target_logits(together), together)
+    finally:
+        recipe.cleanup()
+
+
+def test_a_widened_run_with_letter_ctc_transcribes_resumes_and_keeps_the_head_out_of_its_adapter(
+    tmp_path, speech_folder, llm_folder
+):
+    run = tmp_path / "run"
+    settings = [f"train={asr_manifest(tmp_path)}", f"tokenizer={speech_folder}", f"llm={llm_folder}",
+                f"output_dir={run}", "max_tokens=400", "batch_size=2", "lr=0.03", "warmup_steps=5", "log_every=10",
+                "instruction_first=0", "ctc_weight=0.3", "max_steps=80", f"val={asr_manifest(tmp_path)}",
+                "val_every=40", *WIDE]  # fmt: skip
+    result = train("pretrain", *settings, "max_steps=40")
+    assert result.returncode == 0, result.stderr
+    saved = Checkpoints(run / "checkpoints").latest()["model"]
+    assert {key for key in saved if key.startswith("letter_ctc.")} == {"letter_ctc.head.weight", "letter_ctc.head.bias"}
+    result = train("pretrain", *settings, extra_args=("--resume",))  # the head comes back with the checkpoint
+    assert result.returncode == 0 and "resuming at step 40" in result.stdout, result.stderr
+    assert losses(run)[-1] < losses(run)[0] / 4, losses(run)  # the transcripts' loss and the letters' together
+    assert losses(run, "val_loss")[-1] < 0.1, losses(run, "val_loss")  # the transcripts' alone
+    assert not any("letter_ctc" in key for key in load_file(run / "adapter" / WIDENING_WEIGHTS))
+    chat = SpeechChat(*load_llm(llm_folder, adapter=run / "adapter"), SpeechTokenizer.from_pretrained(speech_folder))
+    assert chat.transcribe(DATA / "en_16k.wav") == TEXTS["en_16k.wav"]
+
+    sft = [f"train={asr_chat_manifest(tmp_path)}", f"tokenizer={speech_folder}", f"llm={llm_folder}",
+           f"output_dir={tmp_path / 'sft'}", "max_tokens=400", "batch_size=2", "max_steps=1", "ctc_weight=0.3"]  # fmt: skip
+    result = train("sft", *sft)
+    assert result.returncode == 2 and "ctc_weight: for pretrain" in result.stderr, result.stderr

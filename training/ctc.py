@@ -1,0 +1,67 @@
+"""pretrain's `ctc_weight`: beside the transcript's cross-entropy, a CTC loss that reads the transcript's letters off
+the LLM's last hidden states at the clip's sound positions, through a small head of its own that is not kept.
+
+Joint CTC-attention training (Watanabe et al., 2017) for a decoder-only LLM: the transcript's tokens learn to read
+the clip through attention, which on little data converges slowly; CTC asks every sound position to say which
+letters sound there, so the states the transcript attends to become phonetic early. Only the pretraining
+conversation qualifies (one clip, its transcript the reply); the head trains with the model and is dropped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from auralm.training.chat_dataset import IGNORE, TokenBatch
+
+LETTERS = " 'abcdefghijklmnopqrstuvwxyz0123456789"  # CTC's classes after its blank (0)
+
+
+def letter_ids(text: str) -> list[int]:
+    """`text` as CTC classes: lower-case letters, digits, apostrophes; anything else a space (runs of them one)."""
+    spoken = re.sub(r"[^a-z0-9']+", " ", text.lower()).strip()
+    return [LETTERS.index(c) + 1 for c in spoken]
+
+
+class LetterCTC(nn.Module):
+    """The letters of each conversation's reply, from the hidden states at its sound code positions.
+
+    first_code, n_codes: the ids of the sound codes in the LLM's vocabulary; tokenizer: the LLM's, to read the
+    replies back as text."""
+
+    def __init__(self, d_model: int, first_code: int, n_codes: int, tokenizer: PreTrainedTokenizerBase):
+        super().__init__()
+        self.head = nn.Linear(d_model, len(LETTERS) + 1)
+        self.first_code, self.n_codes, self.tokenizer = first_code, n_codes, tokenizer
+
+    def loss_sum(self, hidden: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
+        """The CTC loss summed over the batch's conversations that hold sound codes and a reply.
+        hidden: (B, L, d) the LLM's last hidden states (after its final norm) for batch.ids (B, L)."""
+        ids, targets = batch.ids.to(hidden.device), batch.targets.to(hidden.device)
+        is_code = (ids >= self.first_code) & (ids < self.first_code + self.n_codes)
+        frames, letters = [], []
+        for row in range(ids.shape[0]):
+            starts = [*(batch.positions[row] == 0).nonzero().flatten().tolist(), ids.shape[1]]
+            for start, end in itertools.pairwise(starts):  # the row's conversations (and its padding)
+                reply = targets[row, start:end]
+                spoken = letter_ids(self.tokenizer.decode(reply[reply != IGNORE], skip_special_tokens=True))
+                codes = is_code[row, start:end].nonzero().flatten() + start
+                if spoken and len(codes):
+                    frames.append(hidden[row, codes])
+                    letters.append(torch.tensor(spoken))
+        if not frames:
+            return hidden.sum() * 0  # nothing to read: no loss, but the graph stays whole
+        log_probs = F.log_softmax(self.head(nn.utils.rnn.pad_sequence(frames).float()), dim=-1)  # (T, N, C)
+        return F.ctc_loss(
+            log_probs,
+            torch.cat(letters).to(hidden.device),
+            input_lengths=torch.tensor([len(f) for f in frames]),
+            target_lengths=torch.tensor([len(s) for s in letters]),
+            reduction="sum",
+            zero_infinity=True,  # a clip spoken faster than one letter a code: no loss rather than an infinite one
+        )
