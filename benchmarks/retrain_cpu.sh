@@ -20,13 +20,12 @@
 #                                                        # first 4,434 training clips (RESULTS.md, 2026-12-06)
 #   MINUTES=60 bash benchmarks/retrain_cpu.sh wide   # the widened LLM sized to the package (72 dims, 32 neurons,
 #                                                        # a new head trained as rank-32 products: 6.0 M parameters,
-#                                                        # 12 MB in float16) pretrained on the 17,588 training clips of
-#                                                        # `data synth --examples 20000` (21.7 h) from `ab wide-rank`'s
-#                                                        # adapter, over sessions
-#   MINUTES=60 bash benchmarks/retrain_cpu.sh wide-more  # then one epoch over the 7,950 training clips synthesised
-#                                                        # after those (lines 17,589-25,538: 9.9 h it has not heard);
-#                                                        # FROM=runs/wide-v3 TO=runs/wide-v4 LINES=25539,30616 … goes
-#                                                        # on over the next ones (max_steps=: their rows / 8)
+#                                                        # 12 MB in float16) pretrained from scratch, one epoch over
+#                                                        # the first 17,588 training clips (21.7 h) into runs/wide-1
+#   MINUTES=60 bash benchmarks/retrain_cpu.sh wide-more  # then one epoch over the next 7,950 (lines 17,589-25,538:
+#                                                        # 9.9 h it has not heard) into runs/wide-2; FROM=runs/wide-2
+#                                                        # TO=runs/wide-3 LINES=25539,34916 … goes on over the next
+#                                                        # ones (max_steps=: their rows / 8)
 #   MINUTES=60 bash benchmarks/retrain_cpu.sh sft-wide   # sft of the widened LLM from wide's adapter (heard_first,
 #                                                        # lr 5e-4 cosine over 360 steps)
 #   MINUTES=60 bash benchmarks/retrain_cpu.sh sft-hear   # sft of wide-v4 with the base LLM's own replies to the
@@ -110,17 +109,18 @@ ab)
 wide)
     head -n 17588 "$DATA/train.jsonl" >"$DATA/train-17588.jsonl"  # all of `data synth --examples 20000`'s train split
     head -n 48 "$DATA/val.jsonl" >"$DATA/val-48.jsonl"  # val_loss every 50 steps (~10 s each)
-    # the widening is the adapter's (RESULTS.md, 2026-12-06: the first long run, wide-v1, had no new head and 64
-    # neurons: widen_dims=72 widen_neurons=64 widen_heads=0, from scratch, stopped at step 369)
+    # from scratch, one epoch (5,850 rows), as a fresh machine restarts it; the runs of RESULTS.md before
+    # 2026-12-07's restart went 1.5 epochs over these clips from `ab wide-rank`'s adapter (wide-v2), then wide-more
     "$AURALM" train pretrain --config pretrain tokenizer="$CANDIDATE" train="$DATA/train-17588.jsonl" \
-        code_cache=runs/codes-v2 output_dir=runs/wide-v2 adapter=runs/ab-wide-rank/adapter lr=2e-3 batch_size=8 \
-        max_tokens=512 warmup_steps=20 max_steps=1500 save_every=25 save_every_minutes=5 log_every=5 \
-        val="$DATA/val-48.jsonl" val_every=50 --threads 2 --resume "${LIMIT[@]}" "${@:2}"
+        code_cache=runs/codes-v2 output_dir=runs/wide-1 widen_dims=72 widen_neurons=32 widen_heads=1 \
+        widen_head_rank=32 lr=2e-3 batch_size=8 max_tokens=512 warmup_steps=20 max_steps=730 save_every=25 \
+        save_every_minutes=5 log_every=5 val="$DATA/val-48.jsonl" val_every=50 --threads 2 --resume "${LIMIT[@]}" \
+        "${@:2}"
     ;;
 wide-more)
-    # wide-v2 at step 1,080 had gone 1.5 times over its clips (val_loss 0.27 above its training loss): the rest of its
-    # cosine goes over clips it has not heard instead, from wide-v2's adapter and a fresh optimizer
-    FROM=${FROM:-runs/wide-v2} TO=${TO:-runs/wide-v3} LINES=${LINES:-17589,25538}
+    # one epoch over clips the widened LLM has not heard, from the last run's adapter with a fresh optimizer (its
+    # optimizer's state is not carried: RESULTS.md, 2026-12-06, wide-v3)
+    FROM=${FROM:-runs/wide-1} TO=${TO:-runs/wide-2} LINES=${LINES:-17589,25538}
     sed -n "${LINES}p" "$DATA/train.jsonl" >"$DATA/train-${LINES/,/-}.jsonl"
     exec bash benchmarks/retrain_cpu.sh wide train="$DATA/train-${LINES/,/-}.jsonl" output_dir="$TO" adapter="$FROM/adapter" \
         lr=5e-4 warmup_steps=10 max_steps=330 "${@:2}"
