@@ -143,6 +143,8 @@ class LLMRecipe:
     def setup(self) -> None:
         c = self.config
         self.world, self.run_dir, self.checkpoints = start_run(c, self.resume)
+        if c.ctc_weight and (self.name != "pretrain" or self.world.size > 1):
+            raise ConfigError("ctc_weight: for pretrain in one process (its replies are the clips' transcripts)")
         torch.manual_seed(c.seed)  # the same LoRA initialisation on every rank
         self.speech = SpeechTokenizer.from_pretrained(c.tokenizer, whisper=c.whisper, device=self.world.device)
         llm, self.tokenizer = load_llm(c.llm)
@@ -239,8 +241,6 @@ class LLMRecipe:
 
     def _letter_ctc(self) -> LetterCTC:
         """ctc_weight's head, a submodule of the model so it trains, saves and resumes with it (not in the adapter)."""
-        if self.name != "pretrain" or self.world.size > 1:
-            raise ConfigError("ctc_weight: for pretrain in one process (its replies are the clips' transcripts)")
         n_codes = self.speech.config.vocab_size
         first_code = len(self.tokenizer) - n_codes  # the codes are the vocabulary's last ids (sound_vocabulary)
         d_model = self.model.get_output_embeddings().weight.shape[1]

@@ -83,6 +83,6 @@ def test_a_widened_run_with_letter_ctc_transcribes_resumes_and_keeps_the_head_ou
     assert chat.transcribe(DATA / "en_16k.wav") == TEXTS["en_16k.wav"]
 
     sft = [f"train={asr_chat_manifest(tmp_path)}", f"tokenizer={speech_folder}", f"llm={llm_folder}",
-           f"output_dir={tmp_path / 'sft'}", "max_tokens=400", "batch_size=2", "max_steps=1", "ctc_weight=0.3"]  # fmt: skip
+           f"output_dir={tmp_path / 'sft'}", "batch_size=2", "max_steps=1", "ctc_weight=0.3"]  # fmt: skip
     result = train("sft", *sft)
     assert result.returncode == 2 and "ctc_weight: for pretrain" in result.stderr, result.stderr
