@@ -22,6 +22,8 @@
 #                                                        # a new head trained as rank-32 products: 6.0 M parameters,
 #                                                        # 12 MB in float16) pretrained from scratch, one epoch over
 #                                                        # the first 17,588 training clips (21.7 h) into runs/wide-1
+#   MINUTES=60 bash benchmarks/retrain_cpu.sh wide output_dir=runs/wide-1-ctc ctc_weight=0.3   # the same with
+#                                                        # letter CTC beside the transcript (RESULTS.md, 2026-12-07)
 #   MINUTES=60 bash benchmarks/retrain_cpu.sh wide-more  # then one epoch over the next 7,950 (lines 17,589-25,538:
 #                                                        # 9.9 h it has not heard) into runs/wide-2; FROM=runs/wide-2
 #                                                        # TO=runs/wide-3 LINES=25539,34916 … goes on over the next
