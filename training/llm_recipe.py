@@ -396,7 +396,8 @@ class LLMRecipe:
         head = self.model.get_output_embeddings()
 
         def only_learned(_head: torch.nn.Module, args: tuple) -> tuple:
-            self._hidden = args[0]  # (B, L, d), for letter CTC
+            if self.letter_ctc is not None:
+                self._hidden = args[0]  # (B, L, d), what letter CTC reads
             return (args[0][learned], *args[1:])
 
         hook = head.register_forward_pre_hook(only_learned)
