@@ -5,6 +5,7 @@ Joint CTC-attention training (Watanabe et al., 2017) for a decoder-only LLM: the
 the clip through attention, which on little data converges slowly; CTC asks every sound position to say which
 letters sound there, so the states the transcript attends to become phonetic early. Only the pretraining
 conversation qualifies (one clip, its transcript the reply); the head trains with the model and is dropped.
+On validation its greedy reading of each clip is scored (`read`: the recipe's val_letter_wer).
 """
 
 from __future__ import annotations
@@ -39,9 +40,42 @@ class LetterCTC(nn.Module):
         self.head = nn.Linear(d_model, len(LETTERS) + 1)
         self.first_code, self.n_codes, self.tokenizer = first_code, n_codes, tokenizer
 
+    @classmethod
+    def attached(cls, model: nn.Module, tokenizer: PreTrainedTokenizerBase, n_codes: int) -> LetterCTC:
+        """A head for `model`'s last hidden states, made its submodule `letter_ctc` so it trains, saves and
+        resumes with it (the recipe leaves it out of the adapter); the sound codes are the vocabulary's last
+        n_codes ids (sound_vocabulary)."""
+        head = model.get_output_embeddings().weight
+        model.letter_ctc = cls(head.shape[1], len(tokenizer) - n_codes, n_codes, tokenizer).to(head.device)
+        return model.letter_ctc
+
     def loss_sum(self, hidden: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
         """The CTC loss summed over the batch's conversations that hold sound codes and a reply.
         hidden: (B, L, d) the LLM's last hidden states (after its final norm) for batch.ids (B, L)."""
+        frames, letters = self._clips(hidden, batch)
+        if not frames:
+            return hidden.sum() * 0  # nothing to read: no loss, but the graph stays whole
+        log_probs = F.log_softmax(self.head(nn.utils.rnn.pad_sequence(frames).float()), dim=-1)  # (T, N, C)
+        return F.ctc_loss(
+            log_probs,
+            torch.cat(letters).to(hidden.device),
+            input_lengths=torch.tensor([len(f) for f in frames]),
+            target_lengths=torch.tensor([len(s) for s in letters]),
+            reduction="sum",
+            zero_infinity=True,  # a clip spoken faster than one letter a code: no loss rather than an infinite one
+        )
+
+    @torch.no_grad()
+    def read(self, hidden: torch.Tensor, batch: TokenBatch) -> tuple[list[str], list[str]]:
+        """What the head reads off each conversation's sound positions, greedily (the best letter at each code,
+        repeats merged, blanks dropped), beside its reply's letters: (transcripts, readings), as text."""
+        frames, letters = self._clips(hidden, batch)
+        best = [torch.unique_consecutive(self.head(f.float()).argmax(dim=-1)) for f in frames]
+        return [spelled(s) for s in letters], [spelled(b) for b in best]
+
+    def _clips(self, hidden: torch.Tensor, batch: TokenBatch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Each conversation with sound codes and a reply: its hidden states at the codes (T, d) and the reply's
+        letters (S,), in row order."""
         ids, targets = batch.ids.to(hidden.device), batch.targets.to(hidden.device)
         is_code = (ids >= self.first_code) & (ids < self.first_code + self.n_codes)
         frames, letters = [], []
@@ -54,14 +88,9 @@ class LetterCTC(nn.Module):
                 if spoken and len(codes):
                     frames.append(hidden[row, codes])
                     letters.append(torch.tensor(spoken))
-        if not frames:
-            return hidden.sum() * 0  # nothing to read: no loss, but the graph stays whole
-        log_probs = F.log_softmax(self.head(nn.utils.rnn.pad_sequence(frames).float()), dim=-1)  # (T, N, C)
-        return F.ctc_loss(
-            log_probs,
-            torch.cat(letters).to(hidden.device),
-            input_lengths=torch.tensor([len(f) for f in frames]),
-            target_lengths=torch.tensor([len(s) for s in letters]),
-            reduction="sum",
-            zero_infinity=True,  # a clip spoken faster than one letter a code: no loss rather than an infinite one
-        )
+        return frames, letters
+
+
+def spelled(classes: torch.Tensor) -> str:
+    """CTC classes (S,) as text, blanks dropped."""
+    return "".join(LETTERS[i - 1] for i in classes.tolist() if i)

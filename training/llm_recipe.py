@@ -46,7 +46,7 @@ from auralm.lm.loading import SOUND_TOKENS_FILE, load_llm
 from auralm.lm.merge import merge_speech_llm
 from auralm.lm.vocabulary import CODES_KEY, HASH_KEY, add_sound_tokens, sound_vocabulary
 from auralm.lm.widening import save_widening
-from auralm.tokenizer import SpeechTokenizer
+from auralm.tokenizer import SpeechTokenizer, corpus_word_error_rate
 from auralm.training.audio_dataset import SkippedExamples
 from auralm.training.chat_dataset import (
     IGNORE,
@@ -176,7 +176,9 @@ class LLMRecipe:
         )
 
         self.model = self._trainable(llm)
-        self.letter_ctc = self._letter_ctc() if c.ctc_weight else None
+        self.letter_ctc = None
+        if c.ctc_weight:
+            self.letter_ctc = LetterCTC.attached(self.model, self.tokenizer, self.speech.config.vocab_size)
         self.quiet = self._quiet_directions(conversations) if c.lora_quiet else None
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         trainable = sum(p.numel() for p in self.parameters)
@@ -238,14 +240,6 @@ class LLMRecipe:
                     fully_shard(module, mesh=mesh)
             fully_shard(model, mesh=mesh)
         return model
-
-    def _letter_ctc(self) -> LetterCTC:
-        """ctc_weight's head, a submodule of the model so it trains, saves and resumes with it (not in the adapter)."""
-        n_codes = self.speech.config.vocab_size
-        first_code = len(self.tokenizer) - n_codes  # the codes are the vocabulary's last ids (sound_vocabulary)
-        d_model = self.model.get_output_embeddings().weight.shape[1]
-        self.model.letter_ctc = LetterCTC(d_model, first_code, n_codes, self.tokenizer).to(self.world.device)
-        return self.model.letter_ctc
 
     def _quiet_directions(self, conversations: list[Conversation | Distilled]) -> dict[str, torch.Tensor]:
         """lora_quiet: each LoRA layer's quiet input directions, measured on typed pairs of the data's replies, and
@@ -350,10 +344,24 @@ class LLMRecipe:
             print(f"stopped after {c.max_minutes} minutes at step {self.step}; --resume goes on from here", flush=True)
 
     def _validate(self) -> None:
-        """Log the loss per target token on the validation set (dropout off)."""
+        """Log the loss per target token on the validation set (dropout off), and with letter CTC the word error
+        rate of what its head reads off the clips (is the LLM's state of each sound position phonetic yet?)."""
         self.model.eval()
+        transcripts, readings = [], []
+
+        def loss_and_reading(batch: TokenBatch) -> torch.Tensor:
+            loss = self.loss_sum(batch)
+            if self.letter_ctc is not None:
+                said, read = self.letter_ctc.read(self._hidden, batch)
+                transcripts.extend(said)
+                readings.extend(read)
+            return loss
+
         try:
-            self.metrics.write(self.step, {"val_loss": self.validation.loss(self.loss_sum)})
+            values = {"val_loss": self.validation.loss(loss_and_reading)}
+            if transcripts:
+                values["val_letter_wer"] = corpus_word_error_rate(transcripts, readings)
+            self.metrics.write(self.step, values)
         finally:
             self.model.train()
 

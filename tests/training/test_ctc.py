@@ -58,6 +58,27 @@ def test_each_packed_conversation_reads_its_own_transcript_off_its_own_codes(tmp
         torch.testing.assert_close(packed_loss, alone_loss)
         torch.testing.assert_close(packed_loss, expected)
         assert recipe.loss_sum(together) > recipe._cross_entropy(recipe._target_logits(together), together)
+
+        # reading: a head whose class is the state's first dims, states that spell each transcript, a blank after
+        # each letter (so a clip of T codes reads its transcript's first ⌈T/2⌉ letters, doubled letters kept)
+        with torch.no_grad():
+            ctc.head.weight.copy_(torch.eye(len(LETTERS) + 1, d))
+            ctc.head.bias.zero_()
+        spelling, offset, expected = torch.zeros(*together.ids.shape, d), 0, []
+        for i in packed:
+            ids = torch.from_numpy(sequences[i].ids)
+            codes = ((ids >= ctc.first_code) & (ids < ctc.first_code + ctc.n_codes)).nonzero().flatten()
+            letters = letter_ids(texts[i])
+            for frame, position in enumerate(codes.tolist()):
+                if frame % 2 == 0 and frame // 2 < len(letters):
+                    spelling[0, offset + position, letters[frame // 2]] = 1
+                else:
+                    spelling[0, offset + position, 0] = 1
+            expected.append("".join(LETTERS[c - 1] for c in letters[: (len(codes) + 1) // 2]))
+            offset += len(ids)
+        transcripts, readings = ctc.read(spelling, together)
+        assert transcripts == ["".join(LETTERS[c - 1] for c in letter_ids(texts[i])) for i in packed]
+        assert readings == expected and len(readings) >= 2
     finally:
         recipe.cleanup()
 
@@ -78,6 +99,8 @@ def test_a_widened_run_with_letter_ctc_transcribes_resumes_and_keeps_the_head_ou
     assert result.returncode == 0 and "resuming at step 40" in result.stdout, result.stderr
     assert losses(run)[-1] < losses(run)[0] / 4, losses(run)  # the transcripts' loss and the letters' together
     assert losses(run, "val_loss")[-1] < 0.1, losses(run, "val_loss")  # the transcripts' alone
+    letter_wer = losses(run, "val_letter_wer")  # what the head reads off the clips, once per val_loss
+    assert len(letter_wer) == len(losses(run, "val_loss")) and letter_wer[-1] < letter_wer[0], letter_wer
     assert not any("letter_ctc" in key for key in load_file(run / "adapter" / WIDENING_WEIGHTS))
     chat = SpeechChat(*load_llm(llm_folder, adapter=run / "adapter"), SpeechTokenizer.from_pretrained(speech_folder))
     assert chat.transcribe(DATA / "en_16k.wav") == TEXTS["en_16k.wav"]
