@@ -28,6 +28,9 @@
 #                                                        # 9.9 h it has not heard) into runs/wide-2; FROM=runs/wide-2
 #                                                        # TO=runs/wide-3 LINES=25539,34916 … goes on over the next
 #                                                        # ones (max_steps=: their rows / 8)
+#   FROM=runs/wide-1-ctc TO=runs/wide-2-ctc MINUTES=60 bash benchmarks/retrain_cpu.sh wide-more ctc_weight=0.3
+#                                                        # the same with letter CTC, its head carried on from the
+#                                                        # adapter's letter_ctc.safetensors (RESULTS.md, 2026-12-07)
 #   (the sft stages below default to adapters of the runs before 2026-12-07's restart, lost with their machine:
 #   give adapter= of the restart's run)
 #   MINUTES=60 bash benchmarks/retrain_cpu.sh sft-wide   # sft of the widened LLM from wide's adapter (heard_first,

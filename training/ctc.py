@@ -1,10 +1,12 @@
 """pretrain's `ctc_weight`: beside the transcript's cross-entropy, a CTC loss that reads the transcript's letters off
-the LLM's last hidden states at the clip's sound positions, through a small head of its own that is not kept.
+the LLM's last hidden states at the clip's sound positions, through a small head of its own.
 
 Joint CTC-attention training (Watanabe et al., 2017) for a decoder-only LLM: the transcript's tokens learn to read
 the clip through attention, which on little data converges slowly; CTC asks every sound position to say which
 letters sound there, so the states the transcript attends to become phonetic early. Only the pretraining
-conversation qualifies (one clip, its transcript the reply); the head trains with the model and is dropped.
+conversation qualifies (one clip, its transcript the reply). The head trains with the model and is saved beside
+the adapter (HEAD_FILE), where a run that goes on from that adapter with CTC picks it up: a fresh head's random
+gradients would otherwise lead the first steps. Nothing loads it to chat, and shipping leaves it behind.
 On validation its greedy reading of each clip is scored (`read`: the recipe's val_letter_wer).
 """
 
@@ -12,15 +14,19 @@ from __future__ import annotations
 
 import itertools
 import re
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from auralm.training.chat_dataset import IGNORE, TokenBatch
+from auralm.training.config import ConfigError
 
 LETTERS = " 'abcdefghijklmnopqrstuvwxyz0123456789"  # CTC's classes after its blank (0)
+HEAD_FILE = "letter_ctc.safetensors"  # in the adapter folder, for training only
 
 
 def letter_ids(text: str) -> list[int]:
@@ -41,13 +47,27 @@ class LetterCTC(nn.Module):
         self.first_code, self.n_codes, self.tokenizer = first_code, n_codes, tokenizer
 
     @classmethod
-    def attached(cls, model: nn.Module, tokenizer: PreTrainedTokenizerBase, n_codes: int) -> LetterCTC:
-        """A head for `model`'s last hidden states, made its submodule `letter_ctc` so it trains, saves and
-        resumes with it (the recipe leaves it out of the adapter); the sound codes are the vocabulary's last
-        n_codes ids (sound_vocabulary)."""
+    def attached(
+        cls, model: nn.Module, tokenizer: PreTrainedTokenizerBase, n_codes: int, adapter: str | Path | None = None
+    ) -> LetterCTC:
+        """A head for `model`'s last hidden states, made its submodule `letter_ctc` so it trains, checkpoints and
+        resumes with it (the recipe leaves it out of the adapter's weights); the sound codes are the vocabulary's
+        last n_codes ids (sound_vocabulary). It starts as the head `adapter` was trained with, where it has one."""
         head = model.get_output_embeddings().weight
         model.letter_ctc = cls(head.shape[1], len(tokenizer) - n_codes, n_codes, tokenizer).to(head.device)
+        saved = Path(adapter) / HEAD_FILE if adapter else None
+        if saved and saved.is_file():
+            try:
+                model.letter_ctc.head.load_state_dict(load_file(saved))
+            except RuntimeError as e:
+                raise ConfigError(
+                    f"{saved}: not a CTC head for this LLM ({e}); move it aside to start a new one"
+                ) from e
         return model.letter_ctc
+
+    def save(self, adapter: Path) -> None:
+        """The head into the adapter folder `adapter`, for a run that goes on from it."""
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}, adapter / HEAD_FILE)
 
     def loss_sum(self, hidden: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
         """The CTC loss summed over the batch's conversations that hold sound codes and a reply.

@@ -2,19 +2,18 @@
 checkpoints and outputs. Each recipe module gives `LLMRecipe` its `ConversationSource` (which conversations it
 learns from); everything else is here, read top to bottom.
 
-The LLM (`load_llm(llm)`) gets the speech tokenizer's sound tokens (`add_sound_tokens`, which pins its hash).
-Trained: the sound tokens' embedding rows, input and output (peft's trainable tokens: only those rows are
-parameters, so the text rows stay bit-identical), plus LoRA on `lora_targets`; or, with widen_dims, new weights
-of the LLM widened for sound, which text never reaches (widened_llm.py); or, with full=true, every weight. The
-loss is the cross-entropy of the assistant's tokens, summed and divided by the target tokens of the whole global
-batch, so the result does not depend on how the batch is split over ranks and micro-batches.
-Under torchrun the LLM is sharded with FSDP2 (`fully_shard`, each decoder layer and the root), on CUDA (nccl)
-and on CPU (gloo) alike.
+The LLM (`load_llm(llm)`) gets the speech tokenizer's sound tokens (`add_sound_tokens`, which pins its hash). Trained:
+the sound tokens' embedding rows, input and output (peft's trainable tokens: only those rows are parameters, so the
+text rows stay bit-identical), plus LoRA on `lora_targets`; or, with widen_dims, new weights of the LLM widened for
+sound, which text never reaches (widened_llm.py); or, with full=true, every weight. The loss is the cross-entropy of
+the assistant's tokens, summed and divided by the target tokens of the whole global batch, so the result does not
+depend on how the batch is split over ranks and micro-batches. Under torchrun the LLM is sharded with FSDP2
+(`fully_shard`, each decoder layer and the root), on CUDA (nccl) and CPU (gloo) alike.
 
-Outputs (rank 0, at every checkpoint): `output_dir/adapter/`, a peft folder that `load_llm(llm, adapter=…)`
-loads as it is: the LoRA weights, the sound tokens' rows, the tokenizer with the sound tokens and
-`sound_tokens.json` (the speech tokenizer's hash, so SpeechChat refuses another tokenizer); with full=true
-`output_dir/merged/`, a whole model folder. merge=true also writes `merged/` for a LoRA run, at the end.
+Outputs (rank 0, at every checkpoint): `output_dir/adapter/`, a peft folder that `load_llm(llm, adapter=…)` loads as
+it is: the LoRA weights, the sound tokens' rows, the tokenizer with the sound tokens and `sound_tokens.json` (the
+speech tokenizer's hash, so SpeechChat refuses another tokenizer), with ctc_weight its CTC head (ctc.py); with
+full=true `output_dir/merged/`, a whole model folder. merge=true also writes `merged/` for a LoRA run, at the end.
 """
 
 from __future__ import annotations
@@ -178,7 +177,7 @@ class LLMRecipe:
         self.model = self._trainable(llm)
         self.letter_ctc = None
         if c.ctc_weight:
-            self.letter_ctc = LetterCTC.attached(self.model, self.tokenizer, self.speech.config.vocab_size)
+            self.letter_ctc = LetterCTC.attached(self.model, self.tokenizer, self.speech.config.vocab_size, c.adapter)
         self.quiet = self._quiet_directions(conversations) if c.lora_quiet else None
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         trainable = sum(p.numel() for p in self.parameters)
@@ -347,20 +346,18 @@ class LLMRecipe:
         """Log the loss per target token on the validation set (dropout off), and with letter CTC the word error
         rate of what its head reads off the clips (is the LLM's state of each sound position phonetic yet?)."""
         self.model.eval()
-        transcripts, readings = [], []
+        heard = []  # with letter CTC: (transcript, the head's reading) per clip
 
         def loss_and_reading(batch: TokenBatch) -> torch.Tensor:
             loss = self.loss_sum(batch)
             if self.letter_ctc is not None:
-                said, read = self.letter_ctc.read(self._hidden, batch)
-                transcripts.extend(said)
-                readings.extend(read)
+                heard.extend(zip(*self.letter_ctc.read(self._hidden, batch), strict=True))
             return loss
 
         try:
             values = {"val_loss": self.validation.loss(loss_and_reading)}
-            if transcripts:
-                values["val_letter_wer"] = corpus_word_error_rate(transcripts, readings)
+            if heard:
+                values["val_letter_wer"] = corpus_word_error_rate(*zip(*heard, strict=True))
             self.metrics.write(self.step, values)
         finally:
             self.model.train()
@@ -481,6 +478,8 @@ class LLMRecipe:
             sound = {HASH_KEY: self.speech.tokenizer_hash, CODES_KEY: self.speech.config.vocab_size}
             (partial / SOUND_TOKENS_FILE).write_text(json.dumps(sound, indent=2) + "\n")
         self.tokenizer.save_pretrained(partial)
+        if self.letter_ctc is not None:
+            self.letter_ctc.save(partial)
         shutil.rmtree(folder, ignore_errors=True)
         partial.rename(folder)
 

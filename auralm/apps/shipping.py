@@ -29,10 +29,12 @@ from auralm.lm.vocabulary import CODES_KEY, HASH_KEY
 from auralm.lm.widening import WIDENING_FILE, WIDENING_WEIGHTS
 from auralm.tokenizer import SpeechTokenizer
 from auralm.tokenizer.token_format import sound_token
+from auralm.training.ctc import HEAD_FILE as CTC_HEAD_FILE
 
 SHIPPED_BUDGET_MB = 25
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
-LEFT_BEHIND = {"README.md"}  # peft's generated card; the shipped card is checkpoints/shipped/README.md
+# peft's generated card (the shipped card is checkpoints/shipped/README.md); letter CTC's head, for training only
+LEFT_BEHIND = {"README.md", CTC_HEAD_FILE}
 TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"}
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from auralm.apps.shipping import TOKENIZER_FILES, ship_adapter, ship_tokenizer
@@ -19,6 +20,7 @@ from auralm.lm.vocabulary import CODES_KEY, HASH_KEY, add_sound_tokens
 from auralm.lm.widening import WIDENING_WEIGHTS, Widening, cut_parts, load_widening, save_widening, widen
 from auralm.tokenizer import SpeechTokenizer, load_audio
 from auralm.tokenizer.token_format import sound_token
+from auralm.training.ctc import HEAD_FILE as CTC_HEAD_FILE
 from tests.conftest import DATA
 from tests.training.conftest import tiny_llm
 
@@ -90,8 +92,9 @@ def test_a_widened_adapter_ships_in_float16_and_loads_as_it_was(tmp_path, traine
     source = tmp_path / "wide"
     save_widening(cut_parts(wide.state_dict(), widening), widening, source)
     (source / SOUND_TOKENS_FILE).write_text(json.dumps({HASH_KEY: shipped.tokenizer_hash}))
+    save_file({"weight": torch.zeros(39, 40)}, source / CTC_HEAD_FILE)  # letter CTC's, for training only
     folder = ship_adapter(source, into=into)
-    assert not (folder / "adapter_config.json").exists()
+    assert not (folder / "adapter_config.json").exists() and not (folder / CTC_HEAD_FILE).exists()
     with safe_open(folder / WIDENING_WEIGHTS, "pt") as f16:
         assert {f16.get_slice(k).get_dtype() for k in f16.keys()} == {"F16"}
     ids = torch.tensor([[1, 2, 60, 61, 3]])

@@ -14,7 +14,7 @@ from auralm.tokenizer import SpeechTokenizer
 from auralm.training import pretrain
 from auralm.training.chat_dataset import PackedSequences, collate_packs
 from auralm.training.checkpointing import Checkpoints
-from auralm.training.ctc import LETTERS, letter_ids
+from auralm.training.ctc import HEAD_FILE, LETTERS, letter_ids
 from tests.conftest import DATA, TEXTS
 from tests.training.conftest import asr_manifest
 from tests.training.test_llm_recipes import asr_chat_manifest, losses, train
@@ -83,7 +83,7 @@ def test_each_packed_conversation_reads_its_own_transcript_off_its_own_codes(tmp
         recipe.cleanup()
 
 
-def test_a_widened_run_with_letter_ctc_transcribes_resumes_and_keeps_the_head_out_of_its_adapter(
+def test_a_widened_run_with_letter_ctc_transcribes_resumes_and_hands_its_head_to_the_next_run(
     tmp_path, speech_folder, llm_folder
 ):
     run = tmp_path / "run"
@@ -102,6 +102,14 @@ def test_a_widened_run_with_letter_ctc_transcribes_resumes_and_keeps_the_head_ou
     letter_wer = losses(run, "val_letter_wer")  # what the head reads off the clips, once per val_loss
     assert len(letter_wer) == len(losses(run, "val_loss")) and letter_wer[-1] < letter_wer[0], letter_wer
     assert not any("letter_ctc" in key for key in load_file(run / "adapter" / WIDENING_WEIGHTS))
+    head = load_file(run / "adapter" / HEAD_FILE)  # beside the adapter, as the last checkpoint has it
+    trained = Checkpoints(run / "checkpoints").latest()["model"]
+    torch.testing.assert_close(head["weight"], trained["letter_ctc.head.weight"])
+    more = tmp_path / "more"  # a run from that adapter starts with its head, and at lr 0 it stays so
+    result = train("pretrain", *settings[:3], f"output_dir={more}", f"adapter={run / 'adapter'}", "lr=0",
+                   "ctc_weight=0.3", "max_steps=1", "max_tokens=400", "batch_size=2")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    torch.testing.assert_close(load_file(more / "adapter" / HEAD_FILE), head)
     chat = SpeechChat(*load_llm(llm_folder, adapter=run / "adapter"), SpeechTokenizer.from_pretrained(speech_folder))
     assert chat.transcribe(DATA / "en_16k.wav") == TEXTS["en_16k.wav"]
 
