@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -59,10 +60,8 @@ class LetterCTC(nn.Module):
         if saved and saved.is_file():
             try:
                 model.letter_ctc.head.load_state_dict(load_file(saved))
-            except RuntimeError as e:
-                raise ConfigError(
-                    f"{saved}: not a CTC head for this LLM ({e}); move it aside to start a new one"
-                ) from e
+            except (RuntimeError, SafetensorError) as e:
+                raise ConfigError(f"{saved}: not a CTC head for this LLM ({e}); move it aside to start anew") from e
         return model.letter_ctc
 
     def save(self, adapter: Path) -> None:

@@ -4,9 +4,10 @@ the head out of its adapter and resumes with it; recipes whose replies are not t
 
 import json
 
+import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from auralm.lm import SpeechChat, load_llm
 from auralm.lm.widening import WIDENING_WEIGHTS
@@ -14,7 +15,8 @@ from auralm.tokenizer import SpeechTokenizer
 from auralm.training import pretrain
 from auralm.training.chat_dataset import PackedSequences, collate_packs
 from auralm.training.checkpointing import Checkpoints
-from auralm.training.ctc import HEAD_FILE, LETTERS, letter_ids
+from auralm.training.config import ConfigError
+from auralm.training.ctc import HEAD_FILE, LETTERS, LetterCTC, letter_ids
 from tests.conftest import DATA, TEXTS
 from tests.training.conftest import asr_manifest
 from tests.training.test_llm_recipes import asr_chat_manifest, losses, train
@@ -24,6 +26,16 @@ from tests.training.test_widened_llm import WIDE
 def test_letters_are_lower_case_letters_digits_apostrophes_and_single_spaces():
     assert "".join(LETTERS[i - 1] for i in letter_ids("Don't stop -- count 1, 2…")) == "don't stop count 1 2"
     assert letter_ids("¿?") == []
+
+
+def test_a_saved_head_that_does_not_fit_is_refused_with_its_file_named(tmp_path, llm_folder):
+    llm, tokenizer = load_llm(llm_folder)
+    (tmp_path / HEAD_FILE).write_bytes(b"not safetensors")  # corrupt
+    with pytest.raises(ConfigError, match=f"{HEAD_FILE}: not a CTC head"):
+        LetterCTC.attached(llm, tokenizer, 8, adapter=tmp_path)
+    save_file({"weight": torch.zeros(len(LETTERS) + 1, 3), "bias": torch.zeros(len(LETTERS) + 1)}, tmp_path / HEAD_FILE)
+    with pytest.raises(ConfigError, match="size mismatch"):  # another LLM's width
+        LetterCTC.attached(llm, tokenizer, 8, adapter=tmp_path)
 
 
 def test_each_packed_conversation_reads_its_own_transcript_off_its_own_codes(tmp_path, speech_folder, llm_folder):
