@@ -34,6 +34,9 @@
 #   FROM=runs/wide-2-ctc-lr2e-3 TO=runs/wide-long LINES=17589,37357 MINUTES=60 bash benchmarks/retrain_cpu.sh \
 #       wide-more ctc_weight=0.3 lr=2e-3 warmup_steps=20 max_steps=1500   # a long schedule at a high learning rate
 #                                                        # over 19,769 clips (RESULTS.md, 2026-12-07, wide-long)
+#   FROM=runs/wide-long TO=runs/wide-long-2 LINES=37358,72123 MINUTES=60 bash benchmarks/retrain_cpu.sh \
+#       wide-more ctc_weight=0.3 lr=1e-3 warmup_steps=20 max_steps=1450   # then one epoch over the rest of the
+#                                                        # training split: 34,766 clips (42.8 h) none has heard
 #   (the sft stages below default to adapters of the runs before 2026-12-07's restart, lost with their machine:
 #   give adapter= of the restart's run)
 #   MINUTES=60 bash benchmarks/retrain_cpu.sh sft-wide   # sft of the widened LLM from wide's adapter (heard_first,
