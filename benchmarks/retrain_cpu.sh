@@ -37,6 +37,14 @@
 #   FROM=runs/wide-long TO=runs/wide-long-2 LINES=37358,72123 MINUTES=60 bash benchmarks/retrain_cpu.sh \
 #       wide-more ctc_weight=0.3 lr=1e-3 warmup_steps=20 max_steps=1450   # then one epoch over the rest of the
 #                                                        # training split: 34,766 clips (42.8 h) none has heard
+#   MINUTES=60 bash benchmarks/retrain_cpu.sh wide-all   # the widened LLM from scratch in one pass over the whole
+#                                                        # training split (72,123 clips, 89 h: ~3,000 steps), the
+#                                                        # learning rate held at its peak (warmup-stable-decay), so
+#                                                        # the run goes on across sessions into runs/wide-all
+#   COOL=150 bash benchmarks/retrain_cpu.sh wide-all-cool   # a finished model of wide-all as it stands: a copy of
+#                                                        # its latest checkpoint resumed with the end COOL steps on
+#                                                        # (the rate falls linearly to a tenth) into
+#                                                        # runs/wide-all-cool-STEP; wide-all goes on unchanged
 #   (the sft stages below default to adapters of the runs before 2026-12-07's restart, lost with their machine:
 #   give adapter= of the restart's run)
 #   MINUTES=60 bash benchmarks/retrain_cpu.sh sft-wide   # sft of the widened LLM from wide's adapter (heard_first,
@@ -138,6 +146,21 @@ wide-more)
     exec bash benchmarks/retrain_cpu.sh wide train="$DATA/train-${LINES/,/-}.jsonl" output_dir="$TO" adapter="$FROM/adapter" \
         lr=5e-4 warmup_steps=10 max_steps=330 "${@:2}"
     ;;
+wide-all)
+    exec bash benchmarks/retrain_cpu.sh wide train="$DATA/train.jsonl" output_dir=runs/wide-all ctc_weight=0.3 \
+        max_steps=3000 decay_steps=300 "${@:2}"
+    ;;
+wide-all-cool)
+    COOL=${COOL:-150}
+    LATEST=$(find runs/wide-all/checkpoints -maxdepth 1 -name 'step-*' | sort | tail -n 1)
+    STEP=$((10#${LATEST##*step-}))
+    TO=runs/wide-all-cool-$STEP
+    if [[ ! -d $TO ]]; then  # the checkpoint and the metrics so far; the copy then goes on by itself
+        mkdir -p "$TO/checkpoints" && cp -r "$LATEST" "$TO/checkpoints/" && cp runs/wide-all/metrics.jsonl "$TO/"
+    fi
+    exec bash benchmarks/retrain_cpu.sh wide-all output_dir="$TO" max_steps=$((STEP + COOL)) decay_steps="$COOL" \
+        "${@:2}"
+    ;;
 sft-wide)
     # the sft stage from wide-v2's adapter (its step 943 for RESULTS.md's 2026-12-06 run) at a widened LLM's lr,
     # val_loss every 60 steps on the validation conversations of val-48's clips (whose codes the wide stage cached)
@@ -179,7 +202,7 @@ eval)
     ;;
 *)
     echo "usage: [MINUTES=N] bash benchmarks/retrain_cpu.sh data|tokenizer|pretrain|pretrain-more|sft ADAPTER|\
-distill ADAPTER|ab wide|wide-heads|wide-rank|lora|wide|wide-more|sft-wide|sft-hear|sft-noise|sft-qa|eval RUN [key=value …]" >&2
+distill ADAPTER|ab wide|wide-heads|wide-rank|lora|wide|wide-more|wide-all|wide-all-cool|sft-wide|sft-hear|sft-noise|sft-qa|eval RUN [key=value …]" >&2
     exit 2
     ;;
 esac

@@ -45,6 +45,7 @@ class RunConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 50
     max_steps: int = 1000
+    decay_steps: int | None = None  # None: cosine to max_steps; N: the peak held, then N linear steps down
     grad_clip: float = 1.0
     bf16: bool = True  # autocast (the CPU here has AVX512-bf16)
     seed: int = 0

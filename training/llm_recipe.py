@@ -65,10 +65,10 @@ from auralm.training.loop import (
     MetricsLog,
     Stopper,
     end_run,
+    lr_schedule,
     next_batch,
     shows_progress,
     start_run,
-    warmup_cosine,
 )
 from auralm.training.quiet_lora import confine, quiet_directions, reply_pairs
 from auralm.training.sampler import BucketBatchSampler
@@ -182,7 +182,7 @@ class LLMRecipe:
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         trainable = sum(p.numel() for p in self.parameters)
         self.optimizer = torch.optim.AdamW(self.parameters, lr=c.lr, betas=(0.9, 0.95), weight_decay=c.weight_decay)
-        self.scheduler = warmup_cosine(self.optimizer, c.warmup_steps, c.max_steps)
+        self.scheduler = lr_schedule(self.optimizer, c.warmup_steps, c.max_steps, c.decay_steps)
         self.metrics = MetricsLog(self.run_dir, enabled=self.world.is_main)
         self.step = 0
         state = self.checkpoints.latest() if self.resume else None

@@ -24,14 +24,22 @@ from auralm.training.checkpointing import Checkpoints
 from auralm.training.config import ConfigError, RunConfig
 
 
-def warmup_cosine(
-    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+def lr_schedule(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, decay_steps: int | None = None
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup from 0 over `warmup_steps`, then cosine decay to 10% of the peak at `total_steps`."""
+    """Linear warmup from 0 over `warmup_steps`, then down to 10% of the peak at `total_steps`: by a cosine
+    (`decay_steps` None), or held at the peak until the last `decay_steps`, which fall linearly
+    (warmup-stable-decay). Under the second, a run can go on past any `total_steps` it was given, and any of
+    its checkpoints can be cooled down into a finished model by resuming a copy with `total_steps` = its step
+    + `decay_steps`: the factor depends only on the step and these settings, not on what the run was told before.
+    """
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
+        if decay_steps is not None:
+            left = total_steps - step
+            return 0.1 + 0.9 * min(1.0, max(0, left) / max(1, decay_steps))
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 

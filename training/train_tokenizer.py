@@ -39,11 +39,11 @@ from auralm.training.loop import (
     MetricsLog,
     Stopper,
     end_run,
+    lr_schedule,
     next_batch,
     run_recipe,
     shows_progress,
     start_run,
-    warmup_cosine,
 )
 from auralm.training.sampler import BucketBatchSampler
 
@@ -143,7 +143,7 @@ class TokenizerRecipe:
             [{"params": decay, "weight_decay": c.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=c.lr, betas=(0.9, 0.95),
         )  # fmt: skip
-        self.scheduler = warmup_cosine(self.optimizer, c.warmup_steps, c.max_steps)
+        self.scheduler = lr_schedule(self.optimizer, c.warmup_steps, c.max_steps, c.decay_steps)
         self.metrics = MetricsLog(self.run_dir, enabled=self.world.is_main)
         self.step = 0
         self.last_validation: dict[str, list[int]] = {}
