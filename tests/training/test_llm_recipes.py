@@ -528,6 +528,32 @@ def test_sft_resumed_after_a_kill_ends_bit_identical(tmp_path, speech_folder, un
     assert losses(tmp_path / "killed")[-(40 - killed_at) :] == losses(tmp_path / "whole")[killed_at:]
 
 
+def test_a_copy_of_a_stopped_run_resumed_with_a_nearer_end_cools_down(
+    tmp_path, speech_folder, llm_folder, chat_manifest
+):
+    """Warmup-stable-decay: a long run at its peak, stopped, copied and resumed with max_steps 4 steps on, falls
+    linearly to a tenth of its lr over those 4 steps (the schedule comes from the settings, not the checkpoint)."""
+    settings = (speech_folder, llm_folder, chat_manifest, "decay_steps=4")
+    command = [*AURALM, "train", "sft", *sft_run(tmp_path, "run", *settings, "max_steps=1000"), "progress=false"]
+    process = subprocess.Popen([*command, "--threads", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics, deadline = tmp_path / "run" / "metrics.jsonl", time.monotonic() + 300
+    while not metrics.exists() or len(losses(tmp_path / "run")) < 6:
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be stopped"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)  # as a session's end stops it: the step under way finishes and is saved
+    assert process.wait(timeout=120) == 0
+    stopped = Checkpoints(tmp_path / "run" / "checkpoints").latest()["step"]
+    shutil.copytree(tmp_path / "run", tmp_path / "cool")
+
+    cool = train("sft", *sft_run(tmp_path, "cool", *settings, f"max_steps={stopped + 4}"), extra_args=("--resume",))
+    assert cool.returncode == 0, cool.stderr
+    rows = [json.loads(line) for line in (tmp_path / "cool" / "metrics.jsonl").read_text().splitlines()]
+    lrs = {row["step"]: row["lr"] for row in rows if "lr" in row}  # each step's rate for the step after it
+    assert lrs[stopped] == pytest.approx(0.003)  # the peak (sft_run's lr), held until the stop
+    cooled = [lrs[step] for step in range(stopped + 1, stopped + 5)]
+    assert cooled == pytest.approx([0.003 * f for f in (0.775, 0.55, 0.325, 0.1)])
+
+
 def test_a_second_run_on_a_folder_in_training_stops_at_once(tmp_path, speech_folder, llm_folder, chat_manifest):
     settings = sft_run(tmp_path, "run", speech_folder, llm_folder, chat_manifest, "max_steps=2")
     # a process training in the folder: it holds the folder's lock, as every run does from its start
