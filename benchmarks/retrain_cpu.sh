@@ -152,7 +152,8 @@ wide-all)
     ;;
 wide-all-cool)
     COOL=${COOL:-150}
-    LATEST=$(find runs/wide-all/checkpoints -maxdepth 1 -name 'step-*' | sort | tail -n 1)
+    LATEST=$(find runs/wide-all/checkpoints -maxdepth 1 -name 'step-*' 2>/dev/null | sort | tail -n 1 || true)
+    [[ -n $LATEST ]] || { echo "wide-all-cool: runs/wide-all has no checkpoint yet; train wide-all first" >&2 && exit 2; }
     STEP=$((10#${LATEST##*step-}))
     TO=runs/wide-all-cool-$STEP
     if [[ ! -d $TO ]]; then  # the checkpoint and the metrics so far; the copy then goes on by itself

@@ -29,7 +29,7 @@ def lr_schedule(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup from 0 over `warmup_steps`, then down to 10% of the peak at `total_steps`: by a cosine
     (`decay_steps` None), or held at the peak until the last `decay_steps`, which fall linearly
-    (warmup-stable-decay). Under the second, a run can go on past any `total_steps` it was given, and any of
+    (warmup-stable-decay). Under the second, a run can be given more steps at any resume, and any of
     its checkpoints can be cooled down into a finished model by resuming a copy with `total_steps` = its step
     + `decay_steps`: the factor depends only on the step and these settings, not on what the run was told before.
     """
